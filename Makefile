@@ -1,0 +1,35 @@
+# `make run` and `make test` work on a fresh machine: they build .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ponder run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bot adapters tests bench
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	$(PY) bench/discord.py
+	$(PY) bench/slack.py
+	$(PY) bench/faults.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+-include mk/vllm.mk

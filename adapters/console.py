@@ -1,0 +1,140 @@
+"""The terminal front door: a chain drawn live (rich), or one JSON event per line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.text import Text
+
+from bot.engine import Engine
+from bot.events import (
+    AnswerDelta,
+    ChainFailed,
+    ChainStarted,
+    Event,
+    FinalAnswer,
+    Language,
+    Question,
+    StepDelta,
+    StepFinished,
+    StepStarted,
+    Turn,
+    event_to_dict,
+)
+from bot.presenter import seconds_text, summary_line
+
+
+async def ask_json(engine: Engine, question: Question, out: TextIO = sys.stdout) -> int:
+    """Print each event as one JSON object per line. Exit code: 0 answered, 1 failed."""
+    return _exit_code(await _drive(engine.run(question), lambda ev: _print_json(ev, out)))
+
+
+def _print_json(event: Event, out: TextIO) -> None:
+    if isinstance(event, AnswerDelta):
+        return  # the final_answer event carries the whole text; deltas would only repeat it
+    out.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
+    out.flush()
+
+
+async def ask_live(engine: Engine, question: Question, console: Console | None = None) -> int:
+    """Draw the chain in place while it streams, then leave the final state on screen."""
+    return _exit_code(await _show_live(engine, question, console or Console()))
+
+
+async def _show_live(engine: Engine, question: Question, console: Console
+                     ) -> FinalAnswer | ChainFailed | None:
+    view = _LiveView()
+    with Live(view.render(), console=console, refresh_per_second=8, transient=False) as live:
+        def update(event: Event) -> None:
+            view.apply(event)
+            live.update(view.render())
+        return await _drive(engine.run(question), update)
+
+
+async def _drive(events: AsyncIterator[Event], on_event: Callable[[Event], None]
+                 ) -> FinalAnswer | ChainFailed | None:
+    end: FinalAnswer | ChainFailed | None = None
+    async for event in events:
+        on_event(event)
+        if isinstance(event, FinalAnswer | ChainFailed):
+            end = event
+    return end
+
+
+def _exit_code(end: FinalAnswer | ChainFailed | None) -> int:
+    if isinstance(end, FinalAnswer):
+        return 0
+    message = end.message if end is not None else "the chain ended without an answer"
+    sys.stderr.write(f"ponder: {message}\n")
+    return 1
+
+
+class _LiveView:
+    def __init__(self) -> None:
+        self.language: Language = "en"
+        self.steps: dict[int, tuple[str, str, float | None]] = {}
+        self.answer = ""
+        self.footer = ""
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ChainStarted(language=language):
+                self.language = language
+            case StepStarted(index=i):
+                self.steps[i] = ("", "", None)
+            case StepDelta(index=i, title=title, content=content):
+                self.steps[i] = (title, content, None)
+            case StepFinished(index=i, title=title, content=content, seconds=secs):
+                self.steps[i] = (title, content, secs)
+            case AnswerDelta(text=text):
+                self.answer = text
+            case FinalAnswer(text=text, total_seconds=total, steps=n):
+                self.answer = text
+                self.footer = summary_line(total, n, self.language)
+            case ChainFailed(message=message, total_seconds=total):
+                self.footer = f"{message} ({seconds_text(total)} s)"
+
+    def render(self) -> Group:
+        parts: list[object] = []
+        for i, (title, content, secs) in sorted(self.steps.items()):
+            name = f"Step {i}" + (f" · {title}" if title else "")
+            state = "⏳" if secs is None else f"{seconds_text(secs)} s"
+            parts.append(Panel(Markdown(content or "…"), title=name, subtitle=state,
+                               title_align="left", subtitle_align="right",
+                               border_style="dim" if secs is not None else "cyan"))
+        if self.answer:
+            parts.append(Panel(Markdown(self.answer), title="Answer", title_align="left",
+                               border_style="green"))
+        if self.footer:
+            parts.append(Text(self.footer, style="bold"))
+        return Group(*parts)  # type: ignore[arg-type]
+
+
+async def repl(engine: Engine) -> int:
+    """`ponder run` with no platform credentials: ask questions in the terminal."""
+    console = Console()
+    console.print("[bold]Ponder[/bold] — ask a question (empty line or Ctrl-D to quit).")
+    loop = asyncio.get_running_loop()
+    turns: list[Turn] = []
+    while True:
+        try:
+            # input() blocks, so it waits on a worker thread instead of the event loop.
+            line = await loop.run_in_executor(None, input, "? ")
+        except EOFError:
+            return 0
+        if not line.strip():
+            return 0
+        question = Question(line.strip(), history=tuple(turns))
+        end = await _show_live(engine, question, console)
+        if isinstance(end, FinalAnswer):
+            turns.append(Turn(question.text, end.text))  # the next line is a follow-up
+        elif end is not None:
+            console.print(f"[red]{end.message}[/red]")

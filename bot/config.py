@@ -1,0 +1,130 @@
+"""The one settings object: environment variables and `.env`, validated at start-up."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    CHAIN = "chain"
+    NATIVE = "native"
+
+
+class SettingsError(Exception):
+    """A setting has a wrong value; the message is one readable line naming it."""
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # Model server
+    openai_base_url: str = Field("http://localhost:8000/v1", validation_alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr = Field(SecretStr("EMPTY"), validation_alias="OPENAI_API_KEY")
+    model: str = Field("Qwen2.5-7B-Instruct", validation_alias="PONDER_MODEL")
+    mode: Mode = Field(Mode.CHAIN, validation_alias="PONDER_MODE")
+    max_steps: int = Field(25, ge=1, le=200, validation_alias="PONDER_MAX_STEPS")
+    min_steps: int = Field(3, ge=1, le=50, validation_alias="PONDER_MIN_STEPS")
+    temperature: float = Field(0.2, ge=0.0, le=2.0, validation_alias="PONDER_TEMPERATURE")
+    step_max_tokens: int = Field(1024, ge=16, validation_alias="PONDER_STEP_MAX_TOKENS")
+    answer_max_tokens: int = Field(2048, ge=16, validation_alias="PONDER_ANSWER_MAX_TOKENS")
+    request_timeout: float = Field(120.0, gt=0, validation_alias="PONDER_REQUEST_TIMEOUT")
+    connect_timeout: float = Field(5.0, gt=0, validation_alias="PONDER_CONNECT_TIMEOUT")
+    max_attempts: int = Field(3, ge=1, le=10, validation_alias="PONDER_MAX_ATTEMPTS")
+    session_header: str = Field("x-session-id", validation_alias="PONDER_SESSION_HEADER")
+
+    # Storage and process
+    db: Path = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
+    shutdown_grace: float = Field(30.0, ge=0, validation_alias="PONDER_SHUTDOWN_GRACE")
+    metrics_port: int = Field(0, ge=0, le=65535, validation_alias="PONDER_METRICS_PORT")
+    log_level: str = Field("INFO", validation_alias="PONDER_LOG_LEVEL")
+
+    # Limits
+    allowed_users: CommaList = Field((), validation_alias="PONDER_ALLOWED_USERS")
+    allowed_channels: CommaList = Field((), validation_alias="PONDER_ALLOWED_CHANNELS")
+    allowed_teams: CommaList = Field((), validation_alias="PONDER_ALLOWED_TEAMS")
+    user_concurrency: int = Field(2, ge=1, validation_alias="PONDER_USER_CONCURRENCY")
+    user_rate_per_minute: int = Field(6, ge=1, validation_alias="PONDER_USER_RATE")
+    max_question_chars: int = Field(4000, ge=1, validation_alias="PONDER_MAX_QUESTION_CHARS")
+
+    # Discord
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    discord_guild_ids: CommaList = Field((), validation_alias="DISCORD_GUILD_IDS")
+    discord_api_url: str = Field("https://discord.com/api/v10", validation_alias="DISCORD_API_URL")
+    discord_gateway_url: str = Field(
+        "wss://gateway.discord.gg/", validation_alias="DISCORD_GATEWAY_URL"
+    )
+
+    # Slack
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    @field_validator("allowed_users", "allowed_channels", "allowed_teams", "discord_guild_ids",
+                     mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("discord_guild_ids")
+    @classmethod
+    def _guild_ids_numeric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not item.isdigit():
+                raise ValueError(f"guild ids are numbers, got {item!r}")
+        return value
+
+    @field_validator("openai_base_url", "discord_api_url", "slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/") if not value.endswith("/api/") else value
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"must be a ws(s) URL, got {value!r}")
+        return value
+
+    @field_validator("min_steps")
+    @classmethod
+    def _min_below_max(cls, value: int, info: Any) -> int:
+        cap = info.data.get("max_steps")
+        return min(value, cap) if cap else value
+
+
+# Field name -> documented environment name, for error messages.
+_ENV_NAMES = {
+    name: (field.validation_alias if isinstance(field.validation_alias, str) else name.upper())
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning a validation error into one line that names the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        env = _ENV_NAMES.get(field, field)
+        message = first["msg"].removeprefix("Value error, ")
+        value = first.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        if "got " in message:
+            shown = ""
+        raise SettingsError(f"setting {env}: {message}{shown}") from None

@@ -1,0 +1,198 @@
+"""The reasoning engine: one question in, a stream of events out. Knows no platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+
+from bot import prompts
+from bot.config import Mode, Settings
+from bot.events import (
+    AnswerDelta,
+    ChainFailed,
+    ChainStarted,
+    Event,
+    FinalAnswer,
+    Language,
+    Question,
+    StepDelta,
+    StepFinished,
+    StepStarted,
+)
+from bot.llm import LLMClient, LLMError, Restart, StepProgress, StepResult, TextDelta, parse_step
+
+Messages = list[dict[str, str]]
+
+_NO_STEP = "(the model returned no readable step)"
+_NATIVE_MIN_STEP_CHARS = 240  # below this a paragraph break does not end a native step
+
+
+class Engine:
+    def __init__(self, llm: LLMClient, settings: Settings) -> None:
+        self.llm = llm
+        self.settings = settings
+
+    async def run(self, question: Question) -> AsyncIterator[Event]:
+        """Events of one chain. Cancelling the consumer ends it with `chain_failed: cancelled`
+        (yielded once, then the cancellation goes on)."""
+        started = time.monotonic()
+        language = prompts.detect_language(question.text)
+        mode = question.mode or self.settings.mode
+        yield ChainStarted(question.id, question.text, str(mode), language)
+        steps = self._native(question, language) if mode == Mode.NATIVE else self._chain(
+            question, language
+        )
+        try:
+            async for event in steps:
+                if isinstance(event, FinalAnswer):
+                    event = FinalAnswer(event.text, event.seconds,
+                                        time.monotonic() - started, event.steps)
+                yield event
+        except LLMError as exc:
+            yield ChainFailed(exc.reason, exc.message, time.monotonic() - started)
+        except asyncio.CancelledError:
+            yield ChainFailed("cancelled", "stopped", time.monotonic() - started)
+            raise
+        finally:
+            await steps.aclose()
+
+    # --- chain mode: one JSON step per request ------------------------------------------
+
+    async def _chain(self, question: Question, language: Language) -> AsyncIterator[Event]:
+        s = self.settings
+        messages: Messages = [
+            {"role": "system", "content": prompts.system_prompt(language, s.min_steps,
+                                                                s.max_steps)},
+            *_history(question),
+            {"role": "user", "content": question.text},
+        ]
+        last_content = ""
+        count = 0
+        empty_in_a_row = 0
+        for index in range(1, s.max_steps + 1):
+            yield StepStarted(index)
+            began = time.monotonic()
+            result: StepResult | None = None
+            async for item in self.llm.stream_step(messages, chain_id=question.id):
+                if isinstance(item, Restart):
+                    yield StepDelta(index, "", "")
+                elif isinstance(item, StepProgress):
+                    yield StepDelta(index, item.title, item.content)
+                else:
+                    result = item
+            assert result is not None  # stream_step always ends with a result
+            count = index
+            content = result.content or _NO_STEP
+            yield StepFinished(index, result.title, content, time.monotonic() - began)
+            messages.append({"role": "assistant", "content": json.dumps(
+                {"title": result.title, "content": content, "next_action": result.next_action},
+                ensure_ascii=False)})
+            if result.content:
+                last_content, empty_in_a_row = result.content, 0
+            else:
+                empty_in_a_row += 1
+                if empty_in_a_row >= 2:
+                    break  # the model is not producing steps; ask for its answer instead
+            if index == s.max_steps:
+                break
+            if result.next_action == "final_answer":
+                if index >= s.min_steps:
+                    break
+                messages.append({"role": "user", "content": prompts.not_yet(language, index + 1)})
+            else:
+                messages.append({"role": "user", "content": prompts.next_step(language,
+                                                                              index + 1)})
+        messages.append({"role": "user", "content": prompts.final_request(language)})
+        async for event in self._answer(messages, question.id, count, last_content):
+            yield event
+
+    async def _answer(self, messages: Messages, chain_id: str, steps: int,
+                      fallback: str) -> AsyncIterator[Event]:
+        began = time.monotonic()
+        text = ""
+        async for item in self.llm.stream_text(messages, chain_id=chain_id):
+            if isinstance(item, Restart):
+                text = ""
+                yield AnswerDelta("")
+            elif isinstance(item, TextDelta) and item.content:
+                text += item.content
+                yield AnswerDelta(text)
+        yield FinalAnswer(_plain_answer(text) or fallback or _NO_STEP,
+                          time.monotonic() - began, 0.0, steps)
+
+    # --- native mode: a reasoning model's own thinking, cut into steps --------------------
+
+    async def _native(self, question: Question, language: Language) -> AsyncIterator[Event]:
+        s = self.settings
+        messages: Messages = [*_history(question), {"role": "user", "content": question.text}]
+        began = time.monotonic()
+        index, thought, step_began = 0, "", began
+        answer = ""
+        budget = s.step_max_tokens * s.max_steps + s.answer_max_tokens
+        async for item in self.llm.stream_text(messages, chain_id=question.id, max_tokens=budget):
+            if isinstance(item, Restart):
+                thought, answer = "", ""
+                if index:
+                    yield StepDelta(index, "", "")
+                continue
+            if not isinstance(item, TextDelta):
+                continue
+            if item.reasoning:
+                if not index:
+                    index, step_began = 1, time.monotonic()
+                    yield StepStarted(index)
+                thought += item.reasoning
+                cut = _paragraph_cut(thought) if index < s.max_steps else -1
+                if cut > 0:
+                    done, thought = thought[:cut].strip(), thought[cut:].lstrip()
+                    now = time.monotonic()
+                    yield StepFinished(index, _title_of(done), done, now - step_began)
+                    index, step_began = index + 1, now
+                    yield StepStarted(index)
+                yield StepDelta(index, _title_of(thought), thought)
+            if item.content:
+                if thought.strip():
+                    yield StepFinished(index, _title_of(thought), thought.strip(),
+                                       time.monotonic() - step_began)
+                    thought = ""
+                answer += item.content
+                yield AnswerDelta(answer)
+        if thought.strip():
+            yield StepFinished(index, _title_of(thought), thought.strip(),
+                               time.monotonic() - step_began)
+        yield FinalAnswer(answer.strip() or _NO_STEP, time.monotonic() - began, 0.0, index)
+
+
+def _history(question: Question) -> Messages:
+    messages: Messages = []
+    for turn in question.history:
+        messages.append({"role": "user", "content": turn.question})
+        messages.append({"role": "assistant", "content": turn.answer})
+    return messages
+
+
+def _plain_answer(text: str) -> str:
+    """Small models sometimes answer in the step JSON they were shown; keep its content."""
+    text = text.strip()
+    if text.startswith(("{", "```")):
+        step = parse_step(text, complete=True)
+        if step and isinstance(step.get("content"), str) and step["content"].strip():
+            return step["content"].strip()
+    return text
+
+
+def _paragraph_cut(thought: str) -> int:
+    at = thought.rfind("\n\n")
+    return at + 2 if at >= _NATIVE_MIN_STEP_CHARS else -1
+
+
+_MARKUP = re.compile(r"[*_`#>]+")
+
+
+def _title_of(text: str) -> str:
+    first = _MARKUP.sub("", text.strip().split("\n", 1)[0]).strip()
+    sentence = re.split(r"(?<=[.!?。！？])\s*", first, maxsplit=1)[0]
+    return sentence if len(sentence) <= 60 else sentence[:59].rstrip() + "…"

@@ -1,0 +1,102 @@
+"""What the engine tells its listeners. Plain data: no platform knows more than this."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Language = Literal["en", "zh"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier exchange in a thread: what was asked and what Ponder finally answered."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    text: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    history: tuple[Turn, ...] = ()
+    mode: str | None = None  # None: the configured mode
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStarted:
+    chain_id: str
+    question: str
+    mode: str
+    language: Language
+    name = "chain_started"
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    index: int
+    name = "step_started"
+
+
+@dataclass(frozen=True, slots=True)
+class StepDelta:
+    """The step so far (whole title and content, not a diff), so a listener can redraw."""
+
+    index: int
+    title: str
+    content: str
+    name = "step_delta"
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    index: int
+    title: str
+    content: str
+    seconds: float
+    name = "step_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDelta:
+    """The final answer so far while it streams."""
+
+    text: str
+    name = "answer_delta"
+
+
+@dataclass(frozen=True, slots=True)
+class FinalAnswer:
+    text: str
+    seconds: float
+    total_seconds: float
+    steps: int
+    name = "final_answer"
+
+
+FailureReason = Literal[
+    "model_unavailable",  # no server answers, or it kept failing after retries
+    "model_error",  # the server refused the request (4xx other than 429)
+    "cancelled",  # stopped by a user or by shutdown
+    "interrupted",  # the process died mid-chain
+    "rejected",  # the question was refused before it started
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFailed:
+    reason: FailureReason
+    message: str
+    total_seconds: float
+    name = "chain_failed"
+
+
+Event = ChainStarted | StepStarted | StepDelta | StepFinished | AnswerDelta | FinalAnswer | ChainFailed
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event as one JSON-ready object: `{"event": name, ...fields}`."""
+    return {"event": event.name, **dataclasses.asdict(event)}

@@ -1,0 +1,381 @@
+"""The one place that talks to the model server (vLLM's OpenAI-compatible API).
+
+Every request streams. Failures that may pass (connection errors, timeouts, 429, 5xx, a stream
+cut mid-way) are retried with backoff and jitter; a consumer learns that an attempt was thrown
+away through a `Restart` marker and starts its partial text over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jiter
+import openai
+from openai import AsyncOpenAI
+
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+STEP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    # Order matters: the title streams first, so a step is named before its content grows.
+    "properties": {
+        "title": {"type": "string"},
+        "content": {"type": "string"},
+        "next_action": {"type": "string", "enum": ["continue", "final_answer"]},
+    },
+    "required": ["title", "content", "next_action"],
+    "additionalProperties": False,
+}
+
+OutputFormat = Literal["json_schema", "json_object", "text"]
+_FORMATS: tuple[OutputFormat, ...] = ("json_schema", "json_object", "text")
+
+
+class LLMError(Exception):
+    """The model server could not give an answer. `reason` is a ChainFailed reason."""
+
+    def __init__(self, reason: Literal["model_unavailable", "model_error"], message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """The attempt so far is void (it failed mid-way); what follows starts from nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    title: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    title: str
+    content: str
+    next_action: Literal["continue", "final_answer"]
+    salvaged: bool = False  # parsed from a broken or truncated reply
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    reasoning: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDone:
+    finish_reason: str | None
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _FormatRejected(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    reasoning: str
+    content: str
+    finish_reason: str | None
+
+
+class LLMClient:
+    def __init__(self, settings: Settings, *, retry_base_delay: float = 0.5) -> None:
+        self.settings = settings
+        self.base_url = settings.openai_base_url
+        self._retry_base = retry_base_delay
+        self._format: OutputFormat = "json_schema"
+        timeout = openai.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+        # Retries are ours: the SDK's would hide a cut stream and could not restart a step.
+        self._client = AsyncOpenAI(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            timeout=timeout,
+            max_retries=0,
+        )
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return self._format
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # --- public streams ------------------------------------------------------------------
+
+    async def stream_step(
+        self, messages: list[dict[str, str]], *, chain_id: str, max_tokens: int | None = None
+    ) -> AsyncIterator[StepProgress | StepResult | Restart]:
+        """One reasoning step as JSON: progress while it streams, then exactly one result."""
+        budget = max_tokens or self.settings.step_max_tokens
+        grew_budget = False
+        while True:
+            raw = ""
+            shown = StepProgress("", "")
+            finish: str | None = None
+            async for item in self._retrying(messages, chain_id, budget, structured=True):
+                if isinstance(item, Restart):
+                    raw, shown = "", StepProgress("", "")
+                    yield item
+                    continue
+                if isinstance(item, TextDone):
+                    finish = item.finish_reason
+                    break
+                raw += item.content
+                partial = parse_step(raw, complete=False)
+                if partial is not None:
+                    progress = StepProgress(_text(partial.get("title")),
+                                            _text(partial.get("content")))
+                    if progress != shown:
+                        shown = progress
+                        yield progress
+            step = parse_step(raw, complete=True) if finish != "length" else None
+            if step is not None and _text(step.get("content")):
+                yield _result(step)
+                return
+            salvage = parse_step(raw, complete=False) or {}
+            if _text(salvage.get("content")):
+                yield _result(salvage, salvaged=True)
+                return
+            if not grew_budget:
+                # Nothing usable: often runaway whitespace or a reply cut at max_tokens.
+                log.warning("unusable step (finish=%s); retrying with a larger budget", finish)
+                grew_budget, budget = True, budget * 2
+                yield Restart()
+                continue
+            text = raw.strip() if self._format == "text" else ""
+            yield StepResult(_text(salvage.get("title")), text, "continue", salvaged=True)
+            return
+
+    async def stream_text(
+        self, messages: list[dict[str, str]], *, chain_id: str, max_tokens: int | None = None
+    ) -> AsyncIterator[TextDelta | TextDone | Restart]:
+        """Free text (a final answer, or a reasoning model's thinking then answer)."""
+        budget = max_tokens or self.settings.answer_max_tokens
+        async for item in self._retrying(messages, chain_id, budget, structured=False):
+            yield item
+
+    # --- attempts and retries ------------------------------------------------------------
+
+    async def _retrying(
+        self, messages: list[dict[str, str]], chain_id: str, max_tokens: int, *, structured: bool
+    ) -> AsyncIterator[TextDelta | TextDone | Restart]:
+        attempts = self.settings.max_attempts
+        attempt = 0
+        while True:
+            attempt += 1
+            started = False
+            try:
+                async for chunk in self._attempt(messages, chain_id, max_tokens, structured):
+                    if chunk.reasoning or chunk.content:
+                        started = True
+                        yield TextDelta(chunk.reasoning, chunk.content)
+                    if chunk.finish_reason is not None:
+                        yield TextDone(chunk.finish_reason)
+                        return
+                raise _Retryable("the model server ended the stream without finishing")
+            except _FormatRejected:
+                attempt -= 1  # a downgrade is not a failed attempt
+                if started:
+                    yield Restart()
+                continue
+            except _Retryable as exc:
+                if attempt >= attempts:
+                    raise LLMError("model_unavailable", self._unavailable(str(exc))) from None
+                delay = self._backoff(attempt, exc.retry_after)
+                log.warning("model call failed (%s); attempt %d/%d in %.1fs",
+                            exc, attempt + 1, attempts, delay)
+                if started:
+                    yield Restart()
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, messages: list[dict[str, str]], chain_id: str, max_tokens: int, structured: bool
+    ) -> AsyncIterator[_Chunk]:
+        fmt = self._format if structured else "text"
+        kwargs: dict[str, Any] = {}
+        if fmt == "json_schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reasoning_step", "schema": STEP_SCHEMA, "strict": True},
+            }
+        elif fmt == "json_object":
+            kwargs["response_format"] = {"type": "json_object"}
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.settings.model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                temperature=self.settings.temperature,
+                max_tokens=max_tokens,
+                extra_headers={self.settings.session_header: chain_id},
+                **kwargs,
+            )
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if fmt != "text" and self._format == fmt:
+                self._downgrade(fmt, exc)
+                raise _FormatRejected from None
+            raise LLMError("model_error", self._refused(exc)) from None
+        except openai.APIStatusError as exc:
+            raise self._classify(exc) from None
+        except openai.APIConnectionError as exc:
+            raise _Retryable(type(exc).__name__) from None
+        try:
+            async for event in stream:
+                if not event.choices:
+                    continue
+                choice = event.choices[0]
+                delta = choice.delta
+                extra = delta.model_extra or {}
+                # vLLM's reasoning parsers name the field `reasoning` (older: reasoning_content).
+                reasoning = extra.get("reasoning") or extra.get("reasoning_content") or ""
+                yield _Chunk(reasoning, delta.content or "", choice.finish_reason)
+        except openai.APIError as exc:
+            raise _Retryable(f"stream broke: {type(exc).__name__}") from None
+        except Exception as exc:
+            # The SDK lets transport errors from a cut stream through unwrapped.
+            if isinstance(exc, asyncio.CancelledError | LLMError | GeneratorExit):
+                raise
+            raise _Retryable(f"stream broke: {type(exc).__name__}") from None
+        finally:
+            await stream.close()
+
+    def _downgrade(self, fmt: OutputFormat, exc: openai.APIStatusError) -> None:
+        nxt = _FORMATS[_FORMATS.index(fmt) + 1]
+        log.warning("the model server refused %s output (%s); using %s from now on",
+                    fmt, _error_text(exc), nxt)
+        self._format = nxt
+
+    def _classify(self, exc: openai.APIStatusError) -> Exception:
+        status = exc.status_code
+        if status == 429 or status >= 500 or status == 408:
+            return _Retryable(f"HTTP {status}", _retry_after(exc))
+        return LLMError("model_error", self._refused(exc))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, 60.0)
+        base = self._retry_base * 2 ** (attempt - 1)
+        return min(base + random.uniform(0, base / 2), 20.0)
+
+    def _unavailable(self, detail: str) -> str:
+        if detail.startswith("APIConnectionError") or detail.startswith("APITimeoutError"):
+            what = "timed out" if "Timeout" in detail else "no model server answers"
+            return (f"{what} at {self.base_url} — start one with `ponder model serve` "
+                    "or set OPENAI_BASE_URL")
+        return (f"the model server at {self.base_url} kept failing ({detail}) — "
+                "check its logs; retried with backoff")
+
+    def _refused(self, exc: openai.APIStatusError) -> str:
+        hint = " — check PONDER_MODEL" if exc.status_code == 404 else ""
+        return (f"the model server refused the request (HTTP {exc.status_code}: "
+                f"{_error_text(exc)}){hint}")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _result(step: dict[str, Any], salvaged: bool = False) -> StepResult:
+    action = str(step.get("next_action", "continue")).lower()
+    next_action: Literal["continue", "final_answer"] = (
+        "final_answer" if "final" in action else "continue"
+    )
+    return StepResult(_text(step.get("title")).strip(), _text(step.get("content")).strip(),
+                      next_action, salvaged)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _escape_controls_in_strings(text: str) -> str:
+    """Raw control characters inside JSON strings (legal for vLLM's grammar) made parseable."""
+    if not _CONTROL.search(text):
+        return text
+    out: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            elif ch < " ":
+                out.append(f"\\u{ord(ch):04x}")
+                continue
+        elif ch == '"':
+            in_string = True
+        out.append(ch)
+    return "".join(out)
+
+
+_DECODER = json.JSONDecoder(strict=False)
+
+
+def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
+    """The step object in `raw`, tolerating prose or code fences around it.
+
+    `complete=False` accepts a prefix of the object (strings cut mid-way), for live display.
+    """
+    start = raw.find("{")
+    if start == -1:
+        return None
+    body = raw[start:]
+    if complete:
+        try:
+            value, _ = _DECODER.raw_decode(body)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+    try:
+        value = jiter.from_json(_escape_controls_in_strings(body).encode(),
+                                partial_mode="trailing-strings")
+    except ValueError:
+        try:  # trailing prose after a finished object
+            value, _ = _DECODER.raw_decode(body)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    header = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _error_text(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:200]
+        if body.get("message"):
+            return str(body["message"])[:200]
+    return str(exc.message)[:200]

@@ -1,0 +1,301 @@
+"""Turns engine events into messages on a Surface: posted once, then edited in place.
+
+Platform-neutral. A surface only knows how to post, edit and render; everything about pacing
+(coalescing edits to a budget), length (splitting) and wording lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.events import (
+    AnswerDelta,
+    ChainFailed,
+    ChainStarted,
+    Event,
+    FinalAnswer,
+    Language,
+    StepDelta,
+    StepFinished,
+    StepStarted,
+)
+from bot.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+class SurfaceError(Exception):
+    """A post or edit the platform would not take, after the surface's own retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class SurfaceLimits:
+    max_chars: int
+    edit_interval: float
+
+
+class Surface(Protocol):
+    limits: SurfaceLimits
+    budget: RateLimiter
+
+    def render(self, markdown: str) -> str: ...
+
+    async def post(self, text: str) -> object: ...
+
+    async def edit(self, handle: object, text: str) -> None: ...
+
+
+# --- wording -------------------------------------------------------------------------------
+
+_LABELS: dict[Language, dict[str, str]] = {
+    "en": {
+        "step": "Step {i}",
+        "thinking": "thinking…",
+        "answer": "Answer",
+        "took": "{s} s",
+        "summary": "Thought for {s} s · {n} steps",
+        "summary_one": "Thought for {s} s · 1 step",
+        "stopped": "Stopped after {s} s.",
+        "failed": "Gave up after {s} s.",
+    },
+    "zh": {
+        "step": "第 {i} 步",
+        "thinking": "思考中…",
+        "answer": "答案",
+        "took": "{s} 秒",
+        "summary": "思考用时 {s} 秒 · 共 {n} 步",
+        "summary_one": "思考用时 {s} 秒 · 共 1 步",
+        "stopped": "已在 {s} 秒后停止。",
+        "failed": "{s} 秒后放弃。",
+    },
+}
+
+_RUNNING = " ⏳"
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:.1f}"
+
+
+def summary_line(total_seconds: float, steps: int, language: Language = "en") -> str:
+    """`Thought for 12.4 s · 6 steps` (or its Chinese form)."""
+    labels = _LABELS[language]
+    key = "summary_one" if steps == 1 else "summary"
+    return labels[key].format(s=seconds_text(total_seconds), n=steps)
+
+
+def step_markdown(index: int, title: str, content: str, language: Language = "en",
+                  seconds: float | None = None) -> str:
+    labels = _LABELS[language]
+    head = labels["step"].format(i=index)
+    if title:
+        head = f"{head} · {title.strip()}"
+    tail = _RUNNING if seconds is None else f" · {labels['took'].format(s=seconds_text(seconds))}"
+    body = content.strip() or (labels["thinking"] if seconds is None else "")
+    return f"**{head}**{tail}\n{body}".rstrip()
+
+
+def answer_markdown(text: str, language: Language = "en", summary: str | None = None) -> str:
+    labels = _LABELS[language]
+    head = f"**{labels['answer']}**" + (_RUNNING if summary is None else "")
+    body = text.strip() or (labels["thinking"] if summary is None else "")
+    out = f"{head}\n{body}".rstrip()
+    return f"{out}\n\n_{summary}_" if summary is not None else out
+
+
+def failure_markdown(failure: ChainFailed, language: Language = "en") -> str:
+    labels = _LABELS[language]
+    key = "stopped" if failure.reason == "cancelled" else "failed"
+    after = labels[key].format(s=seconds_text(failure.total_seconds))
+    if failure.reason == "cancelled":
+        return f"⏹️ {after}"
+    return f"⚠️ {failure.message}\n_{after}_"
+
+
+# --- splitting -----------------------------------------------------------------------------
+
+_BREAKS = ("\n\n", "\n", "。", ". ", "! ", "? ", "；", "; ", ", ", " ")
+_FENCE = "```"
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Cut `text` into pieces of at most `limit` chars, at the gentlest boundary available.
+
+    A code fence left open by a cut is closed at the end of the piece and reopened in the next,
+    so each message renders on its own.
+    """
+    if limit < 16:
+        raise ValueError("limit too small to split into readable pieces")
+    pieces: list[str] = []
+    rest = text
+    reopen = ""
+    while rest:
+        rest = reopen + rest
+        reopen = ""
+        if len(rest) <= limit:
+            pieces.append(rest)
+            break
+        budget = limit - len(_FENCE) - 1  # room to close a fence the cut leaves open
+        cut = _cut_point(rest, budget)
+        piece, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n")
+        if piece.count(_FENCE) % 2 == 1:
+            piece += "\n" + _FENCE
+            reopen = _FENCE + "\n"
+        pieces.append(piece)
+    return [p for p in pieces if p.strip()] or [""]
+
+
+def _cut_point(text: str, budget: int) -> int:
+    floor = budget // 3  # never make a piece absurdly short just to cut at a paragraph
+    for mark in _BREAKS:
+        at = text.rfind(mark, floor, budget)
+        if at != -1:
+            return at + len(mark)
+    return budget
+
+
+# --- message slots -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One platform message: what it shows, what it should show, and its pending writer."""
+
+    handle: object
+    written: str
+    wanted: str
+    last_write: float
+    final: bool = False
+    writer: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Outcome:
+    answer: str | None = None
+    failure: ChainFailed | None = None
+    steps: int = 0
+    total_seconds: float = 0.0
+    handles: list[object] = field(default_factory=list)
+
+
+class ThreadPresenter:
+    """Shows one chain on one surface. `await present(events)` returns when all is written."""
+
+    def __init__(self, surface: Surface, language: Language = "en") -> None:
+        self.surface = surface
+        self.language: Language = language
+        self.outcome = Outcome()
+        self._blocks: dict[object, list[_Slot]] = {}
+        self._texts: dict[object, str] = {}
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def present(self, events: AsyncIterator[Event]) -> Outcome:
+        try:
+            async for event in events:
+                await self.handle(event)
+        finally:
+            await self.finish()
+        return self.outcome
+
+    async def handle(self, event: Event) -> None:
+        match event:
+            case ChainStarted(language=language):
+                self.language = language
+            case StepStarted(index=i):
+                await self._show(("step", i), step_markdown(i, "", "", self.language))
+            case StepDelta(index=i, title=title, content=content):
+                await self._show(("step", i), step_markdown(i, title, content, self.language))
+            case StepFinished(index=i, title=title, content=content, seconds=seconds):
+                self.outcome.steps = max(self.outcome.steps, i)
+                text = step_markdown(i, title, content, self.language, seconds)
+                await self._show(("step", i), text, final=True)
+            case AnswerDelta(text=text):
+                await self._show("answer", answer_markdown(text, self.language))
+            case FinalAnswer(text=text, total_seconds=total, steps=steps):
+                self.outcome.answer, self.outcome.total_seconds = text, total
+                self.outcome.steps = steps
+                line = summary_line(total, steps, self.language)
+                await self._show("answer", answer_markdown(text, self.language, line), final=True)
+            case ChainFailed(total_seconds=total):
+                self.outcome.failure, self.outcome.total_seconds = event, total
+                await self._settle_open_blocks()
+                await self._show("failure", failure_markdown(event, self.language), final=True)
+
+    async def finish(self) -> None:
+        """Write the last text of every message; a cancelled chain still gets its final state."""
+        await self._settle_open_blocks()
+        while self._writers:
+            await asyncio.gather(*list(self._writers), return_exceptions=True)
+
+    async def _settle_open_blocks(self) -> None:
+        # Nothing may keep showing "thinking…" once the chain is over.
+        for key, slots in list(self._blocks.items()):
+            if slots and not slots[-1].final:
+                text = self._texts[key].replace(_RUNNING, "", 1)
+                await self._show(key, text, final=True)
+
+    async def _show(self, key: object, markdown: str, final: bool = False) -> None:
+        self._texts[key] = markdown
+        pieces = self._render_pieces(markdown)
+        slots = self._blocks.setdefault(key, [])
+        for n, piece in enumerate(pieces):
+            if n < len(slots):
+                self._want(slots[n], piece, final)
+                continue
+            # New messages are posted at once and in order, so a thread reads top to bottom.
+            await self.surface.budget.acquire(urgent=True)
+            try:
+                handle = await self.surface.post(piece)
+            except SurfaceError:
+                log.exception("could not post a message; the chain goes on without it")
+                return
+            slot = _Slot(handle, piece, piece, time.monotonic(), final)
+            slots.append(slot)
+            self.outcome.handles.append(handle)
+        for slot in slots[len(pieces):]:
+            self._want(slot, "…", final)  # content shrank (a retried step): blank the leftovers
+
+    def _render_pieces(self, markdown: str) -> list[str]:
+        limit = self.surface.limits.max_chars
+        budget = limit
+        while True:
+            pieces = [self.surface.render(p) for p in split_text(markdown, budget)]
+            longest = max(len(p) for p in pieces)
+            if longest <= limit:
+                return pieces
+            # Rendering grew the text (escaping): split the source finer and try again.
+            budget = max(16, int(budget * limit / longest) - 8)
+
+    def _want(self, slot: _Slot, text: str, final: bool) -> None:
+        slot.wanted = text
+        slot.final = slot.final or final
+        if slot.wanted != slot.written and (slot.writer is None or slot.writer.done()):
+            slot.writer = asyncio.create_task(self._write(slot))
+            self._writers.add(slot.writer)
+            slot.writer.add_done_callback(self._writers.discard)
+
+    async def _write(self, slot: _Slot) -> None:
+        interval = self.surface.limits.edit_interval
+        while slot.wanted != slot.written:
+            wait = slot.last_write + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.surface.budget.acquire(urgent=slot.final)
+            text = slot.wanted  # the latest text wins; the ones in between are never sent
+            try:
+                await self.surface.edit(slot.handle, text)
+            except SurfaceError:
+                log.exception("could not edit a message")
+                if not slot.final:
+                    return
+                slot.final = False  # one more try for the final text, then give up
+                slot.last_write = time.monotonic()
+                continue
+            slot.written = text
+            slot.last_write = time.monotonic()

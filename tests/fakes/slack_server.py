@@ -1,0 +1,593 @@
+"""A fake Slack Web API: enough of it to serve a whole Ponder session, recorded call by call.
+
+Serve it with `async with FakeSlack() as slack:` and hand `slack.base_url`
+(`http://127.0.0.1:PORT/api/`) to slack_sdk as `base_url`. It speaks the shapes slack_sdk 3.47
+sends: JSON bodies for `chat.*` and `assistant.threads.setStatus`, form bodies for
+`reactions.*` and `auth.test`, query strings for `conversations.replies` and `users.info`, the
+bot token as `Authorization: Bearer ...`.
+
+What it keeps:
+- every request (`slack.calls`, `slack.calls_to("chat.update")`) with its parsed body, headers,
+  the status it answered and the answer;
+- every message by channel and `ts` (`slack.thread(channel, thread_ts)` lists a thread in
+  order), with the history of its texts (`message.texts`), and for streamed messages their
+  markdown text, task cards and state.
+
+What it can do to a client (all injectable while it runs):
+- `inject(method, status=429, retry_after=2)` / `inject(method, error="msg_too_long")` /
+  `inject(method, status=503)`: the next call(s) of a method fail that way;
+- `limit(method, calls, window, per="workspace"|"channel")`: a sliding-window budget that
+  answers 429 + `Retry-After` when exceeded (by default `chat.update` has Tier 3's 50 per
+  60 s per workspace; shorten the window to test fast);
+- `streaming = False` (or `stream_error = "..."`): the streaming methods answer an error, as in a
+  workspace or channel that does not offer them; `stream_max_age`: a stream stops accepting
+  appends after that many seconds (Slack ends streams after about five minutes);
+- `assistant_status = False`: `assistant.threads.setStatus` is refused (`status_error`).
+
+Rules it enforces like Slack: `chat.update` / `chat.postMessage` text over 4,000 characters is
+`msg_too_long`; `markdown_text` over 12,000 characters per call is `msg_too_long`; a stream
+outside a DM needs `recipient_user_id` and `recipient_team_id`; unknown channels or messages are
+`channel_not_found` / `message_not_found`; a wrong token is `invalid_auth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+MAX_TEXT = 4000
+MAX_MARKDOWN = 12000
+
+STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
+
+
+@dataclass
+class Call:
+    """One request as the fake saw it and what it answered."""
+
+    method: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float  # time.monotonic() when it arrived
+    status: int = 200
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and bool(self.response.get("ok"))
+
+    @property
+    def error(self) -> str | None:
+        return self.response.get("error")
+
+
+@dataclass
+class Task:
+    id: str
+    title: str
+    status: str
+    details: str = ""
+    output: str = ""
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    user: str | None = None
+    bot_id: str | None = None
+    texts: list[str] = field(default_factory=list)  # every text it has shown, in order
+    reactions: dict[str, set[str]] = field(default_factory=dict)  # name -> users
+    # Streaming: "streaming" until stopped, then "stopped"; None for ordinary messages.
+    stream_state: Literal["streaming", "stopped"] | None = None
+    stream_started: float = 0.0
+    tasks: dict[str, Task] = field(default_factory=dict)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def edits(self) -> int:
+        return max(0, len(self.texts) - 1)
+
+    @property
+    def is_bot(self) -> bool:
+        return self.bot_id is not None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.thread_ts:
+            out["thread_ts"] = self.thread_ts
+        if self.user:
+            out["user"] = self.user
+        if self.bot_id:
+            out["bot_id"] = self.bot_id
+        return out
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str | None
+    retry_after: int | None
+    times: int
+
+
+@dataclass
+class _Limit:
+    calls: int
+    window: float
+    per: Literal["workspace", "channel"]
+    seen: dict[str, deque[float]] = field(default_factory=dict)
+
+
+class FakeSlack:
+    """A local Slack Web API for one workspace (`team_id`) and one bot user."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "xoxb-test-token",
+        team_id: str = "T0PONDER",
+        team: str = "Ponder Test",
+        bot_user_id: str = "UPONDERBOT",
+        bot_id: str = "BPONDER",
+        streaming: bool = True,
+        assistant_status: bool = True,
+        update_limit: tuple[int, float] | None = (50, 60.0),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.token = token
+        self.team_id = team_id
+        self.team = team
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.streaming = streaming
+        self.stream_error = "method_not_supported_for_channel_type"
+        self.stream_max_age: float | None = None
+        self.assistant_status = assistant_status
+        self.status_error = "missing_scope"
+        self.host = host
+        self.latency = 0.0  # seconds added to every answer
+
+        self.calls: list[Call] = []
+        self.messages: dict[tuple[str, str], Message] = {}
+        self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        self.users: dict[str, dict[str, Any]] = {}
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._limits: dict[str, _Limit] = {}
+        if update_limit is not None:
+            self.limit("chat.update", *update_limit)
+        self._clock = itertools.count(1)
+        self._base_seconds = int(time.time())
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._listeners: list[Callable[[Call], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_route("*", "/api/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self._port = sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self._port}/api/"
+
+    # --- what tests set up -----------------------------------------------------------------
+
+    def inject(
+        self,
+        method: str,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` calls of `method` fail: HTTP `status`, or `ok: false` + `error`.
+
+        `status=429` answers `Retry-After: retry_after` (default 1) and `error: ratelimited`.
+        """
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        if status == 429 and error is None:
+            error = "ratelimited"
+        if status == 200 and error is None:
+            raise ValueError("a 200 fault needs an error")
+        self._faults.setdefault(method, deque()).append(_Fault(status, error, retry_after, times))
+
+    def limit(
+        self,
+        method: str,
+        calls: int,
+        window: float,
+        per: Literal["workspace", "channel"] = "workspace",
+    ) -> None:
+        """At most `calls` accepted calls of `method` in any `window` seconds, else 429."""
+        self._limits[method] = _Limit(calls, window, per)
+
+    def unlimit(self, method: str) -> None:
+        self._limits.pop(method, None)
+
+    def on_call(self, listener: Callable[[Call], None]) -> None:
+        """Call `listener(call)` after every answered request (benchmarks time with it)."""
+        self._listeners.append(listener)
+
+    def next_ts(self) -> str:
+        n = next(self._clock)
+        return f"{self._base_seconds + n // 1_000_000}.{n % 1_000_000:06d}"
+
+    def add_user_message(
+        self, channel: str, text: str, *, user: str = "UASKER", thread_ts: str | None = None
+    ) -> Message:
+        """A message a person wrote (what an event will then point at)."""
+        ts = self.next_ts()
+        msg = Message(channel, ts, thread_ts, text, user=user, texts=[text])
+        self.messages[(channel, ts)] = msg
+        return msg
+
+    # --- what tests read -------------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def count(self, method: str, status: int | None = None) -> int:
+        return sum(
+            1 for c in self.calls if c.method == method and (status is None or c.status == status)
+        )
+
+    @property
+    def rate_limited(self) -> int:
+        """How many calls were answered 429 (injected or by a budget)."""
+        return sum(1 for c in self.calls if c.status == 429)
+
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """The replies of a thread (not its parent), oldest first."""
+        replies = [
+            m for (ch, _), m in self.messages.items()
+            if ch == channel and m.thread_ts == thread_ts and m.ts != thread_ts
+        ]
+        return sorted(replies, key=lambda m: _ts_key(m.ts))
+
+    def bot_messages(self) -> list[Message]:
+        return sorted(
+            (m for m in self.messages.values() if m.is_bot), key=lambda m: _ts_key(m.ts)
+        )
+
+    def message(self, channel: str, ts: str) -> Message:
+        return self.messages[(channel, ts)]
+
+    # --- the server ------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        body = await _parse_body(request)
+        call = Call(method, body, dict(request.headers), time.monotonic())
+        self.calls.append(call)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        status, payload, headers = self._answer(method, body, request)
+        call.status, call.response = status, payload
+        for listener in self._listeners:
+            listener(call)
+        return web.json_response(payload, status=status, headers=headers)
+
+    def _answer(
+        self, method: str, body: dict[str, Any], request: web.Request
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        token = _token(request, body)
+        if token is None:
+            return 200, {"ok": False, "error": "not_authed"}, {}
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}, {}
+
+        faults = self._faults.get(method)
+        if faults:
+            fault = faults[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                faults.popleft()
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+            if fault.status >= 500:
+                return fault.status, {"ok": False, "error": "internal_error"}, headers
+            return fault.status, {"ok": False, "error": fault.error}, headers
+
+        limited = self._over_limit(method, body)
+        if limited is not None:
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(limited)}
+
+        handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return 200, {"ok": False, "error": "unknown_method"}, {}
+        try:
+            payload = handler(body)
+        except _SlackError as exc:
+            return 200, {"ok": False, "error": exc.error}, {}
+        return 200, {"ok": True, **payload}, {}
+
+    def _over_limit(self, method: str, body: dict[str, Any]) -> int | None:
+        """None when the call fits its budget (and is then counted), else Retry-After."""
+        lim = self._limits.get(method)
+        if lim is None:
+            return None
+        key = self.team_id if lim.per == "workspace" else str(body.get("channel", ""))
+        seen = lim.seen.setdefault(key, deque())
+        now = time.monotonic()
+        while seen and seen[0] <= now - lim.window:
+            seen.popleft()
+        if len(seen) >= lim.calls:
+            return max(1, math.ceil(seen[0] + lim.window - now))
+        seen.append(now)
+        return None
+
+    # --- methods ---------------------------------------------------------------------------
+
+    def _m_api_test(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"args": body}
+
+    def _m_auth_test(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://ponder-test.slack.com/",
+            "team": self.team,
+            "user": "ponder",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _m_users_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        user = str(body.get("user", ""))
+        if user == self.bot_user_id:
+            return {"user": {"id": user, "name": "ponder", "is_bot": True, "team_id": self.team_id}}
+        info = self.users.get(user, {"id": user, "name": user.lower(), "is_bot": False})
+        return {"user": {"team_id": self.team_id, **info}}
+
+    def _m_chat_postMessage(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = _need(body, "channel")
+        text = str(body.get("text") or body.get("markdown_text") or "")
+        if not text and not body.get("blocks"):
+            raise _SlackError("no_text")
+        if len(text) > MAX_TEXT:
+            raise _SlackError("msg_too_long")
+        thread_ts = body.get("thread_ts") or None
+        if thread_ts is not None and (channel, thread_ts) not in self.messages:
+            raise _SlackError("thread_not_found")
+        ts = self.next_ts()
+        msg = Message(channel, ts, thread_ts, text, bot_id=self.bot_id, texts=[text])
+        self.messages[(channel, ts)] = msg
+        return {"channel": channel, "ts": ts, "message": msg.as_json()}
+
+    def _m_chat_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = _need(body, "channel"), _need(body, "ts")
+        msg = self.messages.get((channel, ts))
+        if msg is None:
+            raise _SlackError("message_not_found")
+        if not msg.is_bot:
+            raise _SlackError("cant_update_message")
+        text = str(body.get("text") or body.get("markdown_text") or "")
+        if not text and not body.get("blocks"):
+            raise _SlackError("no_text")
+        if len(text) > MAX_TEXT:
+            raise _SlackError("msg_too_long")
+        msg.text = text
+        msg.texts.append(text)
+        return {"channel": channel, "ts": ts, "text": text, "message": msg.as_json()}
+
+    def _m_chat_delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = _need(body, "channel"), _need(body, "ts")
+        if self.messages.pop((channel, ts), None) is None:
+            raise _SlackError("message_not_found")
+        return {"channel": channel, "ts": ts}
+
+    def _stream_allowed(self) -> None:
+        if not self.streaming:
+            raise _SlackError(self.stream_error)
+
+    def _m_chat_startStream(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._stream_allowed()
+        channel = _need(body, "channel")
+        thread_ts = body.get("thread_ts") or None
+        if not channel.startswith("D"):
+            if not body.get("recipient_user_id"):
+                raise _SlackError("missing_recipient_user_id")
+            if not body.get("recipient_team_id"):
+                raise _SlackError("missing_recipient_team_id")
+        if thread_ts is not None and (channel, thread_ts) not in self.messages:
+            raise _SlackError("thread_not_found")
+        ts = self.next_ts()
+        msg = Message(channel, ts, thread_ts, "", bot_id=self.bot_id, texts=[""],
+                      stream_state="streaming", stream_started=time.monotonic())
+        self._apply_stream(msg, body)
+        self.messages[(channel, ts)] = msg
+        return {"channel": channel, "ts": ts}
+
+    def _streaming_message(self, body: dict[str, Any]) -> Message:
+        self._stream_allowed()
+        channel, ts = _need(body, "channel"), _need(body, "ts")
+        msg = self.messages.get((channel, ts))
+        if msg is None:
+            raise _SlackError("message_not_found")
+        if msg.stream_state != "streaming":
+            raise _SlackError("message_not_in_streaming_state")
+        if self.stream_max_age is not None and (
+            time.monotonic() - msg.stream_started > self.stream_max_age
+        ):
+            msg.stream_state = "stopped"
+            raise _SlackError("message_not_in_streaming_state")
+        return msg
+
+    def _m_chat_appendStream(self, body: dict[str, Any]) -> dict[str, Any]:
+        msg = self._streaming_message(body)
+        if not body.get("markdown_text") and not body.get("chunks"):
+            raise _SlackError("no_text")
+        self._apply_stream(msg, body)
+        return {"channel": msg.channel, "ts": msg.ts}
+
+    def _m_chat_stopStream(self, body: dict[str, Any]) -> dict[str, Any]:
+        msg = self._streaming_message(body)
+        self._apply_stream(msg, body)
+        msg.stream_state = "stopped"
+        return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_json()}
+
+    def _apply_stream(self, msg: Message, body: dict[str, Any]) -> None:
+        """Validate everything first (a refused call changes nothing), then apply it."""
+        chunks = body.get("chunks") or []
+        if not isinstance(chunks, list):
+            raise _SlackError("invalid_chunks")
+        texts: list[str] = []
+        if body.get("markdown_text"):
+            texts.append(str(body["markdown_text"]))
+        for chunk in chunks:
+            if not isinstance(chunk, dict) or chunk.get("type") not in (
+                "markdown_text", "task_update", "plan_update", "blocks"
+            ):
+                raise _SlackError("invalid_chunks")
+            if chunk["type"] == "markdown_text":
+                texts.append(str(chunk.get("text", "")))
+            if chunk["type"] == "task_update":
+                if not chunk.get("id") or not chunk.get("title") or chunk.get("status") not in (
+                    "pending", "in_progress", "complete", "error"
+                ):
+                    raise _SlackError("invalid_chunks")
+                if len(str(chunk["title"])) > 256:
+                    raise _SlackError("invalid_chunks")
+        if any(len(t) > MAX_MARKDOWN for t in texts):
+            raise _SlackError("msg_too_long")
+        for chunk in chunks:
+            msg.chunks.append(chunk)
+            if chunk["type"] == "task_update":
+                task = msg.tasks.get(chunk["id"])
+                if task is None:
+                    task = msg.tasks[chunk["id"]] = Task(chunk["id"], "", "pending")
+                task.title, task.status = str(chunk["title"]), str(chunk["status"])
+                task.details += str(chunk.get("details") or "")  # details append
+                if chunk.get("output"):
+                    task.output = str(chunk["output"])
+        if texts:
+            msg.text += "".join(texts)
+            msg.texts.append(msg.text)
+
+    def _m_reactions_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        msg = self._reacted(body)
+        users = msg.reactions.setdefault(_need(body, "name"), set())
+        if self.bot_user_id in users:
+            raise _SlackError("already_reacted")
+        users.add(self.bot_user_id)
+        return {}
+
+    def _m_reactions_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        msg = self._reacted(body)
+        users = msg.reactions.get(_need(body, "name"), set())
+        if self.bot_user_id not in users:
+            raise _SlackError("no_reaction")
+        users.discard(self.bot_user_id)
+        if not users:
+            msg.reactions.pop(body["name"], None)
+        return {}
+
+    def _reacted(self, body: dict[str, Any]) -> Message:
+        channel, ts = _need(body, "channel"), _need(body, "timestamp")
+        msg = self.messages.get((channel, ts))
+        if msg is None:
+            raise _SlackError("message_not_found")
+        return msg
+
+    def _m_assistant_threads_setStatus(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.assistant_status:
+            raise _SlackError(self.status_error)
+        channel, thread_ts = _need(body, "channel_id"), _need(body, "thread_ts")
+        if "status" not in body:
+            raise _SlackError("invalid_arguments")
+        if (channel, thread_ts) not in self.messages:
+            raise _SlackError("invalid_thread_ts")
+        self.statuses.append((channel, thread_ts, str(body["status"])))
+        return {}
+
+    def _m_conversations_replies(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = _need(body, "channel"), _need(body, "ts")
+        parent = self.messages.get((channel, ts))
+        if parent is None:
+            raise _SlackError("thread_not_found")
+        items = [parent, *self.thread(channel, ts)]
+        return {"messages": [m.as_json() for m in items], "has_more": False}
+
+
+class _SlackError(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _need(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not value:
+        raise _SlackError("channel_not_found" if name in ("channel", "channel_id")
+                          else "invalid_arguments")
+    return str(value)
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    whole, _, frac = ts.partition(".")
+    return int(whole), int(frac or 0)
+
+
+def _token(request: web.Request, body: dict[str, Any]) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth.removeprefix("Bearer ").strip()
+    token = body.get("token")
+    return str(token) if token else None
+
+
+async def _parse_body(request: web.Request) -> dict[str, Any]:
+    body: dict[str, Any] = dict(request.query)
+    raw = await request.read()
+    if not raw:
+        return body
+    if request.content_type == "application/json":
+        loaded = json.loads(raw)
+        if isinstance(loaded, dict):
+            body.update(loaded)
+        return body
+    for key, value in parse_qsl(raw.decode(), keep_blank_values=True):
+        body[key] = _maybe_json(value) if key in ("chunks", "blocks") else value
+    return body
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
