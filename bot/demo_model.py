@@ -73,7 +73,9 @@ def convert(gguf: Path, outdir: Path) -> None:
     # Tied embeddings legitimately show up as a missing lm_head; anything else is a bad file.
     missing = [key for key in missing if key != "lm_head.weight"]
     if missing or unexpected:
-        raise SystemExit(f"weights do not fit the config: missing={missing} unexpected={unexpected}")
+        raise SystemExit(
+            f"weights do not fit the config: missing={missing} unexpected={unexpected}"
+        )
     clean.to(torch.bfloat16)
     clean.save_pretrained(outdir, safe_serialization=True)
     tokenizer.save_pretrained(outdir)

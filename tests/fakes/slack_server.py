@@ -24,6 +24,10 @@ What it can do to a client (all injectable while it runs):
   appends after that many seconds (Slack ends streams after about five minutes);
 - `assistant_status = False`: `assistant.threads.setStatus` is refused (`status_error`).
 
+Socket Mode: `apps.connections.open` (with the app token, `xapp-…`) hands out a WebSocket URL on
+this server; it sends `hello`, then whatever `push_event(payload)` gives it as an `events_api`
+envelope, and records the acks (`await slack.acked(envelope_id)`).
+
 Rules it enforces like Slack: `chat.update` / `chat.postMessage` text over 4,000 characters is
 `msg_too_long`; `markdown_text` over 12,000 characters per call is `msg_too_long`; a stream
 outside a DM needs `recipient_user_id` and `recipient_team_id`; unknown channels or messages are
@@ -37,6 +41,7 @@ import itertools
 import json
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,6 +143,7 @@ class FakeSlack:
         self,
         *,
         token: str = "xoxb-test-token",
+        app_token: str = "xapp-test-token",
         team_id: str = "T0PONDER",
         team: str = "Ponder Test",
         bot_user_id: str = "UPONDERBOT",
@@ -148,6 +154,7 @@ class FakeSlack:
         host: str = "127.0.0.1",
     ) -> None:
         self.token = token
+        self.app_token = app_token
         self.team_id = team_id
         self.team = team
         self.bot_user_id = bot_user_id
@@ -173,6 +180,10 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._listeners: list[Callable[[Call], None]] = []
+        self._sockets: list[web.WebSocketResponse] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+        self._acked = asyncio.Condition()
+        self.socket_connected = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -186,6 +197,7 @@ class FakeSlack:
     async def start(self) -> None:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/api/{method}", self._handle)
+        app.router.add_get("/link/", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -196,6 +208,8 @@ class FakeSlack:
         self._port = sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -257,6 +271,28 @@ class FakeSlack:
         self.messages[(channel, ts)] = msg
         return msg
 
+    async def push_event(self, payload: dict[str, Any], *, retry_attempt: int = 0,
+                         retry_reason: str = "") -> str:
+        """Deliver an Events API payload over the open Socket Mode connection."""
+        if not self._sockets:
+            raise RuntimeError("no Socket Mode connection is open")
+        envelope_id = uuid.uuid4().hex
+        await self._sockets[-1].send_json({
+            "envelope_id": envelope_id,
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": retry_attempt,
+            "retry_reason": retry_reason,
+            "payload": payload,
+        })
+        return envelope_id
+
+    async def acked(self, envelope_id: str) -> dict[str, Any]:
+        """Wait for the client's ack of an envelope (bound it with `asyncio.timeout`)."""
+        async with self._acked:
+            await self._acked.wait_for(lambda: envelope_id in self.acks)
+        return self.acks[envelope_id]
+
     # --- what tests read -------------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
@@ -303,12 +339,39 @@ class FakeSlack:
             listener(call)
         return web.json_response(payload, status=status, headers=headers)
 
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": len(self._sockets),
+                            "debug_info": {"host": "fake-slack"},
+                            "connection_info": {"app_id": "APONDER"}})
+        self.socket_connected.set()
+        try:
+            async for message in ws:
+                if message.type != web.WSMsgType.TEXT:
+                    continue
+                data = json.loads(message.data)
+                if isinstance(data, dict) and data.get("envelope_id"):
+                    async with self._acked:
+                        self.acks[str(data["envelope_id"])] = data
+                        self._acked.notify_all()
+        finally:
+            self._sockets.remove(ws)
+        return ws
+
     def _answer(
         self, method: str, body: dict[str, Any], request: web.Request
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         token = _token(request, body)
         if token is None:
             return 200, {"ok": False, "error": "not_authed"}, {}
+        if method == "apps.connections.open":
+            if token != self.app_token:
+                return 200, {"ok": False, "error": "invalid_auth"}, {}
+            ticket = uuid.uuid4().hex
+            url = f"ws://{self.host}:{self._port}/link/?ticket={ticket}"
+            return 200, {"ok": True, "url": url}, {}
         if token != self.token:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
 

@@ -1,0 +1,93 @@
+"""What Ponder writes on Discord outside the steps themselves: names, opening lines, summaries.
+
+Discord renders Markdown itself, so model text is kept as it is; only mass mentions are
+neutralised (the client's `AllowedMentions.none()` already stops every ping, this keeps the
+text from even looking like one).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bot.events import ChainFailed, Language
+from bot.presenter import Outcome, seconds_text, summary_line
+
+MAX_CONTENT = 2000
+THREAD_NAME_LIMIT = 100
+_ZWSP = "\u200b"
+
+_MASS_MENTION = re.compile(r"@(everyone|here)\b")
+_MENTION = re.compile(r"<(?:@[!&]?|#)\d+>|<a?:\w+:\d+>|<t:\d+(?::\w)?>")
+_MARKUP = re.compile(r"[*_~`|>#\[\]()]+")
+_URL = re.compile(r"https?://\S+")
+_SPACE = re.compile(r"\s+")
+
+
+def render(markdown: str) -> str:
+    """Presenter Markdown → Discord text: unchanged, except `@everyone`/`@here` cannot ping."""
+    return _MASS_MENTION.sub(lambda m: f"@{_ZWSP}{m.group(1)}", markdown)
+
+
+def thread_name(question: str, limit: int = THREAD_NAME_LIMIT) -> str:
+    """A thread title from a question: one line, no markup or mentions, at most `limit` chars."""
+    text = _MENTION.sub(" ", question)
+    text = _URL.sub(lambda m: m.group(0).split("//", 1)[1].split("/", 1)[0], text)
+    text = _MARKUP.sub(" ", text)
+    text = _SPACE.sub(" ", text).strip(" -:;,.")
+    text = render(text)
+    if not text:
+        return "Ponder"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" -:;,.") + "…"
+
+
+def quote(text: str, limit: int) -> str:
+    """`text` as a Markdown block quote of at most `limit` chars."""
+    text = text.strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.splitlines())
+
+
+def opening(question: str, asker_mention: str, note: str | None = None) -> str:
+    """The message a chain starts from (a thread's first message, or the inline header)."""
+    head = f"🤔 {asker_mention} asked:"
+    tail = f"\n_{note}_" if note else ""
+    room = MAX_CONTENT - len(head) - len(tail) - 200  # room for the closing summary line
+    return render(f"{head}\n{quote(question, room)}{tail}")
+
+
+def running_line(where: str | None) -> str:
+    return f"Reasoning step by step in {where} …" if where else "Reasoning step by step …"
+
+
+def outcome_line(outcome: Outcome | None, error: str | None, language: Language,
+                 where: str | None) -> str:
+    """One line for the opening message once the chain is over."""
+    link = f" · {where}" if where else ""
+    if error is not None:
+        return f"⚠️ {error}{link}"
+    if outcome is None:
+        return f"⚠️ The chain ended without an answer.{link}"
+    failure: ChainFailed | None = outcome.failure
+    if failure is not None and failure.reason == "cancelled":
+        return f"⏹️ Stopped after {seconds_text(failure.total_seconds)} s{link}"
+    if failure is not None:
+        return f"⚠️ {failure.message}{link}"
+    if outcome.answer is None:
+        return f"⚠️ The chain ended without an answer.{link}"
+    return f"✅ {summary_line(outcome.total_seconds, outcome.steps, language)}{link}"
+
+
+def with_status(opening_text: str, line: str) -> str:
+    """The opening message with its status line below it, within Discord's limit."""
+    text = f"{opening_text}\n{line}"
+    if len(text) <= MAX_CONTENT:
+        return text
+    keep = MAX_CONTENT - len(line) - 2
+    return f"{opening_text[:keep].rstrip()}…\n{line}"

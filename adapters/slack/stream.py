@@ -1,0 +1,433 @@
+"""Slack's streaming methods for one chain, with post + `chat.update` as the fallback.
+
+Where a workspace offers `chat.startStream` / `appendStream` / `stopStream`, a chain is one
+streamed reply: each step is a task card ("Step 2 · Check the units", in progress, then
+complete with its time) followed by the step's text as it is generated, then the answer and
+the total-time line; the stream is stopped at the end, whatever happened. Appends are coalesced
+(`append_interval` per stream, a shared per-workspace budget for `appendStream`).
+
+When the workspace says streaming is not available (unknown method, missing scope, channel
+type not supported, ...), the chain is shown with `ThreadPresenter` over the same surface, and
+the workspace (or that kind of channel) is remembered as not streaming. A stream that breaks
+half-way hands the rest of the chain to `ThreadPresenter` too; one that Slack ended (streams
+live about five minutes) is continued in a fresh streamed reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk.models.messages.chunk import Chunk, MarkdownTextChunk, TaskUpdateChunk
+
+from adapters.slack.mrkdwn import escape
+from adapters.slack.surface import SlackCallError, call, channel_kind
+from bot.events import (
+    AnswerDelta,
+    ChainFailed,
+    ChainStarted,
+    Event,
+    FinalAnswer,
+    Language,
+    StepDelta,
+    StepFinished,
+    StepStarted,
+)
+from bot.presenter import (
+    Outcome,
+    SurfaceError,
+    ThreadPresenter,
+    answer_markdown,
+    failure_markdown,
+    step_markdown,
+    summary_line,
+)
+
+if TYPE_CHECKING:
+    from adapters.slack.surface import SlackSurface
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "this workspace (or token, or app) has no streaming": remembered.
+WORKSPACE_REFUSALS = frozenset({
+    "unknown_method", "method_not_supported", "not_allowed_token_type", "missing_scope",
+    "feature_not_enabled", "team_not_enabled", "not_enabled", "invalid_chunks",
+    "missing_recipient_user_id", "missing_recipient_team_id", "no_permission",
+})
+# Errors that mean "not in this kind of channel": remembered for the channel kind only.
+CHANNEL_REFUSALS = frozenset({
+    "channel_type_not_supported", "method_not_supported_for_channel_type",
+})
+EXPIRED = frozenset({"message_not_in_streaming_state"})
+
+_CONTINUED = "\n\n_…continued below_"
+
+
+class StreamRefused(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class SlackPresenter:
+    """What `Ponder` runs for a Slack thread: a stream where possible, else post + edit."""
+
+    def __init__(self, surface: SlackSurface, language: Language = "en") -> None:
+        self.surface = surface
+        self.language: Language = language
+        self.outcome = Outcome()
+        self.mode: str = "edit"  # "stream" once a stream was opened
+
+    async def present(self, events: AsyncIterator[Event]) -> Outcome:
+        surface, ws = self.surface, self.surface.workspace
+        if surface.streaming and ws.may_stream(surface.channel) and ws.stream_starts.take():
+            stream = _Stream(surface, self.language)
+            try:
+                await stream.open()
+            except StreamRefused as exc:
+                self._remember(exc.error)
+            except SurfaceError as exc:
+                log.warning("could not open a stream (%s): posting and editing instead", exc)
+            else:
+                self.mode = "stream"
+                self.outcome = stream.outcome
+                self.outcome = await stream.present(events)
+                return self.outcome
+        presenter = ThreadPresenter(surface, self.language)
+        self.outcome = presenter.outcome
+        return await presenter.present(events)
+
+    def _remember(self, error: str) -> None:
+        ws = self.surface.workspace
+        if error in CHANNEL_REFUSALS:
+            ws.no_stream_kinds.add(channel_kind(self.surface.channel))
+            log.info("Slack streaming is not offered in %s channels of %s (%s)",
+                     channel_kind(self.surface.channel), ws.team_id, error)
+        else:
+            ws.streaming = False
+            log.info("Slack streaming is not offered in workspace %s (%s): using chat.update",
+                     ws.team_id, error)
+
+
+class _Stream:
+    """One chain shown as a streamed reply (rolled over into a new one when needed)."""
+
+    def __init__(self, surface: SlackSurface, language: Language) -> None:
+        self.surface = surface
+        self.client = surface.client
+        self.ws = surface.workspace
+        self.lim = surface.workspace.limits
+        self.language: Language = language
+        self.outcome = Outcome()
+        self.ts: str | None = None
+        self.opened_at = 0.0
+        self.chars = 0  # text in the current streamed message
+        self.pending: list[dict[str, Any]] = []
+        self.any_text = False
+        self.step_sent: dict[int, str] = {}
+        self.step_titles: dict[int, str] = {}
+        self.task_state: dict[int, tuple[str, str]] = {}
+        self.open_step: int | None = None
+        self.answer_sent: str | None = None  # None until the answer has begun
+        self.last_flush = 0.0
+        self.closing = False
+        self.stopped = False
+        self.broken: SurfaceError | None = None
+        self.flusher: asyncio.Task[None] | None = None
+        self.fallback: ThreadPresenter | None = None
+
+    # --- the stream's calls ----------------------------------------------------------------
+
+    async def open(self, chunks: list[dict[str, Any]] | None = None) -> None:
+        try:
+            response = await call("chat.startStream", self.client.chat_startStream(
+                channel=self.surface.channel,
+                thread_ts=self.surface.thread_ts,
+                recipient_user_id=self.surface.asker or None,
+                recipient_team_id=self.ws.team_id or None,
+                task_display_mode="timeline",
+                chunks=_chunks(chunks or [], self.lim.markdown_chunk) or None,
+            ))
+        except SlackCallError as exc:
+            if exc.error in WORKSPACE_REFUSALS or exc.error in CHANNEL_REFUSALS:
+                raise StreamRefused(exc.error) from exc
+            raise
+        self.ts = str(response["ts"])
+        self.opened_at = time.monotonic()
+        self.chars = _text_size(chunks or [])
+        self.outcome.handles.append(self.ts)
+
+    async def _append(self, chunks: list[dict[str, Any]]) -> None:
+        if self._needs_rollover(chunks):
+            await self._rollover()
+        try:
+            await self._send_append(chunks)
+        except SlackCallError as exc:
+            if exc.error not in EXPIRED:
+                raise
+            await self._rollover(stop_old=False)
+            await self._send_append(chunks)
+
+    async def _send_append(self, chunks: list[dict[str, Any]]) -> None:
+        assert self.ts is not None
+        await call("chat.appendStream", self.client.chat_appendStream(
+            channel=self.surface.channel, ts=self.ts,
+            chunks=_chunks(chunks, self.lim.markdown_chunk),
+        ))
+        self.chars += _text_size(chunks)
+
+    async def _stop(self, chunks: list[dict[str, Any]]) -> None:
+        if self._needs_rollover(chunks):
+            await self._rollover()
+        assert self.ts is not None
+        try:
+            await self._send_stop(chunks)
+        except SlackCallError as exc:
+            if exc.error not in EXPIRED:
+                raise
+            await self._rollover(stop_old=False)
+            await self._send_stop(chunks)
+        self.stopped = True
+
+    async def _send_stop(self, chunks: list[dict[str, Any]]) -> None:
+        assert self.ts is not None
+        await call("chat.stopStream", self.client.chat_stopStream(
+            channel=self.surface.channel, ts=self.ts,
+            chunks=_chunks(chunks, self.lim.markdown_chunk) or None,
+        ))
+
+    def _needs_rollover(self, chunks: list[dict[str, Any]]) -> bool:
+        too_old = time.monotonic() - self.opened_at > self.lim.stream_max_age
+        too_long = self.chars + _text_size(chunks) > self.lim.stream_max_chars
+        return too_old or (too_long and self.chars > 0)
+
+    async def _rollover(self, stop_old: bool = True) -> None:
+        """Close this streamed reply and go on in a fresh one (the open step re-declared)."""
+        if stop_old:
+            with contextlib.suppress(SurfaceError):
+                await self._send_stop([{"type": "markdown_text", "text": _CONTINUED}])
+        carry: list[dict[str, Any]] = []
+        if self.open_step is not None:
+            carry.append(_task(self.open_step, self.step_titles[self.open_step], "in_progress"))
+        await self.open(carry)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def present(self, events: AsyncIterator[Event]) -> Outcome:
+        final: Event | None = None
+        try:
+            async for event in events:
+                if isinstance(event, FinalAnswer | ChainFailed):
+                    final = event
+                await self.handle(event)
+        finally:
+            await self._finish(final)
+        return self.outcome
+
+    async def handle(self, event: Event) -> None:
+        if self.broken is not None and self.fallback is None:
+            await self._fall_back(self.broken)
+        if self.fallback is not None:
+            await self.fallback.handle(event)
+            return
+        match event:
+            case ChainStarted(language=language):
+                self.language = language
+            case StepStarted(index=i):
+                self.open_step = i
+                self.step_sent[i] = ""
+                self._set_task(i, self._title(i, ""), "in_progress")
+            case StepDelta(index=i, title=title, content=content):
+                self._set_task(i, self._title(i, title), "in_progress")
+                self._step_text(i, content)
+            case StepFinished(index=i, title=title, content=content, seconds=seconds):
+                self._step_text(i, content)
+                self._set_task(i, self._title(i, title, seconds), "complete")
+                self.open_step = None
+                self.outcome.steps = max(self.outcome.steps, i)
+            case AnswerDelta(text=text):
+                self._answer_text(text, final=False)
+            case FinalAnswer(text=text, total_seconds=total, steps=steps):
+                self.outcome.answer, self.outcome.total_seconds = text, total
+                self.outcome.steps = steps
+                self._answer_text(text, final=True)
+                line = summary_line(total, steps, self.language)
+                self._queue_text(f"\n\n_{escape(line)}_")
+            case ChainFailed(total_seconds=total):
+                self.outcome.failure, self.outcome.total_seconds = event, total
+                if self.open_step is not None:
+                    i = self.open_step
+                    self._set_task(i, self.step_titles.get(i, self._title(i, "")), "error")
+                    self.open_step = None
+                self._queue_text("\n\n" + _md(failure_markdown(event, self.language)))
+        if not (isinstance(event, FinalAnswer | ChainFailed)):
+            self._schedule()
+
+    def _title(self, i: int, title: str, seconds: float | None = None) -> str:
+        head = step_markdown(i, title, "", self.language, seconds).split("\n", 1)[0]
+        text = head.replace("**", "").replace(" ⏳", "").strip()
+        return text if len(text) <= 250 else text[:249] + "…"
+
+    def _set_task(self, i: int, title: str, status: str) -> None:
+        if self.task_state.get(i) == (title, status):
+            return  # nothing new to say about the card
+        self.task_state[i] = (title, status)
+        self.step_titles[i] = title
+        chunk = _task(i, title, status)
+        for queued in self.pending:
+            if queued["type"] == "task_update" and queued["id"] == chunk["id"]:
+                queued.update(chunk)  # a card is updated in place: its first position stays
+                return
+        self.pending.append(chunk)
+
+    def _step_text(self, i: int, content: str) -> None:
+        sent = self.step_sent.get(i, "")
+        new = content.strip()
+        delta, restarted = _delta(sent, new)
+        if restarted:
+            self._queue_text("\n\n↻")  # the model's attempt was retried: it starts over
+            sent = ""
+        if delta:
+            lead = "\n\n" if (not sent and self.any_text) else ""
+            self._queue_text(lead + _md(delta))
+        self.step_sent[i] = new
+
+    def _answer_text(self, text: str, final: bool) -> None:
+        clean = text.lstrip()
+        if not final and clean.startswith(("{", "```")):
+            return  # may be a JSON-wrapped answer the engine unwraps at the end: wait for it
+        if self.answer_sent is None:
+            header = answer_markdown("", self.language).split("\n", 1)[0].replace(" ⏳", "")
+            self._queue_text(("\n\n" if self.any_text else "") + header + "\n")
+            self.answer_sent = ""
+        delta, restarted = _delta(self.answer_sent, clean)
+        if restarted:
+            self._queue_text("\n\n↻\n")
+        self._queue_text(_md(delta))
+        self.answer_sent = clean.rstrip()
+
+    def _queue_text(self, text: str) -> None:
+        if not text:
+            return
+        self.any_text = True
+        if self.pending and self.pending[-1]["type"] == "markdown_text":
+            self.pending[-1]["text"] += text
+        else:
+            self.pending.append({"type": "markdown_text", "text": text})
+
+    # --- pacing ----------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self.pending and (self.flusher is None or self.flusher.done()):
+            self.flusher = asyncio.create_task(self._flush_soon(), name="slack-stream-flush")
+
+    async def _flush_soon(self) -> None:
+        while self.pending and not self.closing and self.broken is None:
+            wait = self.last_flush + self.lim.append_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.ws.append_budget.acquire()
+            if self.closing:
+                return  # the stop carries what is pending
+            chunks, self.pending = self.pending, []
+            try:
+                await self._append(chunks)
+            except SurfaceError as exc:
+                log.warning("stream append failed (%s): the rest of the chain is posted", exc)
+                self.pending = chunks + self.pending
+                self.broken = exc
+                return
+            finally:
+                self.last_flush = time.monotonic()
+
+    async def _finish(self, final: Event | None) -> None:
+        """Stop the stream with everything still pending, whatever happened before."""
+        self.closing = True
+        if self.flusher is not None:
+            # Let an append already on its way land first, so text stays in order.
+            await asyncio.gather(self.flusher, return_exceptions=True)
+        if self.fallback is None and self.broken is None and not self.stopped:
+            if final is None:
+                # Ended without a final event (the task was cancelled): close what is open.
+                if self.open_step is not None:
+                    i = self.open_step
+                    self._set_task(i, self.step_titles.get(i, self._title(i, "")), "error")
+                    self.open_step = None
+            try:
+                await self._stop(self.pending)
+                self.pending = []
+                return
+            except SurfaceError as exc:
+                log.warning("could not stop the stream (%s): posting the end instead", exc)
+                self.broken = exc
+        if self.fallback is None and self.broken is not None:
+            await self._fall_back(self.broken, final)
+        if self.fallback is not None:
+            await self.fallback.finish()
+            self._merge()
+
+    async def _fall_back(self, exc: SurfaceError, final: Event | None = None) -> None:
+        """Hand the rest of the chain to post + edit, re-showing what is open right now."""
+        if self.ts is not None and not self.stopped:
+            with contextlib.suppress(SurfaceError):
+                await self._send_stop([{"type": "markdown_text", "text": _CONTINUED}])
+            self.stopped = True
+        self.pending = []
+        presenter = ThreadPresenter(self.surface, self.language)
+        self.fallback = presenter
+        if self.open_step is not None:
+            i = self.open_step
+            await presenter.handle(StepStarted(i))
+            await presenter.handle(StepDelta(i, self.step_titles.get(i, ""), self.step_sent[i]))
+        elif self.answer_sent is not None and final is None:
+            await presenter.handle(AnswerDelta(self.answer_sent))
+        if final is not None:
+            await presenter.handle(final)  # type: ignore[arg-type]
+
+    def _merge(self) -> None:
+        assert self.fallback is not None
+        inner = self.fallback.outcome
+        self.outcome.handles.extend(inner.handles)
+        self.outcome.answer = inner.answer or self.outcome.answer
+        self.outcome.failure = inner.failure or self.outcome.failure
+        self.outcome.steps = max(self.outcome.steps, inner.steps)
+        self.outcome.total_seconds = inner.total_seconds or self.outcome.total_seconds
+
+
+def _task(i: int, title: str, status: str) -> dict[str, Any]:
+    return {"type": "task_update", "id": f"step-{i}", "title": title, "status": status}
+
+
+def _delta(sent: str, new: str) -> tuple[str, bool]:
+    """What to append so `sent` becomes `new` (trailing blanks held back), or a restart."""
+    new = new.rstrip()
+    if new.startswith(sent):
+        return new[len(sent):], False
+    return new, True
+
+
+def _md(text: str) -> str:
+    """Model text for a stream's markdown: Slack's control characters escaped."""
+    return escape(text)
+
+
+def _text_size(chunks: list[dict[str, Any]]) -> int:
+    return sum(len(c.get("text", "")) for c in chunks if c["type"] == "markdown_text")
+
+
+def _chunks(chunks: list[dict[str, Any]], limit: int) -> list[Chunk]:
+    """slack_sdk chunk objects; markdown longer than Slack takes in one chunk is cut."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        if chunk["type"] == "markdown_text":
+            text = chunk["text"]
+            for start in range(0, len(text), limit):
+                out.append(MarkdownTextChunk(text=text[start:start + limit]))
+        else:
+            out.append(TaskUpdateChunk(id=chunk["id"], title=chunk["title"],
+                                       status=chunk["status"]))
+    return out

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Settings, load_settings
+from bot.engine import Engine
+from bot.events import Event, Question
+from bot.llm import LLMClient
+from tests.fakes.openai_server import FakeOpenAI
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Tests never read a developer's .env or real tokens.
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PONDER_MODEL", "PONDER_MODE",
+                 "PONDER_MAX_STEPS", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
+                 "SLACK_SIGNING_SECRET", "PONDER_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+def make_settings(base_url: str, tmp: Path | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"openai_base_url": base_url, "request_timeout": 10.0,
+                              "connect_timeout": 2.0}
+    if tmp is not None:
+        values["db"] = tmp / "ponder.db"
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def make_engine(settings: Settings) -> tuple[Engine, LLMClient]:
+    llm = LLMClient(settings, retry_base_delay=0.01)
+    return Engine(llm, settings), llm
+
+
+async def collect(engine: Engine, question: Question | str) -> list[Event]:
+    q = question if isinstance(question, Question) else Question(question)
+    return [event async for event in engine.run(q)]

@@ -1,0 +1,1091 @@
+"""A local Discord that discord.py's real client can log in to: REST and gateway in one server.
+
+    async with FakeDiscord() as fake:
+        # point discord.py at fake.api_url (Route.BASE) and fake.gateway_url (DEFAULT_GATEWAY)
+        await fake.wait_identified()
+        interaction = await fake.slash("reason", question="Why is the sky blue?")
+        await fake.wait_for(lambda: fake.requests_to("PATCH", "/channels/"))
+
+What it does like Discord (and what tests can therefore assert on):
+
+- REST under `/api/v10`: login (`/users/@me`, `/oauth2/applications/@me`, `/gateway/bot`),
+  application command sync (global and per guild), interaction callbacks (answered with the
+  `with_response` shape), the interaction webhook (`@original`, follow-ups), channel messages
+  (create, edit, fetch), threads (from a message, without one, forum posts), reactions.
+  JSON answers carry `Content-Type: application/json` exactly (discord.py parses nothing else).
+- Every request is recorded (`fake.requests`): method, path, query, JSON body, headers, status.
+- Per-route rate-limit buckets with Discord's headers (`X-RateLimit-*`), a global limit, and
+  429s with `Retry-After` and `Via` (a 429 without `Via` reads to discord.py as a Cloudflare
+  ban). `fail_next(...)` injects 429s or 5xx into the next matching requests.
+- Validation that can fail a test: content over 2000 chars, empty messages, unknown channels or
+  messages, editing someone else's message, answering an interaction twice or after 3 s,
+  an expired interaction token (15 min, or `expire_token`).
+- A gateway websocket (text frames): HELLO → IDENTIFY → READY (with `application`) →
+  GUILD_CREATE (a guild with a text channel, a forum channel, roles, members); heartbeats are
+  ACKed; RESUME is answered. `slash`, `user_message` and `click` push INTERACTION_CREATE and
+  MESSAGE_CREATE as Discord would; THREAD_CREATE follows a REST thread creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+API_PREFIX = "/api/v10"
+DISCORD_EPOCH_MS = 1420070400000
+JSON = "application/json"
+
+# Permission bits (https://discord.com/developers/docs/topics/permissions).
+ADD_REACTIONS = 1 << 6
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+MANAGE_MESSAGES = 1 << 13
+EMBED_LINKS = 1 << 14
+READ_MESSAGE_HISTORY = 1 << 16
+USE_APPLICATION_COMMANDS = 1 << 31
+MANAGE_THREADS = 1 << 34
+CREATE_PUBLIC_THREADS = 1 << 35
+SEND_MESSAGES_IN_THREADS = 1 << 38
+
+MESSAGE_CONTENT_INTENT = 1 << 15
+
+MEMBER_PERMISSIONS = (
+    ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | READ_MESSAGE_HISTORY
+    | USE_APPLICATION_COMMANDS | CREATE_PUBLIC_THREADS | SEND_MESSAGES_IN_THREADS
+)
+BOT_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_THREADS
+MOD_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_MESSAGES | MANAGE_THREADS
+
+# Channel types.
+GUILD_TEXT = 0
+DM = 1
+PUBLIC_THREAD = 11
+GUILD_FORUM = 15
+
+# Interaction callback types.
+CHANNEL_MESSAGE = 4
+DEFERRED_CHANNEL_MESSAGE = 5
+DEFERRED_UPDATE_MESSAGE = 6
+UPDATE_MESSAGE = 7
+
+MESSAGE_FLAG_EPHEMERAL = 1 << 6
+MESSAGE_FLAG_LOADING = 1 << 7
+
+# Per-route buckets: route template -> (limit, window seconds). Templates name the major
+# parameter ({channel_id}, {webhook}) that keys a bucket, as Discord does. Messages in one
+# channel (a thread is a channel) share about 5 writes per 5 s.
+DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
+    "POST /channels/{channel_id}/messages": (5, 5.0),
+    "PATCH /channels/{channel_id}/messages/{id}": (5, 5.0),
+    "POST /channels/{channel_id}/messages/{id}/threads": (5, 5.0),
+    "POST /channels/{channel_id}/threads": (5, 5.0),
+    "PUT /channels/{channel_id}/messages/{id}/reactions/{emoji}/@me": (1, 0.25),
+    "POST /webhooks/{webhook}": (5, 5.0),
+    "PATCH /webhooks/{webhook}/messages/{id}": (5, 5.0),
+}
+DEFAULT_GLOBAL_LIMIT = 50  # requests per second per bot (interaction callbacks excluded)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # without the /api/v10 prefix
+    query: dict[str, str]
+    body: Any  # parsed JSON, raw text, or None
+    headers: dict[str, str]
+    at: float  # time.monotonic() when it arrived
+    status: int = 0
+    route: str = ""  # the template it matched, e.g. "PATCH /channels/{channel_id}/messages/{id}"
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return self.body if isinstance(self.body, dict) else {}
+
+
+@dataclass
+class Fault:
+    """The next `count` requests matching `method`/`path` (regex) are answered with `status`."""
+
+    count: int
+    status: int
+    method: str | None
+    path: re.Pattern[str] | None
+    retry_after: float
+    is_global: bool
+    via: bool
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and self.method != method:
+            return False
+        return not self.path or bool(self.path.search(path))
+
+
+@dataclass
+class Interaction:
+    """One interaction the fake sent; what the bot answered is filled in as it answers."""
+
+    id: int
+    token: str
+    type: int
+    channel_id: int
+    guild_id: int | None
+    user_id: int
+    created: float
+    payload: dict[str, Any]
+    response_type: int | None = None
+    original_id: int | None = None
+    followups: list[int] = field(default_factory=list)
+    expired: bool = False
+
+
+@dataclass
+class _Bucket:
+    limit: int
+    window: float
+    remaining: int
+    reset_at: float  # monotonic
+    hash: str
+
+
+class FakeDiscord:
+    def __init__(
+        self,
+        *,
+        rate_limits: dict[str, tuple[int, float]] | None = None,
+        global_limit: int | None = DEFAULT_GLOBAL_LIMIT,
+        latency: float = 0.0,
+        heartbeat_interval_ms: int = 41250,
+        interaction_deadline: float = 3.0,
+        token_ttl: float = 15 * 60,
+        token: str = "fake-bot-token",
+    ) -> None:
+        self.rate_limits = DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits
+        self.global_limit = global_limit
+        self.latency = latency
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.interaction_deadline = interaction_deadline
+        self.token_ttl = token_ttl
+        self.token = token
+
+        self._ids = itertools.count(1)
+        self.application_id = self.snowflake()
+        self.bot = self._user(self.application_id, "Ponder", bot=True)
+        self.alice = self._user(self.snowflake(), "alice")
+        self.bob = self._user(self.snowflake(), "bob")
+        self.mod = self._user(self.snowflake(), "mod")
+        self.guild_id = self.snowflake()
+        self.mod_role_id = self.snowflake()
+        self.bot_role_id = self.snowflake()
+        self.text_channel_id = self.snowflake()
+        self.forum_channel_id = self.snowflake()
+        self.users: dict[int, dict[str, Any]] = {
+            int(u["id"]): u for u in (self.bot, self.alice, self.bob, self.mod)
+        }
+        self.channels: dict[int, dict[str, Any]] = {}
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.global_commands: list[dict[str, Any]] = []
+        self.guild_commands: dict[int, list[dict[str, Any]]] = {}
+        self.interactions: dict[int, Interaction] = {}
+        self.requests: list[RecordedRequest] = []
+        self.gateway_frames: list[dict[str, Any]] = []  # what the client sent on the gateway
+        self.deny_threads: set[int] = set()  # channels where thread creation answers 403
+        # Privileged intents the portal has not enabled for this bot (e.g.
+        # MESSAGE_CONTENT_INTENT): an IDENTIFY asking for one is closed with 4014, as Discord
+        # does.
+        self.disallowed_intents = 0
+        self._faults: list[Fault] = []
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._global_window: tuple[float, int] = (0.0, 0)
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._identified = asyncio.Event()
+        self._seq = 0
+        self._session_id = secrets.token_hex(16)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self._socket_tasks: set[asyncio.Task[Any]] = set()
+        self.port = 0
+        self._add_text_channel(self.text_channel_id, "general")
+        self._add_forum_channel(self.forum_channel_id, "questions")
+        self._routes = self._route_table()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{API_PREFIX}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    # --- ids, users, channels -------------------------------------------------------------
+
+    def snowflake(self) -> int:
+        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        return (ms << 22) | (next(self._ids) & 0x3FFFFF)
+
+    @staticmethod
+    def _user(user_id: int, name: str, bot: bool = False) -> dict[str, Any]:
+        user: dict[str, Any] = {
+            "id": str(user_id), "username": name, "discriminator": "0", "global_name": name,
+            "avatar": None,
+        }
+        if bot:
+            user["bot"] = True
+        return user
+
+    def _add_text_channel(self, channel_id: int, name: str) -> dict[str, Any]:
+        channel = {
+            "id": str(channel_id), "type": GUILD_TEXT, "guild_id": str(self.guild_id),
+            "name": name, "position": len(self.channels), "permission_overwrites": [],
+            "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
+            "rate_limit_per_user": 0,
+        }
+        self.channels[channel_id] = channel
+        return channel
+
+    def _add_forum_channel(self, channel_id: int, name: str) -> dict[str, Any]:
+        channel = self._add_text_channel(channel_id, name)
+        channel.update({
+            "type": GUILD_FORUM, "available_tags": [], "default_reaction_emoji": None,
+            "default_sort_order": None, "default_forum_layout": 0, "flags": 0,
+            "default_thread_rate_limit_per_user": 0,
+        })
+        return channel
+
+    def add_text_channel(self, name: str) -> int:
+        """A second text channel (after READY, announced with CHANNEL_CREATE by the caller)."""
+        channel_id = self.snowflake()
+        self._add_text_channel(channel_id, name)
+        return channel_id
+
+    def _member(self, user: dict[str, Any], roles: list[int] | None = None) -> dict[str, Any]:
+        return {
+            "user": user, "roles": [str(r) for r in roles or []], "nick": None, "avatar": None,
+            "joined_at": "2025-01-01T00:00:00+00:00", "deaf": False, "mute": False, "flags": 0,
+            "pending": False,
+        }
+
+    def _permissions_of(self, user_id: int) -> int:
+        if user_id == int(self.mod["id"]):
+            return MOD_PERMISSIONS
+        if user_id == int(self.bot["id"]):
+            return BOT_PERMISSIONS
+        return MEMBER_PERMISSIONS
+
+    def guild_payload(self) -> dict[str, Any]:
+        top = [c for c in self.channels.values() if c["type"] in (GUILD_TEXT, GUILD_FORUM)]
+        threads = [c for c in self.channels.values() if c["type"] == PUBLIC_THREAD]
+        return {
+            "id": str(self.guild_id), "name": "Ponder test guild", "icon": None,
+            "owner_id": self.mod["id"], "afk_timeout": 300, "verification_level": 0,
+            "default_message_notifications": 1, "explicit_content_filter": 0, "features": [],
+            "mfa_level": 0, "system_channel_id": None, "system_channel_flags": 0,
+            "rules_channel_id": None, "vanity_url_code": None, "description": None,
+            "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0, "large": False,
+            "unavailable": False, "member_count": 4, "emojis": [], "stickers": [],
+            "voice_states": [], "presences": [], "stage_instances": [],
+            "guild_scheduled_events": [], "soundboard_sounds": [],
+            "joined_at": "2025-01-01T00:00:00+00:00",
+            "roles": [
+                self._role(self.guild_id, "@everyone", MEMBER_PERMISSIONS, 0),
+                self._role(self.mod_role_id, "mods", MOD_PERMISSIONS, 1),
+                self._role(self.bot_role_id, "Ponder", BOT_PERMISSIONS, 2, managed=True),
+            ],
+            "channels": top,
+            "threads": threads,
+            "members": [
+                self._member(self.bot, [self.bot_role_id]), self._member(self.alice),
+                self._member(self.bob), self._member(self.mod, [self.mod_role_id]),
+            ],
+        }
+
+    @staticmethod
+    def _role(role_id: int, name: str, permissions: int, position: int,
+              managed: bool = False) -> dict[str, Any]:
+        return {
+            "id": str(role_id), "name": name, "permissions": str(permissions),
+            "position": position, "color": 0, "hoist": False, "managed": managed,
+            "mentionable": False, "flags": 0, "icon": None, "unicode_emoji": None,
+        }
+
+    # --- what the bot did: queries for tests ----------------------------------------------
+
+    def requests_to(self, method: str | None = None, path: str = "",
+                    status: int | None = None) -> list[RecordedRequest]:
+        """Recorded requests by method and a regex searched in the path."""
+        return [
+            r for r in self.requests
+            if (method is None or r.method == method) and re.search(path, r.path)
+            and (status is None or r.status == status)
+        ]
+
+    def count(self, status: int) -> int:
+        return sum(1 for r in self.requests if r.status == status)
+
+    def channel_messages(self, channel_id: int) -> list[dict[str, Any]]:
+        """Messages in a channel or thread, oldest first (ephemeral ones left out)."""
+        return sorted(
+            (m for m in self.messages.values()
+             if int(m["channel_id"]) == channel_id
+             and not m["flags"] & MESSAGE_FLAG_EPHEMERAL),
+            key=lambda m: int(m["id"]),
+        )
+
+    def message_history(self, message_id: int) -> list[str]:
+        """Every content a message showed, in order (creation, then each edit)."""
+        return list(self.messages[message_id]["_history"])
+
+    def threads(self) -> list[dict[str, Any]]:
+        return [c for c in self.channels.values() if c["type"] == PUBLIC_THREAD]
+
+    async def wait_for(self, predicate: Callable[[], Any], seconds: float = 10.0) -> Any:
+        """Wait until `predicate()` is truthy (checked after every request and gateway frame)."""
+        async with asyncio.timeout(seconds):
+            async with self._changed:
+                while not (result := predicate()):
+                    # Woken by every request; polled too, for state the fake does not own.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.05)
+                return result
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def fail_next(self, count: int, status: int = 429, *, method: str | None = None,
+                  path: str | None = None, retry_after: float = 1.0, is_global: bool = False,
+                  via: bool = True) -> None:
+        """Answer the next `count` matching requests with `status` (429: with Retry-After)."""
+        pattern = re.compile(path) if path else None
+        self._faults.append(Fault(count, status, method, pattern, retry_after, is_global, via))
+
+    def expire_token(self, interaction: Interaction) -> None:
+        interaction.expired = True
+
+    # --- gateway: pushing events ----------------------------------------------------------
+
+    async def wait_identified(self, seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds):
+            await self._identified.wait()
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data})
+        for ws in list(self._sockets):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(frame)
+
+    async def slash(self, name: str = "reason", *, user: dict[str, Any] | None = None,
+                    channel_id: int | None = None, dm: bool = False,
+                    **options: str | int) -> Interaction:
+        """A user runs `/name option:value…` (INTERACTION_CREATE, type 2)."""
+        user = user or self.alice
+        guild_commands = self.guild_commands.get(self.guild_id, [])
+        command = next((c for c in guild_commands if c["name"] == name), None)
+        scope_guild = command is not None
+        command = command or next((c for c in self.global_commands if c["name"] == name), None)
+        if command is None:
+            raise AssertionError(f"/{name} was never synced (global or guild)")
+        data: dict[str, Any] = {
+            "id": command["id"], "name": name, "type": 1,
+            "options": [
+                {"name": k, "type": 4 if isinstance(v, int) else 3, "value": v}
+                for k, v in options.items()
+            ],
+        }
+        if scope_guild:
+            data["guild_id"] = str(self.guild_id)
+        return await self._interact(2, data, user, channel_id, dm=dm)
+
+    async def click(self, message_id: int, custom_id: str, *,
+                    user: dict[str, Any] | None = None) -> Interaction:
+        """A user presses a button on a message (INTERACTION_CREATE, type 3)."""
+        message = self.messages[message_id]
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interact(3, data, user or self.alice, int(message["channel_id"]),
+                                    message=message)
+
+    async def _interact(self, kind: int, data: dict[str, Any], user: dict[str, Any],
+                        channel_id: int | None, *, dm: bool = False,
+                        message: dict[str, Any] | None = None) -> Interaction:
+        interaction_id = self.snowflake()
+        token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
+        payload: dict[str, Any] = {
+            "id": str(interaction_id), "application_id": str(self.application_id),
+            "type": kind, "data": data, "token": token, "version": 1, "locale": "en-US",
+            "entitlements": [], "attachment_size_limit": 10 * 1024 * 1024,
+            "authorizing_integration_owners": {"0": str(self.guild_id)},
+        }
+        user_id = int(user["id"])
+        if dm:
+            dm_id = self.snowflake()
+            self.channels[dm_id] = {"id": str(dm_id), "type": DM, "recipients": [user],
+                                    "last_message_id": None}
+            channel_id = dm_id
+            payload.update(user=user, context=1, channel_id=str(dm_id),
+                           channel={"id": str(dm_id), "type": DM, "recipients": [user]},
+                           app_permissions=str(SEND_MESSAGES | VIEW_CHANNEL))
+            guild_id = None
+        else:
+            channel_id = channel_id or self.text_channel_id
+            channel = self.channels[channel_id]
+            member = self._member(user, [self.mod_role_id] if user is self.mod else [])
+            member["permissions"] = str(self._permissions_of(user_id))
+            app_permissions = BOT_PERMISSIONS
+            if channel_id in self.deny_threads:
+                app_permissions &= ~CREATE_PUBLIC_THREADS
+            payload.update(
+                guild_id=str(self.guild_id), member=member, context=0,
+                channel_id=str(channel_id), channel=self._strip(channel),
+                guild={"id": str(self.guild_id), "locale": "en-US", "features": []},
+                guild_locale="en-US", app_permissions=str(app_permissions),
+            )
+            guild_id = self.guild_id
+        if message is not None:
+            payload["message"] = self._strip(message)
+        interaction = Interaction(interaction_id, token, kind, channel_id, guild_id, user_id,
+                                  time.monotonic(), payload)
+        self.interactions[interaction_id] = interaction
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction
+
+    async def user_message(self, channel_id: int, content: str, *,
+                           user: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A user writes in a channel or thread (MESSAGE_CREATE)."""
+        user = user or self.alice
+        message = self._new_message(channel_id, content, author=user)
+        payload = self._strip(message)
+        if self.channels[channel_id].get("guild_id"):
+            payload["member"] = {k: v for k, v in self._member(user).items() if k != "user"}
+        await self.dispatch("MESSAGE_CREATE", payload)
+        return message
+
+    # --- gateway: the socket --------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, autoping=True)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await ws.send_str(json.dumps(
+                {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                frame = json.loads(msg.data)
+                self.gateway_frames.append(frame)
+                await self._on_frame(ws, frame)
+                await self._notify()
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _on_frame(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
+        op = frame.get("op")
+        if op == 1:  # heartbeat
+            await ws.send_str(json.dumps({"op": 11}))
+        elif op == 2:  # identify
+            if frame["d"].get("token") != self.token:
+                await ws.close(code=4004, message=b"Authentication failed.")
+                return
+            if int(frame["d"].get("intents", 0)) & self.disallowed_intents:
+                await ws.close(code=4014, message=b"Disallowed intent(s).")
+                return
+            self._seq += 1
+            ready = {
+                "v": 10, "user": {**self.bot, "verified": True, "mfa_enabled": False,
+                                  "flags": 0, "email": None},
+                "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "session_id": self._session_id, "resume_gateway_url": self.gateway_url,
+                "shard": [0, 1], "application": {"id": str(self.application_id), "flags": 0},
+                "private_channels": [], "relationships": [], "presences": [],
+            }
+            await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": self._seq, "d": ready}))
+            self._seq += 1
+            await ws.send_str(json.dumps(
+                {"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": self.guild_payload()}))
+            self._identified.set()
+        elif op == 6:  # resume
+            self._seq += 1
+            await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}))
+            self._identified.set()
+
+    # --- REST: plumbing -------------------------------------------------------------------
+
+    def _route_table(self) -> list[tuple[str, re.Pattern[str], str, Handler]]:
+        table: list[tuple[str, str, Handler]] = [
+            ("GET", "/users/@me", self._get_me),
+            ("GET", "/oauth2/applications/@me", self._get_app),
+            ("GET", "/applications/@me", self._get_app),
+            ("GET", "/gateway/bot", self._get_gateway_bot),
+            ("GET", "/gateway", self._get_gateway_bot),
+            ("GET", "/applications/{app}/commands", self._get_commands),
+            ("PUT", "/applications/{app}/commands", self._put_commands),
+            ("GET", "/applications/{app}/guilds/{guild_id}/commands", self._get_commands),
+            ("PUT", "/applications/{app}/guilds/{guild_id}/commands", self._put_commands),
+            ("POST", "/interactions/{interaction}/{token}/callback", self._callback),
+            ("GET", "/webhooks/{webhook}/messages/{id}", self._webhook_get),
+            ("PATCH", "/webhooks/{webhook}/messages/{id}", self._webhook_edit),
+            ("DELETE", "/webhooks/{webhook}/messages/{id}", self._webhook_delete),
+            ("POST", "/webhooks/{webhook}", self._webhook_post),
+            ("GET", "/channels/{channel_id}", self._get_channel),
+            ("GET", "/channels/{channel_id}/messages/{id}", self._get_message),
+            ("POST", "/channels/{channel_id}/messages", self._post_message),
+            ("PATCH", "/channels/{channel_id}/messages/{id}", self._edit_message),
+            ("DELETE", "/channels/{channel_id}/messages/{id}", self._delete_message),
+            ("POST", "/channels/{channel_id}/messages/{id}/threads", self._thread_from_message),
+            ("POST", "/channels/{channel_id}/threads", self._thread_without_message),
+            ("PUT", "/channels/{channel_id}/messages/{id}/reactions/{emoji}/@me", self._react),
+            ("DELETE", "/channels/{channel_id}/messages/{id}/reactions/{emoji}/@me",
+             self._unreact),
+            ("POST", "/channels/{channel_id}/typing", self._typing),
+        ]
+        compiled = []
+        for method, template, handler in table:
+            pattern = re.escape(template)
+            pattern = pattern.replace(re.escape("{webhook}"), r"(?P<webhook>\d+/[^/]+)")
+            pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", pattern)
+            compiled.append((method, re.compile(f"^{pattern}$"), f"{method} {template}", handler))
+        return compiled
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        raw = await request.text()
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw
+        record = RecordedRequest(request.method, path, dict(request.query), body,
+                                 dict(request.headers), time.monotonic())
+        self.requests.append(record)
+        try:
+            response = await self._answer(request, record)
+        except _Reply as reply:
+            response = reply.response
+        record.status = response.status
+        await self._notify()
+        return response
+
+    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        for method, pattern, name, found in self._routes:
+            match = pattern.match(record.path) if method == record.method else None
+            if match:
+                record.route, handler = name, found
+                break
+        else:
+            return _error(404, 0, "404: Not Found")
+        params = match.groupdict()
+        is_interaction = record.path.startswith(("/interactions/", "/webhooks/"))
+        if not is_interaction and request.headers.get("Authorization") != f"Bot {self.token}":
+            return _error(401, 0, "401: Unauthorized")
+        fault = self._take_fault(record)
+        if fault is not None:
+            return fault
+        headers = self._rate_limit(record.route, params, is_interaction)
+        if isinstance(headers, web.Response):
+            return headers
+        response = await handler(record, params)
+        response.headers.update(headers)
+        return response
+
+    def _take_fault(self, record: RecordedRequest) -> web.Response | None:
+        for fault in self._faults:
+            if fault.count > 0 and fault.matches(record.method, record.path):
+                fault.count -= 1
+                if fault.status == 429:
+                    return _too_many(fault.retry_after, fault.is_global, fault.via, "user")
+                return web.Response(status=fault.status, text="upstream error",
+                                    content_type="text/plain")
+        return None
+
+    def _rate_limit(self, route: str, params: dict[str, str],
+                    is_interaction: bool) -> dict[str, str] | web.Response:
+        now = time.monotonic()
+        if self.global_limit and not route.startswith("POST /interactions/"):
+            start, used = self._global_window
+            if now - start >= 1.0:
+                start, used = now, 0
+            if used >= self.global_limit:
+                return _too_many(start + 1.0 - now, True, True, "global")
+            self._global_window = (start, used + 1)
+        limits = self.rate_limits.get(route)
+        if limits is None:
+            return {}
+        major = params.get("channel_id") or params.get("webhook") or ""
+        key = (route, major)
+        bucket = self._buckets.get(key)
+        if bucket is None or now >= bucket.reset_at:
+            digest = hashlib.sha1(route.encode()).hexdigest()[:16]
+            bucket = _Bucket(limits[0], limits[1], limits[0], now + limits[1], digest)
+            self._buckets[key] = bucket
+        if bucket.remaining <= 0:
+            response = _too_many(bucket.reset_at - now, False, True, "user")
+            response.headers.update(self._bucket_headers(bucket, now))
+            return response
+        bucket.remaining -= 1
+        return self._bucket_headers(bucket, now)
+
+    @staticmethod
+    def _bucket_headers(bucket: _Bucket, now: float) -> dict[str, str]:
+        reset_after = max(0.0, bucket.reset_at - now)
+        return {
+            "X-RateLimit-Limit": str(bucket.limit),
+            "X-RateLimit-Remaining": str(bucket.remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": bucket.hash,
+        }
+
+    # --- REST: login ----------------------------------------------------------------------
+
+    async def _get_me(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        return _json({**self.bot, "verified": True, "mfa_enabled": False, "flags": 0})
+
+    async def _get_app(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        return _json({
+            "id": str(self.application_id), "name": "Ponder", "icon": None,
+            "description": "Reasons step by step", "rpc_origins": [], "bot_public": True,
+            "bot_require_code_grant": False, "owner": self.mod, "team": None,
+            "verify_key": "0" * 64, "flags": 0, "summary": "", "bot": self.bot,
+            "tags": [], "redirect_uris": [],
+        })
+
+    async def _get_gateway_bot(self, record: RecordedRequest,
+                               params: dict[str, str]) -> web.Response:
+        return _json({
+            "url": self.gateway_url, "shards": 1,
+            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0,
+                                    "max_concurrency": 1},
+        })
+
+    # --- REST: application commands -------------------------------------------------------
+
+    def _commands_for(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        if int(params["app"]) != self.application_id:
+            raise _Reply(_error(403, 50001, "Missing Access"))
+        if "guild_id" in params:
+            return self.guild_commands.setdefault(int(params["guild_id"]), [])
+        return self.global_commands
+
+    async def _get_commands(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        return _json(self._commands_for(params))
+
+    async def _put_commands(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        current = self._commands_for(params)
+        if not isinstance(record.body, list):
+            return _error(400, 50035, "Invalid Form Body")
+        stored = []
+        for command in record.body:
+            if not re.fullmatch(r"[-_\w]{1,32}", command.get("name", "")):
+                return _error(400, 50035, "Invalid Form Body")
+            old = next((c for c in current if c["name"] == command["name"]), None)
+            stored.append({
+                "type": 1, "options": [], "default_member_permissions": None, "nsfw": False,
+                **command,
+                "id": old["id"] if old else str(self.snowflake()),
+                "application_id": str(self.application_id),
+                "version": str(self.snowflake()),
+                **({"guild_id": params["guild_id"]} if "guild_id" in params else {}),
+            })
+        current[:] = stored
+        return _json(stored)
+
+    # --- REST: interactions and their webhook ---------------------------------------------
+
+    def _interaction_by_token(self, webhook: str) -> Interaction:
+        app_id, _, token = webhook.partition("/")
+        for interaction in self.interactions.values():
+            if interaction.token == token and int(app_id) == self.application_id:
+                if interaction.expired or time.monotonic() - interaction.created > self.token_ttl:
+                    raise _Reply(_error(401, 50027, "Invalid Webhook Token"))
+                return interaction
+        raise _Reply(_error(404, 10015, "Unknown Webhook"))
+
+    async def _callback(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        interaction = self.interactions.get(int(params["interaction"]))
+        if interaction is None or interaction.token != params["token"]:
+            return _error(404, 10062, "Unknown interaction")
+        if interaction.response_type is not None:
+            return _error(400, 40060, "Interaction has already been acknowledged.")
+        if time.monotonic() - interaction.created > self.interaction_deadline:
+            return _error(404, 10062, "Unknown interaction")
+        body = record.json
+        kind = body.get("type")
+        data = body.get("data") or {}
+        resource: dict[str, Any] | None = None
+        loading = ephemeral = False
+        if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
+            flags = int(data.get("flags", 0))
+            ephemeral = bool(flags & MESSAGE_FLAG_EPHEMERAL)
+            loading = kind == DEFERRED_CHANNEL_MESSAGE
+            if kind == CHANNEL_MESSAGE:
+                problem = _check_message(data)
+                if problem:
+                    return problem
+            message = self._new_message(
+                interaction.channel_id, data.get("content", "") if not loading else "",
+                author=self.bot, components=data.get("components"),
+                flags=(flags & MESSAGE_FLAG_EPHEMERAL) | (MESSAGE_FLAG_LOADING if loading else 0),
+                interaction=interaction,
+            )
+            interaction.original_id = int(message["id"])
+            resource = {"type": kind, "message": self._strip(message)}
+        elif kind == UPDATE_MESSAGE:
+            message_id = int(interaction.payload["message"]["id"])
+            self._apply_edit(self.messages[message_id], data)
+            resource = {"type": kind, "message": self._strip(self.messages[message_id])}
+        elif kind != DEFERRED_UPDATE_MESSAGE:
+            return _error(400, 50035, "Invalid Form Body")
+        interaction.response_type = kind
+        if record.query.get("with_response") not in ("1", "true", "True"):
+            return web.Response(status=204)
+        answer: dict[str, Any] = {"interaction": {
+            "id": str(interaction.id), "type": interaction.type,
+            "response_message_loading": loading, "response_message_ephemeral": ephemeral,
+            **({"response_message_id": str(interaction.original_id)}
+               if interaction.original_id else {}),
+        }}
+        if resource is not None:
+            answer["resource"] = resource
+        return _json(answer)
+
+    def _webhook_message(self, interaction: Interaction, message_id: str) -> dict[str, Any]:
+        if message_id == "@original":
+            if interaction.original_id is None:
+                raise _Reply(_error(404, 10008, "Unknown Message"))
+            return self.messages[interaction.original_id]
+        mid = int(message_id)
+        if mid not in interaction.followups and mid != interaction.original_id:
+            raise _Reply(_error(404, 10008, "Unknown Message"))
+        return self.messages[mid]
+
+    async def _webhook_get(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        interaction = self._interaction_by_token(params["webhook"])
+        return _json(self._strip(self._webhook_message(interaction, params["id"])))
+
+    async def _webhook_edit(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        interaction = self._interaction_by_token(params["webhook"])
+        message = self._webhook_message(interaction, params["id"])
+        problem = _check_message(record.json, editing=True)
+        if problem:
+            return problem
+        self._apply_edit(message, record.json)
+        return _json(self._strip(message))
+
+    async def _webhook_delete(self, record: RecordedRequest,
+                              params: dict[str, str]) -> web.Response:
+        interaction = self._interaction_by_token(params["webhook"])
+        message = self._webhook_message(interaction, params["id"])
+        self.messages.pop(int(message["id"]), None)
+        return web.Response(status=204)
+
+    async def _webhook_post(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        interaction = self._interaction_by_token(params["webhook"])
+        if interaction.response_type is None:
+            return _error(404, 10015, "Unknown Webhook")
+        problem = _check_message(record.json)
+        if problem:
+            return problem
+        body = record.json
+        flags = int(body.get("flags", 0)) & MESSAGE_FLAG_EPHEMERAL
+        if interaction.response_type == DEFERRED_CHANNEL_MESSAGE and interaction.original_id:
+            original = self.messages[interaction.original_id]
+            if original["flags"] & MESSAGE_FLAG_LOADING:
+                # The first follow-up of a "thinking" defer replaces the loading message.
+                self._apply_edit(original, body)
+                return _json(self._strip(original))
+        message = self._new_message(interaction.channel_id, body.get("content", ""),
+                                    author=self.bot, components=body.get("components"),
+                                    flags=flags, interaction=interaction)
+        interaction.followups.append(int(message["id"]))
+        return _json(self._strip(message))
+
+    # --- REST: channels and messages ------------------------------------------------------
+
+    def _channel(self, params: dict[str, str]) -> dict[str, Any]:
+        channel = self.channels.get(int(params["channel_id"]))
+        if channel is None:
+            raise _Reply(_error(404, 10003, "Unknown Channel"))
+        return channel
+
+    def _message(self, channel: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+        message = self.messages.get(int(params["id"]))
+        if message is None or message["channel_id"] != channel["id"]:
+            raise _Reply(_error(404, 10008, "Unknown Message"))
+        return message
+
+    async def _get_channel(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        return _json(self._channel(params))
+
+    async def _get_message(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        return _json(self._strip(self._message(channel, params)))
+
+    async def _post_message(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        if channel["type"] == GUILD_FORUM:
+            return _error(400, 50008, "Cannot send messages in a non-text channel")
+        if channel.get("thread_metadata", {}).get("archived"):
+            return _error(400, 50083, "Thread is archived")
+        problem = _check_message(record.json)
+        if problem:
+            return problem
+        body = record.json
+        message = self._new_message(int(channel["id"]), body.get("content", ""),
+                                    author=self.bot, components=body.get("components"),
+                                    reference=body.get("message_reference"))
+        await self.dispatch("MESSAGE_CREATE", self._strip(message))
+        return _json(self._strip(message))
+
+    async def _edit_message(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        message = self._message(channel, params)
+        if message["author"]["id"] != self.bot["id"] and "content" in record.json:
+            return _error(403, 50005, "Cannot edit a message authored by another user")
+        problem = _check_message(record.json, editing=True)
+        if problem:
+            return problem
+        self._apply_edit(message, record.json)
+        return _json(self._strip(message))
+
+    async def _delete_message(self, record: RecordedRequest,
+                              params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        message = self._message(channel, params)
+        self.messages.pop(int(message["id"]))
+        return web.Response(status=204)
+
+    async def _react(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        message = self._message(self._channel(params), params)
+        message["_reactions"].add(params["emoji"])
+        return web.Response(status=204)
+
+    async def _unreact(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        message = self._message(self._channel(params), params)
+        message["_reactions"].discard(params["emoji"])
+        return web.Response(status=204)
+
+    async def _typing(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
+        self._channel(params)
+        return web.Response(status=204)
+
+    # --- REST: threads --------------------------------------------------------------------
+
+    def _check_thread_allowed(self, channel: dict[str, Any], body: dict[str, Any]) -> None:
+        if int(channel["id"]) in self.deny_threads:
+            raise _Reply(_error(403, 50013, "Missing Permissions"))
+        if channel["type"] not in (GUILD_TEXT, GUILD_FORUM):
+            raise _Reply(_error(400, 50024, "Cannot execute action on this channel type"))
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise _Reply(_error(400, 50035, "Invalid Form Body"))
+
+    def _new_thread(self, parent: dict[str, Any], thread_id: int, name: str,
+                    body: dict[str, Any]) -> dict[str, Any]:
+        now = _iso(time.time())
+        thread = {
+            "id": str(thread_id), "type": PUBLIC_THREAD, "guild_id": str(self.guild_id),
+            "parent_id": parent["id"], "owner_id": self.bot["id"], "name": name,
+            "last_message_id": None, "message_count": 0, "member_count": 1,
+            "total_message_sent": 0, "rate_limit_per_user": 0, "flags": 0,
+            "applied_tags": body.get("applied_tags", []),
+            "thread_metadata": {
+                "archived": False, "locked": False, "archive_timestamp": now,
+                "auto_archive_duration": int(body.get("auto_archive_duration", 1440)),
+                "create_timestamp": now,
+            },
+            "member": {"id": str(thread_id), "user_id": self.bot["id"], "join_timestamp": now,
+                       "flags": 0},
+        }
+        self.channels[thread_id] = thread
+        return thread
+
+    async def _thread_from_message(self, record: RecordedRequest,
+                                   params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        message = self._message(channel, params)
+        self._check_thread_allowed(channel, record.json)
+        if channel["type"] != GUILD_TEXT:
+            return _error(400, 50024, "Cannot execute action on this channel type")
+        if message.get("thread"):
+            return _error(400, 160004, "A thread has already been created for this message")
+        thread = self._new_thread(channel, int(message["id"]), record.json["name"], record.json)
+        message["thread"] = thread
+        await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        return _json(thread)
+
+    async def _thread_without_message(self, record: RecordedRequest,
+                                      params: dict[str, str]) -> web.Response:
+        channel = self._channel(params)
+        body = record.json
+        self._check_thread_allowed(channel, body)
+        thread_id = self.snowflake()
+        if channel["type"] == GUILD_FORUM:
+            first = body.get("message")
+            if not isinstance(first, dict):
+                return _error(400, 50035, "Invalid Form Body")
+            problem = _check_message(first)
+            if problem:
+                return problem
+            thread = self._new_thread(channel, thread_id, body["name"], body)
+            message = self._new_message(thread_id, first.get("content", ""), author=self.bot,
+                                        components=first.get("components"), message_id=thread_id)
+            await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+            return _json({**thread, "message": self._strip(message)})
+        thread = self._new_thread(channel, thread_id, body["name"], body)
+        await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        return _json(thread)
+
+    # --- messages -------------------------------------------------------------------------
+
+    def _new_message(self, channel_id: int, content: str, *, author: dict[str, Any],
+                     components: list[Any] | None = None, flags: int = 0,
+                     interaction: Interaction | None = None, message_id: int | None = None,
+                     reference: dict[str, Any] | None = None) -> dict[str, Any]:
+        message_id = message_id or self.snowflake()
+        channel = self.channels[channel_id]
+        message: dict[str, Any] = {
+            "id": str(message_id), "channel_id": str(channel_id), "author": author,
+            "content": content, "timestamp": _iso(time.time()), "edited_timestamp": None,
+            "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": flags,
+            "components": components or [],
+            "_history": [content], "_reactions": set(),
+        }
+        if channel.get("guild_id"):
+            message["guild_id"] = channel["guild_id"]
+        if reference:
+            message["message_reference"] = reference
+        if interaction is not None:
+            message["webhook_id"] = str(self.application_id)
+            message["application_id"] = str(self.application_id)
+            message["type"] = 20 if interaction.type == 2 else 0
+            message["interaction_metadata"] = {
+                "id": str(interaction.id), "type": interaction.type,
+                "user": self.users[interaction.user_id],
+                "authorizing_integration_owners": {"0": str(self.guild_id)},
+            }
+        self.messages[message_id] = message
+        channel["last_message_id"] = str(message_id)
+        if channel["type"] == PUBLIC_THREAD:
+            channel["message_count"] += 1
+            channel["total_message_sent"] += 1
+        return message
+
+    @staticmethod
+    def _apply_edit(message: dict[str, Any], body: dict[str, Any]) -> None:
+        if "content" in body:
+            message["content"] = body["content"] or ""
+            message["_history"].append(message["content"])
+        if "components" in body:
+            message["components"] = body["components"] or []
+        if "embeds" in body:
+            message["embeds"] = body["embeds"] or []
+        message["flags"] = message["flags"] & ~MESSAGE_FLAG_LOADING
+        message["edited_timestamp"] = _iso(time.time())
+
+    @staticmethod
+    def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-ready copy without the fake's bookkeeping keys."""
+        return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+Handler = Callable[[RecordedRequest, dict[str, str]], Awaitable[web.Response]]
+
+
+class _Reply(Exception):
+    """Raised by a handler to answer at once (an error found deep in a lookup)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json" (no charset): discord.py parses nothing else as JSON.
+    response = web.Response(status=status, body=json.dumps(data).encode())
+    response.headers["Content-Type"] = JSON
+    return response
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    return _json({"message": message, "code": code}, status)
+
+
+def _too_many(retry_after: float, is_global: bool, via: bool, scope: str) -> web.Response:
+    retry_after = round(max(retry_after, 0.001), 3)
+    response = _json({"message": "You are being rate limited.", "retry_after": retry_after,
+                      "global": is_global}, 429)
+    response.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    response.headers["X-RateLimit-Scope"] = scope
+    if is_global:
+        response.headers["X-RateLimit-Global"] = "true"
+    if via:
+        response.headers["Via"] = "1.1 google"
+    return response
+
+
+def _check_message(body: dict[str, Any], editing: bool = False) -> web.Response | None:
+    content = body.get("content")
+    if content is not None and len(content) > 2000:
+        return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": {
+            "_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
+                         "message": "Must be 2000 or fewer in length."}]}}}, 400)
+    if not editing and not content and not body.get("embeds") and not body.get("components"):
+        return _error(400, 50006, "Cannot send an empty message")
+    return None
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()

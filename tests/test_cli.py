@@ -1,0 +1,92 @@
+"""`ponder ask` as a user runs it: a real subprocess talking HTTP to the fake model server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.fakes.openai_server import Fault, FakeOpenAI, Step, Text
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENT_FIELDS = {
+    "chain_started": {"chain_id", "question", "mode", "language"},
+    "step_started": {"index"},
+    "step_delta": {"index", "title", "content"},
+    "step_finished": {"index", "title", "content", "seconds"},
+    "final_answer": {"text", "seconds", "total_seconds", "steps"},
+    "chain_failed": {"reason", "message", "total_seconds"},
+}
+
+
+async def ponder(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=full_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_ask_json_prints_one_event_per_line(fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(Step("Look", "Three letters r.", "continue"),
+                    Step("Check", "s-t-r-a-w-b-e-r-r-y: 3.", "final_answer"), Text("**3**"))
+    code, out, err = await ponder("ask", "--json", "How many r in strawberry?",
+                                  env={"OPENAI_BASE_URL": fake_llm.base_url,
+                                       "PONDER_MIN_STEPS": "2"})
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    for event in events:
+        assert set(event) - {"event"} == EVENT_FIELDS[event["event"]], event
+    names = [e["event"] for e in events]
+    assert names[0] == "chain_started" and names[-1] == "final_answer"
+    assert names.count("step_finished") == 2
+    assert events[-1]["text"] == "**3**" and events[-1]["steps"] == 2
+
+
+async def test_ask_live_draws_steps_and_the_total_time(fake_llm: FakeOpenAI) -> None:
+    code, out, err = await ponder("ask", "Why is the sky blue?",
+                                  env={"OPENAI_BASE_URL": fake_llm.base_url, "COLUMNS": "100"})
+    assert code == 0, err
+    assert "Step 1" in out and "Answer" in out
+    assert "Thought for" in out and "3 steps" in out
+
+
+async def test_no_server_exits_1_with_one_readable_line() -> None:
+    code, out, err = await ponder("ask", "--json", "q",
+                                  env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                                       "PONDER_MAX_ATTEMPTS": "1"})
+    assert code == 1
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ponder: no model server answers at http://127.0.0.1:9/v1")
+    assert "ponder model serve" in last
+    assert json.loads(out.splitlines()[-1])["event"] == "chain_failed"
+
+
+async def test_a_server_error_is_exit_1(fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(Fault(500), Fault(500), Fault(500))
+    code, _, err = await ponder("ask", "q", env={"OPENAI_BASE_URL": fake_llm.base_url,
+                                                 "PONDER_MAX_ATTEMPTS": "1"})
+    assert code == 1 and "Traceback" not in err
+
+
+async def test_empty_question_is_a_usage_error() -> None:
+    code, out, err = await ponder("ask", "   ")
+    assert code == 2 and "usage: ponder ask" in err and out == ""
+
+
+async def test_a_bad_setting_is_one_line_naming_it() -> None:
+    for name, value in (("PONDER_MAX_STEPS", "-1"), ("OPENAI_BASE_URL", "nonsense"),
+                        ("PONDER_MODE", "dream")):
+        code, _, err = await ponder("ask", "q", env={name: value})
+        assert code == 2, name
+        assert err.strip().count("\n") == 0 and name in err and "Traceback" not in err
+
+
+async def test_a_question_over_the_limit_is_refused() -> None:
+    code, _, err = await ponder("ask", "x" * 50, env={"PONDER_MAX_QUESTION_CHARS": "10"})
+    assert code == 2 and "limit is 10" in err

@@ -1,0 +1,646 @@
+"""The Slack front door end to end: the real bolt `AsyncApp` served over HTTP (signed requests
+to `/slack/events`) and Socket Mode, a real `Ponder` service, the fake Slack Web API and the fake
+model server. Assertions are about what a person in Slack would see."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.slack import SlackBot, SlackLimits
+from adapters.slack.app import MemorySeenEvents, question_text
+from adapters.slack.mrkdwn import to_mrkdwn
+from bot.service import Ponder
+from tests.conftest import make_settings
+from tests.fakes.openai_server import FakeOpenAI, Step, Text
+from tests.fakes.slack_server import FakeSlack, Message
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CHANNEL = "C0GENERAL"
+ASKER = "UASKER"
+
+# Fast limits: the same code paths as production, with windows short enough for tests.
+FAST = SlackLimits(
+    update_rate=40, update_per=1, update_burst=10,
+    post_rate=40, post_per=1, post_burst=10,
+    edit_interval=0.05,
+    append_rate=100, append_per=1, append_burst=20, append_interval=0.05,
+    stream_starts=100, stream_per=1, stream_burst=20,
+    request_timeout=5,
+)
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Harness:
+    slack: FakeSlack
+    llm: FakeOpenAI
+    ponder: Ponder
+    bot: SlackBot
+    http: aiohttp.ClientSession
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.bot.http_port}/slack/events"
+
+    def ask(self, text: str, *, channel: str = CHANNEL, user: str = ASKER,
+            thread_ts: str | None = None, mention: bool = True) -> tuple[Message, dict[str, Any]]:
+        """A person writes `text` in Slack; returns the message and the Events API body."""
+        full = f"<@{self.slack.bot_user_id}> {text}" if mention else text
+        msg = self.slack.add_user_message(channel, full, user=user, thread_ts=thread_ts)
+        event: dict[str, Any] = {
+            "type": "app_mention" if mention and not channel.startswith("D") else "message",
+            "user": user, "text": full, "ts": msg.ts, "event_ts": msg.ts, "channel": channel,
+            "team": self.slack.team_id,
+        }
+        if channel.startswith("D"):
+            event["channel_type"] = "im"
+        elif event["type"] == "message":
+            event["channel_type"] = "channel"
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        return msg, envelope(self.slack, event)
+
+    async def post(self, body: dict[str, Any], *, retry_num: int | None = None,
+                   signature: str | None = None, timestamp: int | None = None) -> int:
+        raw = json.dumps(body)
+        stamp = str(timestamp if timestamp is not None else int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature or sign(raw, stamp),
+        }
+        if retry_num is not None:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = "http_timeout"
+        async with self.http.post(self.url, data=raw, headers=headers) as resp:
+            await resp.read()
+            self.sent.append(body)
+            return resp.status
+
+    async def settle(self, seconds: float = 30.0) -> None:
+        async with asyncio.timeout(seconds):
+            await self.bot.idle()
+
+    def replies(self, thread_ts: str, channel: str = CHANNEL) -> list[Message]:
+        return self.slack.thread(channel, thread_ts)
+
+
+def sign(raw: str, stamp: str, secret: str = SECRET) -> str:
+    base = f"v0:{stamp}:{raw}".encode()
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+def envelope(slack: FakeSlack, event: dict[str, Any], event_id: str | None = None
+             ) -> dict[str, Any]:
+    return {
+        "token": "legacy-verification-token",
+        "team_id": slack.team_id,
+        "api_app_id": "APONDER",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{next(_ids):08d}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": slack.team_id, "user_id": slack.bot_user_id,
+                            "is_bot": True, "is_enterprise_install": False}],
+    }
+
+
+async def start_harness(tmp_path: Path, slack: FakeSlack, llm: FakeOpenAI, *,
+                        limits: SlackLimits = FAST, streaming: bool = True,
+                        **settings: Any) -> Harness:
+    values: dict[str, Any] = {"min_steps": 3, "max_steps": 6, "max_attempts": 2,
+                              "user_rate_per_minute": 100, "user_concurrency": 50}
+    values.update(settings)
+    cfg = make_settings(
+        llm.base_url, tmp_path,
+        slack_bot_token=slack.token, slack_signing_secret=SECRET,
+        slack_api_url=slack.base_url, **values,
+    )
+    ponder = Ponder(cfg)
+    await ponder.start()
+    bot = SlackBot(ponder, cfg, limits=limits, streaming=streaming, seen=MemorySeenEvents())
+    await bot.start()
+    await bot.serve_http(port=0, host="127.0.0.1")
+    return Harness(slack, llm, ponder, bot, aiohttp.ClientSession())
+
+
+async def stop_harness(h: Harness) -> None:
+    await h.http.close()
+    await h.ponder.drain(0)
+    await h.bot.close(grace=5)
+    await h.ponder.close()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    # Most tests are about post + chat.update; streaming has tests of its own.
+    async with FakeSlack(streaming=False, update_limit=None) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def h(tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> AsyncIterator[Harness]:
+    harness = await start_harness(tmp_path, slack, fake_llm)
+    try:
+        yield harness
+    finally:
+        await stop_harness(harness)
+
+
+def three_steps() -> list[Any]:
+    return [Step("Restate", "We need 2+2.", "continue"),
+            Step("Add", "2+2 is 4.", "continue"),
+            Step("Check", "4-2 is 2, so 4 is right.", "final_answer"),
+            Text("**4**")]
+
+
+def texts_sent(slack: FakeSlack) -> list[str]:
+    return [str(c.body.get("text", "")) for c in slack.calls
+            if c.method in ("chat.postMessage", "chat.update")]
+
+
+# --- the basic flow ------------------------------------------------------------------------
+
+
+async def test_mention_is_answered_step_by_step_in_its_thread(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    assert await h.post(body) == 200
+    await h.settle()
+
+    replies = h.replies(question.ts)
+    assert len(replies) == 4, [r.text for r in replies]
+    assert all(r.channel == CHANNEL and r.thread_ts == question.ts for r in replies)
+    # Nothing went anywhere else: every bot message is one of these replies.
+    assert {m.ts for m in h.slack.bot_messages()} == {r.ts for r in replies}
+
+    steps, answer = replies[:3], replies[3]
+    for n, (reply, title) in enumerate(zip(steps, ["Restate", "Add", "Check"], strict=True), 1):
+        assert reply.text.startswith(f"*Step {n} · {title}* · "), reply.text
+        assert reply.text.split("\n")[0].endswith(" s")  # the step's time
+        assert "⏳" not in reply.text
+    assert "We need 2+2." in steps[0].text
+    # Step replies were posted, then edited in place while they streamed.
+    assert any(r.edits >= 1 for r in steps)
+    for reply in steps:
+        sizes = [len(t) for t in reply.texts]
+        assert sizes[-1] == max(sizes)
+    assert answer.text.startswith("*Answer*\n*4*")  # Markdown bold became mrkdwn bold
+    assert answer.text.rstrip().endswith("steps_")
+    assert "_Thought for " in answer.text and " s · 3 steps_" in answer.text
+    # The question asked of the model is the text without the bot's mention.
+    assert h.llm.requests[0].body["messages"][-1]["content"] == "What is 2+2?"
+
+
+async def test_status_shows_while_thinking_and_is_cleared(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle()
+    assert h.slack.statuses[0] == (CHANNEL, question.ts, "is thinking…")
+    assert h.slack.statuses[-1] == (CHANNEL, question.ts, "")
+    assert not question.reactions
+
+
+async def test_without_assistant_status_a_reaction_shows_thinking_then_done(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            fake_llm.script(*three_steps())
+            question, body = h.ask("What is 2+2?")
+            await h.post(body)
+            await asyncio.sleep(0.05)
+            await h.settle()
+            added = [c.body["name"] for c in slack.calls_to("reactions.add")]
+            removed = [c.body["name"] for c in slack.calls_to("reactions.remove")]
+            assert added == ["hourglass_flowing_sand", "white_check_mark"]
+            assert removed == ["hourglass_flowing_sand"]
+            assert set(question.reactions) == {"white_check_mark"}
+            # The workspace is remembered: the next chain goes straight to reactions.
+            fake_llm.script(*three_steps())
+            _, body = h.ask("Again?")
+            await h.post(body)
+            await h.settle()
+            assert slack.count("assistant.threads.setStatus") == 1
+        finally:
+            await stop_harness(h)
+
+
+async def test_mention_inside_a_thread_answers_in_that_thread(h: Harness) -> None:
+    parent = h.slack.add_user_message(CHANNEL, "Let's discuss numbers", user="UOTHER")
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?", thread_ts=parent.ts)
+    await h.post(body)
+    await h.settle()
+    assert h.replies(question.ts) == []
+    mine = [r for r in h.replies(parent.ts) if r.is_bot]
+    assert len(mine) == 4 and "Thought for" in mine[-1].text
+
+
+async def test_dm_is_answered_in_a_thread_under_it(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?", channel="D0DIRECT", mention=False)
+    await h.post(body)
+    await h.settle()
+    replies = h.replies(question.ts, channel="D0DIRECT")
+    assert len(replies) == 4 and "Thought for" in replies[-1].text
+
+
+# --- safety and formatting -----------------------------------------------------------------
+
+
+async def test_model_text_never_pings_anyone(h: Harness) -> None:
+    h.llm.script(Step("Shout", "Tell <!channel> and <!here> & <@U0BOSS> about a<b>c", "continue"),
+                 Step("Calm", "<!everyone> ok", "continue"),
+                 Step("Done", "fine", "final_answer"),
+                 Text("Answer for <!channel>: 1 < 2 && 3 > 2"))
+    question, body = h.ask("Make noise")
+    await h.post(body)
+    await h.settle()
+    sent = texts_sent(h.slack)
+    assert sent
+    for text in sent:
+        assert "<!" not in text and "<@" not in text, text
+    first = h.replies(question.ts)[0].text
+    assert "&lt;!channel&gt; and &lt;!here&gt; &amp; &lt;@U0BOSS&gt; about a&lt;b&gt;c" in first
+    assert "1 &lt; 2 &amp;&amp; 3 &gt; 2" in h.replies(question.ts)[-1].text
+
+
+async def test_markdown_becomes_mrkdwn(h: Harness) -> None:
+    answer = ("## Result\n**Bold** and *italic* and ~~gone~~, see [the docs](https://example.com/a?b=1&c=2)\n"
+              "- first\n- second\n```python\nprint(1 < 2)\n```")
+    h.llm.script(Step("A", "a", "continue"), Step("B", "b", "continue"),
+                 Step("C", "c", "final_answer"), Text(answer))
+    question, body = h.ask("Format please")
+    await h.post(body)
+    await h.settle()
+    text = h.replies(question.ts)[-1].text
+    assert "*Result*" in text
+    assert "*Bold* and _italic_ and ~gone~" in text
+    assert "<https://example.com/a?b=1&amp;c=2|the docs>" in text
+    assert "• first\n• second" in text
+    assert "```\nprint(1 &lt; 2)\n```" in text
+    assert "**" not in text and "##" not in text
+
+
+def test_mrkdwn_conversion_rules() -> None:
+    assert to_mrkdwn("**a** __b__ *c* _d_ ~~e~~") == "*a* *b* _c_ _d_ ~e~"
+    assert to_mrkdwn("snake_case_name and 2 * 3 * 4") == "snake_case_name and 2 * 3 * 4"
+    assert to_mrkdwn("`**x** <y>`") == "`**x** &lt;y&gt;`"
+    assert to_mrkdwn("# Title") == "*Title*"
+    assert to_mrkdwn("  - nested\n* top\n1. one") == "    ◦ nested\n• top\n1. one"
+    assert to_mrkdwn("> quoted **b**") == "> quoted *b*"
+    assert to_mrkdwn("[x](javascript:alert(1))") == "[x](javascript:alert(1))"
+    assert to_mrkdwn("<https://a.b/c>") == "<https://a.b/c>"
+    assert to_mrkdwn("```\n<!here>\n```") == "```\n&lt;!here&gt;\n```"
+
+
+def test_question_text_undoes_slack_markup() -> None:
+    raw = "<@UBOT> is <https://x.y|this> &lt;ok&gt; for <#C1|general> and <@U2>? <!here>"
+    assert question_text(raw, "UBOT") == "is this (https://x.y) <ok> for #general and @U2? @here"
+
+
+async def test_long_content_is_split_and_never_too_long(h: Harness) -> None:
+    # Escaping makes `<` four times longer: the presenter must split the rendered text.
+    long = ("Compare a<b with care. " * 400).strip()
+    h.llm.script(Step("Long", long, "continue"), Step("B", "b", "continue"),
+                 Step("C", "c", "final_answer"), Text("done"))
+    question, body = h.ask("Go long")
+    await h.post(body)
+    await h.settle()
+    assert all(c.error != "msg_too_long" for c in h.slack.calls)
+    assert all(len(t) <= 4000 for t in texts_sent(h.slack))
+    replies = h.replies(question.ts)
+    step_one = [r for r in replies if "Compare a&lt;b" in r.text]
+    assert len(step_one) >= 3
+    shown = "".join(r.text for r in step_one)
+    assert shown.count("Compare a&lt;b with care.") == 400
+
+
+# --- delivery: signatures, retries, socket mode --------------------------------------------
+
+
+async def test_a_redelivered_event_starts_nothing(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    assert await h.post(body) == 200
+    assert await h.post(body, retry_num=1) == 200
+    assert await h.post(body, retry_num=2) == 200
+    await h.settle()
+    replies = h.replies(question.ts)
+    assert sum("Thought for" in r.text for r in replies) == 1
+    assert len(replies) == 4
+    assert h.slack.count("chat.postMessage") == 4
+
+
+async def test_bad_or_stale_signatures_are_refused(h: Harness) -> None:
+    _, body = h.ask("Sneaky?")
+    assert await h.post(body, signature="v0=" + "0" * 64) == 401
+    stale = int(time.time()) - 10 * 60
+    raw = json.dumps(body)
+    assert await h.post(body, timestamp=stale, signature=sign(raw, str(stale))) == 401
+    assert await h.post(body, signature=sign(json.dumps(body), str(int(time.time())),
+                                             secret="wrong-secret")) == 401
+    await h.settle()
+    assert h.llm.requests == []
+    assert h.slack.count("chat.postMessage") == 0
+
+
+async def test_url_verification_challenge_is_answered(h: Harness) -> None:
+    raw = json.dumps({"token": "x", "challenge": "abc123", "type": "url_verification"})
+    stamp = str(int(time.time()))
+    async with h.http.post(h.url, data=raw, headers={
+        "Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": sign(raw, stamp)}) as resp:
+        assert resp.status == 200
+        assert "abc123" in await resp.text()
+
+
+async def test_socket_mode_events_are_acked_and_answered(
+        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
+    cfg = make_settings(fake_llm.base_url, tmp_path, slack_bot_token=slack.token,
+                        slack_app_token=slack.app_token, slack_api_url=slack.base_url,
+                        min_steps=3, max_steps=6)
+    ponder = Ponder(cfg)
+    await ponder.start()
+    bot = SlackBot(ponder, cfg, limits=FAST, seen=MemorySeenEvents())
+    await bot.start()
+    await bot.serve_socket()
+    try:
+        async with asyncio.timeout(10):
+            await slack.socket_connected.wait()
+        fake_llm.script(*three_steps())
+        question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> What is 2+2?")
+        body = envelope(slack, {"type": "app_mention", "user": ASKER, "text": question.text,
+                                "ts": question.ts, "channel": CHANNEL, "event_ts": question.ts})
+        first = await slack.push_event(body)
+        again = await slack.push_event(body, retry_attempt=1, retry_reason="timeout")
+        async with asyncio.timeout(10):
+            await slack.acked(first)
+            await slack.acked(again)
+        async with asyncio.timeout(30):
+            await bot.idle()
+        replies = slack.thread(CHANNEL, question.ts)
+        assert len(replies) == 4
+        assert sum("Thought for" in r.text for r in replies) == 1
+    finally:
+        await ponder.drain(0)
+        await bot.close(grace=5)
+        await ponder.close()
+
+
+# --- who and what is answered --------------------------------------------------------------
+
+
+async def test_follow_up_by_the_asker_carries_the_history(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle()
+
+    # Someone else chatting in the thread is not a question for Ponder.
+    _, other = h.ask("nice", user="UOTHER", thread_ts=question.ts, mention=False)
+    await h.post(other)
+    await h.settle()
+    requests_before = len(h.llm.requests)
+    assert requests_before == 4
+
+    h.llm.script(Step("Double", "4*2 is 8.", "continue"), Step("Again", "8", "continue"),
+                 Step("Check", "ok", "final_answer"), Text("8"))
+    _, body = h.ask("And doubled?", thread_ts=question.ts, mention=False)
+    await h.post(body)
+    await h.settle()
+    assert len(h.llm.requests) == requests_before + 4
+    messages = h.llm.requests[requests_before].body["messages"]
+    contents = [m["content"] for m in messages]
+    assert "What is 2+2?" in contents and "**4**" in contents
+    assert contents[-1] == "And doubled?"
+    replies = h.replies(question.ts)
+    assert sum("Thought for" in r.text for r in replies) == 2
+    assert replies[-1].text.startswith("*Answer*\n8")
+
+
+async def test_own_messages_edits_and_other_bots_are_ignored(h: Harness) -> None:
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle()
+    before = len(h.llm.requests)
+    base = {"channel": CHANNEL, "thread_ts": question.ts, "channel_type": "channel"}
+    noise = [
+        {"type": "message", "user": h.slack.bot_user_id, "bot_id": h.slack.bot_id,
+         "text": "my own reply", "ts": h.slack.next_ts(), **base},
+        {"type": "message", "subtype": "message_changed", "ts": h.slack.next_ts(),
+         "message": {"user": ASKER, "text": "edited"}, **base},
+        {"type": "message", "user": "UBOT2", "bot_id": "B0THER", "text": "beep",
+         "ts": h.slack.next_ts(), **base},
+        {"type": "message", "subtype": "bot_message", "bot_id": "B0THER", "text": "boop",
+         "ts": h.slack.next_ts(), **base},
+    ]
+    for event in noise:
+        assert await h.post(envelope(h.slack, event)) == 200
+    await h.settle()
+    assert len(h.llm.requests) == before
+
+
+async def test_a_refused_question_gets_a_readable_reply(
+        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
+    h = await start_harness(tmp_path, slack, fake_llm, allowed_channels=("C0OTHER",))
+    try:
+        question, body = h.ask("What is 2+2?")
+        await h.post(body)
+        await h.settle()
+        replies = h.replies(question.ts)
+        assert len(replies) == 1 and "does not answer in this channel" in replies[0].text
+        assert fake_llm.requests == []
+    finally:
+        await stop_harness(h)
+
+
+async def test_model_server_down_gives_a_readable_message(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm, openai_base_url="http://127.0.0.1:9/v1",
+                                max_attempts=1, connect_timeout=0.5)
+        try:
+            question, body = h.ask("What is 2+2?")
+            await h.post(body)
+            await h.settle()
+            replies = h.replies(question.ts)
+            assert replies, "nothing was said in the thread"
+            assert replies[-1].text.startswith("⚠️ ")
+            assert "Gave up after" in replies[-1].text
+            assert all("⏳" not in r.text and "thinking…" not in r.text for r in replies)
+            assert set(question.reactions) == {"x"}
+        finally:
+            await stop_harness(h)
+
+
+# --- budgets -------------------------------------------------------------------------------
+
+
+async def test_a_429_storm_slows_updates_but_loses_nothing(h: Harness) -> None:
+    h.slack.inject("chat.update", status=429, retry_after=1, times=4)
+    h.llm.script(Step("Restate", "We need 2+2. " * 20, "continue"),
+                 Step("Add", "2+2 is 4. " * 20, "continue"),
+                 Step("Check", "4-2 is 2, so 4 is right.", "final_answer"),
+                 Text("**4**"))
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle(60)
+    limited = [c for c in h.slack.calls_to("chat.update") if c.status == 429]
+    assert len(limited) == 4
+    # After a 429 nothing is sent to chat.update until Retry-After has passed.
+    first_429 = limited[0].at
+    later_ok = [c.at for c in h.slack.calls_to("chat.update") if c.ok and c.at > first_429]
+    assert later_ok and min(later_ok) - first_429 >= 0.95
+    replies = h.replies(question.ts)
+    assert len(replies) == 4
+    assert replies[0].text.endswith(("We need 2+2. " * 20).strip())
+    assert "2+2 is 4." in replies[1].text and " s\n" in replies[1].text
+    assert "Thought for" in replies[3].text
+
+
+async def test_many_chains_stay_inside_the_workspace_budget(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    # Slack's Tier 3 in miniature: 12 chat.update per 2 s for the whole workspace.
+    limits = SlackLimits(update_rate=5, update_per=1, update_burst=2,
+                         post_rate=20, post_per=1, post_burst=5, edit_interval=0.05,
+                         request_timeout=5)
+    async with FakeSlack(streaming=False, update_limit=(12, 2.0)) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm, limits=limits, min_steps=2,
+                                max_steps=2)
+        try:
+            questions = []
+            for n in range(6):
+                q, body = h.ask(f"Question {n}?", user=f"U{n:04d}")
+                questions.append(q)
+                await h.post(body)
+            await h.settle(90)
+            assert slack.rate_limited == 0
+            for q in questions:
+                replies = h.replies(q.ts)
+                assert len(replies) == 3, [r.text for r in replies]
+                assert "Thought for" in replies[-1].text
+                assert all("⏳" not in r.text for r in replies)
+        finally:
+            await stop_harness(h)
+
+
+# --- Slack's streaming methods -------------------------------------------------------------
+
+
+async def test_streaming_shows_one_task_per_step(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            fake_llm.script(*three_steps())
+            question, body = h.ask("What is 2+2?")
+            await h.post(body)
+            await h.settle()
+            replies = h.replies(question.ts)
+            assert len(replies) == 1
+            stream = replies[0]
+            assert stream.stream_state == "stopped"
+            start = slack.calls_to("chat.startStream")[0].body
+            assert start["recipient_user_id"] == ASKER
+            assert start["recipient_team_id"] == slack.team_id
+            assert start["thread_ts"] == question.ts
+            assert list(stream.tasks) == ["step-1", "step-2", "step-3"]
+            assert all(t.status == "complete" for t in stream.tasks.values())
+            assert stream.tasks["step-2"].title.startswith("Step 2 · Add · ")
+            assert stream.tasks["step-2"].title.endswith(" s")
+            text = stream.text
+            assert text.index("We need 2+2.") < text.index("2+2 is 4.") < text.index("**4**")
+            assert "**Answer**" in text and "_Thought for " in text and "3 steps_" in text
+            assert slack.count("chat.update") == 0
+            assert slack.count("chat.appendStream") >= 1
+        finally:
+            await stop_harness(h)
+
+
+@pytest.mark.parametrize("error", ["unknown_method", "not_allowed_token_type", "missing_scope"])
+async def test_streaming_refused_falls_back_to_chat_update_and_is_remembered(
+        tmp_path: Path, fake_llm: FakeOpenAI, error: str) -> None:
+    async with FakeSlack(streaming=False, update_limit=None) as slack:
+        slack.stream_error = error
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            for n in range(2):
+                fake_llm.script(*three_steps())
+                question, body = h.ask(f"What is 2+2? ({n})")
+                await h.post(body)
+                await h.settle()
+                replies = h.replies(question.ts)
+                assert len(replies) == 4
+                assert "Thought for" in replies[-1].text
+            assert slack.count("chat.startStream") == 1  # tried once, then remembered
+            assert slack.count("chat.update") >= 4
+        finally:
+            await stop_harness(h)
+
+
+async def test_streaming_refused_for_a_channel_type_is_remembered_for_that_type_only(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            slack.streaming = False  # channels refuse...
+            slack.stream_error = "method_not_supported_for_channel_type"
+            fake_llm.script(*three_steps())
+            q1, body = h.ask("In a channel")
+            await h.post(body)
+            await h.settle()
+            assert len(h.replies(q1.ts)) == 4
+            slack.streaming = True  # ...DMs stream
+            fake_llm.script(*three_steps())
+            q2, body = h.ask("In a DM", channel="D0DIRECT", mention=False)
+            await h.post(body)
+            await h.settle()
+            dm = h.replies(q2.ts, channel="D0DIRECT")
+            assert len(dm) == 1 and dm[0].stream_state == "stopped"
+            fake_llm.script(*three_steps())
+            q3, body = h.ask("Channel again")
+            await h.post(body)
+            await h.settle()
+            assert len(h.replies(q3.ts)) == 4
+            assert slack.count("chat.startStream") == 2  # the channel was not tried again
+        finally:
+            await stop_harness(h)
+
+
+async def test_a_stream_that_expires_continues_in_a_new_one(tmp_path: Path) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack, \
+            FakeOpenAI(chunk_delay=0.03, chunk_chars=2) as slow_llm:
+        slack.stream_max_age = 0.3  # Slack ends streams after ~5 min; here after 0.3 s
+        h = await start_harness(tmp_path, slack, slow_llm)
+        try:
+            slow_llm.script(Step("One", "first thought", "continue"),
+                            Step("Two", "second thought", "continue"),
+                            Step("Three", "third thought", "final_answer"), Text("done"))
+            question, body = h.ask("Take your time")
+            await h.post(body)
+            await h.settle()
+            replies = h.replies(question.ts)
+            assert len(replies) >= 2
+            assert all(r.stream_state == "stopped" for r in replies)
+            shown = "".join(r.text for r in replies)
+            for part in ("first thought", "second thought", "third thought", "Thought for"):
+                assert part in shown
+        finally:
+            await stop_harness(h)
