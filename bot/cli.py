@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bot.config import Mode, Settings, SettingsError, load_settings
+from bot.logs import setup_logging
 
 log = logging.getLogger("ponder")
 
@@ -60,11 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"ponder: {exc}\n")
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper() if args.command != "ask" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # `ask` draws on the terminal; only warnings (retries) belong beside it.
+    setup_logging(settings.log_level.upper() if args.command != "ask" else logging.WARNING)
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:

@@ -70,9 +70,13 @@ class Engine:
             {"role": "user", "content": question.text},
         ]
         last_content = ""
-        count = 0
+        count = len(question.done_steps)
         empty_in_a_row = 0
-        for index in range(1, s.max_steps + 1):
+        for n, (title, content) in enumerate(question.done_steps, start=1):
+            messages.append(_step_message(title, content, "continue"))
+            messages.append({"role": "user", "content": prompts.next_step(language, n + 1)})
+            last_content = content
+        for index in range(count + 1, s.max_steps + 1):
             yield StepStarted(index)
             began = time.monotonic()
             result: StepResult | None = None
@@ -87,9 +91,7 @@ class Engine:
             count = index
             content = result.content or _NO_STEP
             yield StepFinished(index, result.title, content, time.monotonic() - began)
-            messages.append({"role": "assistant", "content": json.dumps(
-                {"title": result.title, "content": content, "next_action": result.next_action},
-                ensure_ascii=False)})
+            messages.append(_step_message(result.title, content, result.next_action))
             if result.content:
                 last_content, empty_in_a_row = result.content, 0
             else:
@@ -164,6 +166,11 @@ class Engine:
             yield StepFinished(index, _title_of(thought), thought.strip(),
                                time.monotonic() - step_began)
         yield FinalAnswer(answer.strip() or _NO_STEP, time.monotonic() - began, 0.0, index)
+
+
+def _step_message(title: str, content: str, next_action: str) -> dict[str, str]:
+    step = {"title": title, "content": content, "next_action": next_action}
+    return {"role": "assistant", "content": json.dumps(step, ensure_ascii=False)}
 
 
 def _history(question: Question) -> Messages:

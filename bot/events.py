@@ -24,6 +24,8 @@ class Question:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     history: tuple[Turn, ...] = ()
     mode: str | None = None  # None: the configured mode
+    # Steps already taken (title, content) when a chain resumes after a restart.
+    done_steps: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,9 @@ class ChainFailed:
     name = "chain_failed"
 
 
-Event = ChainStarted | StepStarted | StepDelta | StepFinished | AnswerDelta | FinalAnswer | ChainFailed
+Event = (
+    ChainStarted | StepStarted | StepDelta | StepFinished | AnswerDelta | FinalAnswer | ChainFailed
+)
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import openai
 from openai import AsyncOpenAI
 
 from bot.config import Settings
+from bot.metrics import MODEL_CALL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,14 @@ class LLMClient:
     async def close(self) -> None:
         await self._client.close()
 
+    async def ping(self) -> bool:
+        """Whether the server answers at all (its model list), within the connect timeout."""
+        try:
+            await self._client.models.list(timeout=self.settings.connect_timeout * 2)
+        except openai.APIError:
+            return False
+        return True
+
     # --- public streams ------------------------------------------------------------------
 
     async def stream_step(
@@ -182,12 +192,15 @@ class LLMClient:
         while True:
             attempt += 1
             started = False
+            clock = time.monotonic()
+            outcome = "error"
             try:
                 async for chunk in self._attempt(messages, chain_id, max_tokens, structured):
                     if chunk.reasoning or chunk.content:
                         started = True
                         yield TextDelta(chunk.reasoning, chunk.content)
                     if chunk.finish_reason is not None:
+                        outcome = "ok"
                         yield TextDone(chunk.finish_reason)
                         return
                 raise _Retryable("the model server ended the stream without finishing")
@@ -205,6 +218,8 @@ class LLMClient:
                 if started:
                     yield Restart()
                 await asyncio.sleep(delay)
+            finally:
+                MODEL_CALL_SECONDS.labels(outcome).observe(time.monotonic() - clock)
 
     async def _attempt(
         self, messages: list[dict[str, str]], chain_id: str, max_tokens: int, structured: bool

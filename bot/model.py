@@ -396,7 +396,7 @@ class ServerProcess:
                 # Own group: Ctrl-C at the terminal reaches Ponder only, which then stops the
                 # whole group (vLLM's engine core and workers included) in order.
                 start_new_session=True,
-                preexec_fn=None,
+                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
             )
         except OSError as exc:
             raise ModelError(f"could not start the model server ({self.argv[0]}): {exc}") from None
@@ -537,24 +537,28 @@ def _port_of(base_url: str) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-async def _spec_for_machine(
+async def server_spec(
     settings: Settings,
     *,
     cache: Path,
     python: str,
-    port: int,
-    host: str,
     demo: bool,
-    model: str,
-    max_model_len: int | None,
-    gpu_memory_utilization: float | None,
-    reasoning_parser: str | None,
+    gpu: str | None,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    model: str = DEFAULT_MODEL_ID,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    reasoning_parser: str | None = None,
     tensor_parallel_size: int | None = None,
     data_parallel_size: int | None = None,
     extra_args: tuple[str, ...] = (),
-    gpu: str | None,
-    out: Out,
+    out: Out = _stderr,
 ) -> ServerSpec:
+    """What to serve: the demo model (prepared once) or `model` (downloaded once if an id).
+
+    The served name is always PONDER_MODEL, the name Ponder's requests carry.
+    """
     names: tuple[str, ...] = (settings.model,)
     if demo:
         folder = await prepare_demo_model(cache, python, out=out)
@@ -607,7 +611,7 @@ async def managed_server(
     if gpu is None:
         out(DEMO_WARNING)
     port = _port_of(base_url)
-    spec = await _spec_for_machine(
+    spec = await server_spec(
         settings, cache=cache, python=python, port=port, host="127.0.0.1", demo=gpu is None,
         model=DEFAULT_MODEL_ID, max_model_len=None, gpu_memory_utilization=None,
         reasoning_parser=None, gpu=gpu, out=out,
@@ -697,7 +701,7 @@ async def _serve_main(args: argparse.Namespace, settings: Settings) -> int:
         print("serving the demo model on CPU: a 135M model reasons poorly, it shows the plumbing")
     elif gpu is None:
         print("warning: no GPU found; vLLM will run on CPU (slow for a 7B model; try --demo)")
-    spec = await _spec_for_machine(
+    spec = await server_spec(
         settings, cache=cache, python=python, port=args.port, host=args.host, demo=args.demo,
         model=args.model, max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
@@ -778,4 +782,5 @@ __all__ = [
     "serve",
     "server_answers",
     "server_env",
+    "server_spec",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,6 +40,11 @@ class SurfaceLimits:
 
 
 class Surface(Protocol):
+    """What a platform provides. Optional extras, looked up by name:
+    `post_budget` (a RateLimiter for new messages when the platform limits posts apart from
+    edits) and `presenter()` (a presenter of its own, e.g. for a platform's native streaming).
+    """
+
     limits: SurfaceLimits
     budget: RateLimiter
 
@@ -57,6 +61,7 @@ _LABELS: dict[Language, dict[str, str]] = {
     "en": {
         "step": "Step {i}",
         "thinking": "thinking…",
+        "cut_short": "(cut short)",
         "answer": "Answer",
         "took": "{s} s",
         "summary": "Thought for {s} s · {n} steps",
@@ -67,6 +72,7 @@ _LABELS: dict[Language, dict[str, str]] = {
     "zh": {
         "step": "第 {i} 步",
         "thinking": "思考中…",
+        "cut_short": "（已中断）",
         "answer": "答案",
         "took": "{s} 秒",
         "summary": "思考用时 {s} 秒 · 共 {n} 步",
@@ -115,6 +121,8 @@ def failure_markdown(failure: ChainFailed, language: Language = "en") -> str:
     after = labels[key].format(s=seconds_text(failure.total_seconds))
     if failure.reason == "cancelled":
         return f"⏹️ {after}"
+    if failure.reason == "interrupted":
+        return f"⏸️ {failure.message}"
     return f"⚠️ {failure.message}\n_{after}_"
 
 
@@ -227,6 +235,10 @@ class ThreadPresenter:
                 await self._settle_open_blocks()
                 await self._show("failure", failure_markdown(event, self.language), final=True)
 
+    async def notice(self, markdown: str) -> None:
+        """A one-off message in the thread (e.g. that a chain resumed after a restart)."""
+        await self._show(("notice", len(self._blocks)), markdown, final=True)
+
     async def finish(self) -> None:
         """Write the last text of every message; a cancelled chain still gets its final state."""
         await self._settle_open_blocks()
@@ -235,9 +247,13 @@ class ThreadPresenter:
 
     async def _settle_open_blocks(self) -> None:
         # Nothing may keep showing "thinking…" once the chain is over.
+        labels = _LABELS[self.language]
         for key, slots in list(self._blocks.items()):
             if slots and not slots[-1].final:
                 text = self._texts[key].replace(_RUNNING, "", 1)
+                placeholder = "\n" + labels["thinking"]
+                if text.endswith(placeholder):
+                    text = text[: -len(placeholder)] + "\n_" + labels["cut_short"] + "_"
                 await self._show(key, text, final=True)
 
     async def _show(self, key: object, markdown: str, final: bool = False) -> None:
@@ -249,7 +265,8 @@ class ThreadPresenter:
                 self._want(slots[n], piece, final)
                 continue
             # New messages are posted at once and in order, so a thread reads top to bottom.
-            await self.surface.budget.acquire(urgent=True)
+            budget = getattr(self.surface, "post_budget", None) or self.surface.budget
+            await budget.acquire(urgent=True)
             try:
                 handle = await self.surface.post(piece)
             except SurfaceError:

@@ -59,7 +59,8 @@ The letter r appears at positions 3, 8 and 9.", "next_action": "continue"}}""",
 - 用提问所用的语言书写内容。
 
 一次回复的示例：
-{{"title": "逐个字母数", "content": "把单词拆开：s-t-r-a-w-b-e-r-r-y。字母 r 出现在第 3、8、9 位。", \
+{{"title": "逐个字母数", \
+"content": "把单词拆开：s-t-r-a-w-b-e-r-r-y。字母 r 出现在第 3、8、9 位。", \
 "next_action": "continue"}}""",
 }
 

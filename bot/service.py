@@ -7,17 +7,35 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+from aiohttp import web
 
 from bot.config import Settings
 from bot.engine import Engine
 from bot.events import ChainFailed, Event, FinalAnswer, Question, StepFinished, Turn
 from bot.llm import LLMClient
+from bot.logs import chain_id as chain_id_var
+from bot.metrics import (
+    CHAINS_FINISHED,
+    CHAINS_RUNNING,
+    CHAINS_STARTED,
+    MODEL_UP,
+    QUEUED,
+    REFUSED,
+    STEP_SECONDS,
+    start_metrics_server,
+)
 from bot.presenter import Outcome, Surface, ThreadPresenter
 from bot.store import ChainRecord, StepRecord, Store
 
 log = logging.getLogger(__name__)
+
+
+RESTARTING = "Ponder is restarting; this chain will pick up where it stopped."
+RESUMING = "↻ Ponder restarted — picking up again at step {n}."
+WAITING = "⏳ The model server is not answering; retrying for up to {s} s."
 
 
 class Refused(Exception):
@@ -68,19 +86,50 @@ class Ponder:
         self.store = store or Store(settings.db)
         self.running: dict[str, ChainHandle] = {}
         self.accepting = True
+        self.model_up = asyncio.Event()
+        self.model_up.set()  # optimistic until the first check says otherwise
+        self._watcher: asyncio.Task[None] | None = None
+        self._metrics: web.AppRunner | None = None
         self._per_user: dict[tuple[str, str], int] = defaultdict(int)
         self._recent: dict[tuple[str, str], deque[float]] = defaultdict(deque)
 
     async def start(self) -> None:
         await self.store.open()
+        self._watcher = asyncio.create_task(self._watch_model(), name="model-health")
+        if self.settings.metrics_port:
+            self._metrics = await start_metrics_server(self.settings.metrics_port,
+                                                       lambda: self.model_up.is_set())
 
     async def close(self) -> None:
         for handle in list(self.running.values()):
             handle.cancel(by="shutdown")
         await asyncio.gather(*(h.task for h in list(self.running.values())),
                              return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._metrics is not None:
+            await self._metrics.cleanup()
         await self.llm.close()
         await self.store.close()
+
+    async def _watch_model(self) -> None:
+        """Keep `model_up` current, so new questions wait (visibly) instead of failing."""
+        while True:
+            try:
+                up = await self.llm.ping()
+            except Exception:
+                log.exception("model health check failed")
+                up = False
+            if up != self.model_up.is_set():
+                log.log(logging.INFO if up else logging.WARNING, "model server %s",
+                        "answers again" if up else "is not answering")
+            MODEL_UP.set(1 if up else 0)
+            if up:
+                self.model_up.set()
+            else:
+                self.model_up.clear()
+            await asyncio.sleep(self.settings.health_interval if up else 2.0)
 
     async def drain(self, grace: float) -> None:
         """Stop taking questions; give running chains `grace` seconds, then stop the rest."""
@@ -132,11 +181,20 @@ class Ponder:
         """Start the chain as an owned task. Raises `Refused` with a reason to show."""
         reason = self.refusal(request)
         if reason is not None:
+            REFUSED.labels(request.platform).inc()
+            log.info("refused a question from %s: %s", request.asker, reason)
             raise Refused(reason)
+        self._recent[(request.platform, request.asker)].append(time.monotonic())
+        return self._launch(request, surface)
+
+    def _launch(self, request: ChainRequest, surface: Surface, resumed: bool = False
+                ) -> ChainHandle:
         key = (request.platform, request.asker)
         self._per_user[key] += 1
-        self._recent[key].append(time.monotonic())
-        task = asyncio.create_task(self._run(request, surface), name=f"chain-{request.question.id}")
+        CHAINS_STARTED.labels(request.platform).inc()
+        CHAINS_RUNNING.inc()
+        task = asyncio.create_task(self._run(request, surface, resumed),
+                                   name=f"chain-{request.question.id}")
         handle = ChainHandle(request, task)
         self.running[handle.chain_id] = handle
         task.add_done_callback(lambda t: self._finished(handle, key, t))
@@ -146,19 +204,30 @@ class Ponder:
                   ) -> None:
         self.running.pop(handle.chain_id, None)
         self._per_user[key] -= 1
+        CHAINS_RUNNING.dec()
         if not task.cancelled() and task.exception() is not None:
             log.error("chain %s crashed", handle.chain_id, exc_info=task.exception())
 
     # --- one chain -------------------------------------------------------------------------
 
-    async def _run(self, request: ChainRequest, surface: Surface) -> Outcome:
+    async def _run(self, request: ChainRequest, surface: Surface, resumed: bool) -> Outcome:
         q = request.question
-        await self.store.start_chain(ChainRecord(
-            id=q.id, platform=request.platform, question=q.text,
-            mode=str(q.mode or self.settings.mode), workspace=request.workspace,
-            channel=request.channel, thread=request.thread, asker=request.asker,
-            history=list(q.history)))
-        presenter = ThreadPresenter(surface)
+        chain_id_var.set(q.id)  # this task's context: every log line names the chain
+        log.info("chain started on %s by %s (%d chars)", request.platform, request.asker,
+                 len(q.text))
+        if not resumed:
+            await self.store.start_chain(ChainRecord(
+                id=q.id, platform=request.platform, question=q.text,
+                mode=str(q.mode or self.settings.mode), workspace=request.workspace,
+                channel=request.channel, thread=request.thread, asker=request.asker,
+                history=list(q.history)))
+        # A surface may bring its own presenter (Slack's native streaming); else the shared one.
+        make = getattr(surface, "presenter", None)
+        presenter: ThreadPresenter = make() if callable(make) else ThreadPresenter(surface)
+        if resumed:
+            await presenter.notice(RESUMING.format(n=len(q.done_steps) + 1))
+        if not self.model_up.is_set():
+            await self._wait_for_model(presenter)
         try:
             outcome = await presenter.present(self._recorded(q.id, self.engine.run(q)))
         except asyncio.CancelledError:
@@ -175,20 +244,78 @@ class Ponder:
                 await self.store.set_handles(q.id, [_plain(h) for h in presenter.outcome.handles])
         return outcome
 
+    async def _wait_for_model(self, presenter: ThreadPresenter) -> None:
+        wait = self.settings.model_wait
+        await presenter.notice(WAITING.format(s=int(wait)))
+        QUEUED.inc()
+        try:
+            # If it stays down, the engine's own attempts fail with a readable message.
+            await asyncio.wait_for(self.model_up.wait(), wait)
+        except TimeoutError:
+            log.warning("model server still down after %.0f s; trying anyway", wait)
+        finally:
+            QUEUED.dec()
+
     async def _recorded(self, chain_id: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        platform = ""
+        handle = self.running.get(chain_id)
+        if handle is not None:
+            platform = handle.request.platform
         async for event in events:
+            log.info("event=%s%s", event.name,
+                     f" step={event.index}" if isinstance(event, StepFinished) else "")
             match event:
                 case StepFinished(index=i, title=title, content=content, seconds=secs):
+                    STEP_SECONDS.observe(secs)
                     await self.store.add_step(chain_id, StepRecord(i, title, content, secs))
                 case FinalAnswer(text=text, total_seconds=total):
+                    CHAINS_FINISHED.labels(platform, "answered").inc()
                     await self.store.finish_chain(chain_id, "answered", answer=text,
                                                   total_seconds=total)
+                case ChainFailed(reason="cancelled", total_seconds=total) if self._stopped_by(
+                        chain_id) == "shutdown":
+                    # Left "running" in the store on purpose: the next start resumes it.
+                    event = ChainFailed("interrupted", RESTARTING, total)
                 case ChainFailed(reason=reason, message=message, total_seconds=total):
+                    CHAINS_FINISHED.labels(platform, reason).inc()
                     status = "cancelled" if reason == "cancelled" else "failed"
                     await self.store.finish_chain(chain_id, status, answer=None,
                                                   reason=f"{reason}: {message}",
                                                   total_seconds=total)
             yield event
+
+    def _stopped_by(self, chain_id: str) -> str | None:
+        handle = self.running.get(chain_id)
+        return handle.stopped_by if handle is not None else None
+
+    # --- restart recovery ------------------------------------------------------------------
+
+    async def recover(self, platform: str,
+                      surface_for: Callable[[ChainRecord], Awaitable[Surface | None]]
+                      ) -> list[ChainHandle]:
+        """Chains of `platform` left running by a dead process: resumed from their last stored
+        step where the thread can still be written, else closed with a visible message there."""
+        handles = []
+        for record in await self.store.chains_with_status("running"):
+            if record.platform != platform or record.id in self.running:
+                continue
+            try:
+                surface = await surface_for(record)
+            except Exception:
+                log.exception("chain %s: its thread cannot be reached", record.id)
+                surface = None
+            if surface is None:
+                await self.store.finish_chain(record.id, "interrupted",
+                                              reason="interrupted: thread unreachable")
+                continue
+            steps = await self.store.steps(record.id)
+            question = Question(record.question, id=record.id, history=tuple(record.history),
+                                mode=record.mode,
+                                done_steps=tuple((s.title, s.content) for s in steps))
+            request = ChainRequest(platform, question, record.asker, record.channel,
+                                   record.thread, record.workspace)
+            handles.append(self._launch(request, surface, resumed=True))
+        return handles
 
 
 def _plain(handle: object) -> object:

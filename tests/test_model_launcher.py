@@ -205,7 +205,7 @@ async def test_demo_spec_is_the_cpu_demo_model(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / model.DEMO_STAMP).write_text("prepared\n")
     settings = load_settings(model="Qwen2.5-7B-Instruct")
-    spec = await model._spec_for_machine(
+    spec = await model.server_spec(
         settings, cache=tmp_path, python="py", port=8001, host="0.0.0.0", demo=True,
         model=model.DEFAULT_MODEL_ID, max_model_len=None, gpu_memory_utilization=None,
         reasoning_parser=None, gpu=None, out=lambda line: None,
@@ -323,24 +323,28 @@ async def _start_serve_command(fake: Fake, tmp_path: Path) -> asyncio.subprocess
     model_dir.mkdir(exist_ok=True)
     env = fake.env(PONDER_VLLM_PYTHON=str(fake.python), PYTHONPATH=str(REPO),
                    PONDER_MODEL="Qwen2.5-7B-Instruct")
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "model", "serve", "--model", str(model_dir),
-        "--port", str(fake.port), "--cache-dir", str(tmp_path / "cache"),
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    # Output to a file, not a pipe: an orphaned server would hold a pipe open and make
+    # proc.wait() hang instead of letting the test fail.
+    with (tmp_path / "serve.out").open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "model", "serve", "--model", str(model_dir),
+            "--port", str(fake.port), "--cache-dir", str(tmp_path / "cache"),
+            env=env, cwd=tmp_path, stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )
 
 
-async def _read_until(proc: asyncio.subprocess.Process, marker: str, limit: float) -> str:
-    assert proc.stdout is not None
-    seen = ""
-    async with asyncio.timeout(limit):
-        while marker not in seen:
-            line = await proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"exited before {marker!r}; output:\n{seen}")
-            seen += line.decode()
-    return seen
+async def _read_until(proc: asyncio.subprocess.Process, tmp_path: Path, marker: str,
+                      limit: float) -> str:
+    path = tmp_path / "serve.out"
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        seen = path.read_text(errors="replace")
+        if marker in seen:
+            return seen
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {marker!r}; output:\n{path.read_text(errors='replace')}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -349,7 +353,7 @@ async def test_serve_command_forwards_signals_and_leaves_no_orphan(
 ) -> None:
     proc = await _start_serve_command(fake, tmp_path)
     try:
-        seen = await _read_until(proc, "OPENAI_BASE_URL=", 60)
+        seen = await _read_until(proc, tmp_path, "OPENAI_BASE_URL=", 60)
         assert f"OPENAI_BASE_URL={fake.base_url}" in seen
         info = fake.info()
         assert "Qwen2.5-7B-Instruct" in info["argv"]  # served under PONDER_MODEL
@@ -372,12 +376,16 @@ async def test_serve_command_killed_outright_leaves_no_orphan(
 ) -> None:
     proc = await _start_serve_command(fake, tmp_path)
     try:
-        await _read_until(proc, "OPENAI_BASE_URL=", 60)
+        await _read_until(proc, tmp_path, "OPENAI_BASE_URL=", 60)
         pid = fake.info()["pid"]
     finally:
         proc.kill()  # no chance to forward anything: the parent-death signal must do it
         await proc.wait()
-    assert await wait_until(lambda: not pid_alive(pid), 10)
+    try:
+        assert await wait_until(lambda: not pid_alive(pid), 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # when the test failed: leave no orphan behind
 
 
 # --- managed_server (ponder run) ---------------------------------------------------------------

@@ -209,3 +209,11 @@ def test_split_closes_and_reopens_code_fences() -> None:
     assert len(pieces) > 2
     for piece in pieces:
         assert piece.count("```") % 2 == 0, piece
+
+
+async def test_a_step_that_never_got_content_does_not_say_thinking_after_failure() -> None:
+    surface = RecordingSurface()
+    items: list[Event] = [ChainStarted("c", "q", "chain", "en"), StepStarted(1),
+                          ChainFailed("model_unavailable", "down", 1.0)]
+    await ThreadPresenter(surface).present(events_of(items))
+    assert "thinking" not in surface.shown[0] and "(cut short)" in surface.shown[0]

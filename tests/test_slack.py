@@ -132,7 +132,8 @@ async def start_harness(tmp_path: Path, slack: FakeSlack, llm: FakeOpenAI, *,
     )
     ponder = Ponder(cfg)
     await ponder.start()
-    bot = SlackBot(ponder, cfg, limits=limits, streaming=streaming, seen=MemorySeenEvents())
+    # Event ids are remembered in Ponder's store (the production default).
+    bot = SlackBot(ponder, cfg, limits=limits, streaming=streaming)
     await bot.start()
     await bot.serve_http(port=0, host="127.0.0.1")
     return Harness(slack, llm, ponder, bot, aiohttp.ClientSession())
@@ -310,6 +311,14 @@ def test_mrkdwn_conversion_rules() -> None:
     assert to_mrkdwn("```\n<!here>\n```") == "```\n&lt;!here&gt;\n```"
 
 
+def test_manifest_asks_for_what_the_adapter_uses() -> None:
+    manifest = (Path(__file__).resolve().parents[1] / "slack-manifest.yml").read_text()
+    for needed in ("app_mentions:read", "chat:write", "channels:history", "groups:history",
+                   "im:history", "reactions:write", "- app_mention", "- message.channels",
+                   "- message.im", "socket_mode_enabled: true", "messages_tab_enabled: true"):
+        assert needed in manifest, needed
+
+
 def test_question_text_undoes_slack_markup() -> None:
     raw = "<@UBOT> is <https://x.y|this> &lt;ok&gt; for <#C1|general> and <@U2>? <!here>"
     assert question_text(raw, "UBOT") == "is this (https://x.y) <ok> for #general and @U2? @here"
@@ -346,6 +355,32 @@ async def test_a_redelivered_event_starts_nothing(h: Harness) -> None:
     assert sum("Thought for" in r.text for r in replies) == 1
     assert len(replies) == 4
     assert h.slack.count("chat.postMessage") == 4
+
+
+async def test_a_redelivery_after_a_restart_is_still_recognised(
+        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
+    h = await start_harness(tmp_path, slack, fake_llm)
+    fake_llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle()
+    await stop_harness(h)
+    h = await start_harness(tmp_path, slack, fake_llm)  # a new process, the same database
+    try:
+        assert await h.post(body, retry_num=3) == 200
+        await h.settle()
+        assert len(fake_llm.requests) == 4
+        assert sum("Thought for" in r.text for r in h.replies(question.ts)) == 1
+    finally:
+        await stop_harness(h)
+
+
+async def test_memory_dedup_forgets_after_its_window() -> None:
+    seen = MemorySeenEvents(keep_seconds=0.05)
+    assert await seen.first_sight("Ev1") is True
+    assert await seen.first_sight("Ev1") is False
+    await asyncio.sleep(0.06)
+    assert await seen.first_sight("Ev1") is True
 
 
 async def test_bad_or_stale_signatures_are_refused(h: Harness) -> None:
@@ -476,7 +511,7 @@ async def test_model_server_down_gives_a_readable_message(
         tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack:
         h = await start_harness(tmp_path, slack, fake_llm, openai_base_url="http://127.0.0.1:9/v1",
-                                max_attempts=1, connect_timeout=0.5)
+                                max_attempts=1, connect_timeout=0.5, model_wait=1.0)
         try:
             question, body = h.ask("What is 2+2?")
             await h.post(body)
@@ -484,8 +519,11 @@ async def test_model_server_down_gives_a_readable_message(
             replies = h.replies(question.ts)
             assert replies, "nothing was said in the thread"
             assert replies[-1].text.startswith("⚠️ ")
+            assert "no model server answers" in replies[-1].text
             assert "Gave up after" in replies[-1].text
-            assert all("⏳" not in r.text and "thinking…" not in r.text for r in replies)
+            # Nothing still looks busy (the service's own waiting notice aside).
+            busy = [r.text for r in replies if "⏳" in r.text or "thinking…" in r.text]
+            assert all(t.startswith("⏳ The model server is not answering") for t in busy), busy
             assert set(question.reactions) == {"x"}
         finally:
             await stop_harness(h)
@@ -644,3 +682,99 @@ async def test_a_stream_that_expires_continues_in_a_new_one(tmp_path: Path) -> N
                 assert part in shown
         finally:
             await stop_harness(h)
+
+
+async def test_a_stream_that_breaks_half_way_is_finished_with_posts(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            slack.inject("chat.appendStream", error="fatal_error", times=100)
+            fake_llm.script(*three_steps())
+            question, body = h.ask("What is 2+2?")
+            await h.post(body)
+            await h.settle()
+            replies = h.replies(question.ts)
+            assert replies[0].stream_state == "stopped"  # closed, not left streaming
+            posted = [r for r in replies if r.stream_state is None]
+            shown = "\n".join(r.text for r in posted)
+            for part in ("We need 2+2.", "2+2 is 4.", "4-2 is 2", "*4*", "Thought for"):
+                assert part in shown
+            assert all("⏳" not in r.text for r in posted)
+        finally:
+            await stop_harness(h)
+
+
+async def test_a_stream_that_cannot_be_stopped_still_shows_the_answer(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            slack.inject("chat.stopStream", error="fatal_error", times=100)
+            fake_llm.script(*three_steps())
+            question, body = h.ask("What is 2+2?")
+            await h.post(body)
+            await h.settle()
+            replies = h.replies(question.ts)
+            assert replies[-1].stream_state is None
+            assert replies[-1].text.startswith("*Answer*\n*4*")
+            assert "Thought for" in replies[-1].text
+        finally:
+            await stop_harness(h)
+
+
+async def test_slack_5xx_is_retried(h: Harness) -> None:
+    h.slack.inject("chat.postMessage", status=503, times=2)
+    h.slack.inject("chat.update", status=500, times=1)
+    h.llm.script(*three_steps())
+    question, body = h.ask("What is 2+2?")
+    await h.post(body)
+    await h.settle()
+    replies = h.replies(question.ts)
+    assert len(replies) == 4 and "Thought for" in replies[-1].text
+    assert h.slack.count("chat.postMessage", 503) == 2
+
+
+async def test_shutdown_mid_chain_leaves_nothing_thinking(tmp_path: Path) -> None:
+    async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack, \
+            FakeOpenAI(chunk_delay=0.05, chunk_chars=2) as slow_llm:
+        h = await start_harness(tmp_path, slack, slow_llm)
+        posted = asyncio.Event()
+        slack.on_call(lambda call: posted.set() if call.method == "chat.postMessage" else None)
+        slow_llm.script(Step("Slow", "x" * 400, "continue"))
+        question, body = h.ask("Think slowly")
+        await h.post(body)
+        async with asyncio.timeout(10):
+            await posted.wait()
+        await stop_harness(h)  # drain(0): the running chain is stopped for the restart
+        replies = h.replies(question.ts)
+        assert replies
+        assert all("⏳" not in r.text and "thinking…" not in r.text for r in replies)
+        assert "hourglass_flowing_sand" not in question.reactions
+
+
+async def test_a_chain_interrupted_by_a_restart_resumes_in_its_thread(
+        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
+    from bot.store import ChainRecord, StepRecord
+
+    question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> What is 2+2?")
+    h = await start_harness(tmp_path, slack, fake_llm)
+    try:
+        store = h.ponder.store
+        await store.start_chain(ChainRecord(
+            id="chain-before-crash", platform="slack", question="What is 2+2?", mode="chain",
+            workspace=slack.team_id, channel=CHANNEL, thread=f"{CHANNEL}:{question.ts}",
+            asker=ASKER))
+        await store.add_step("chain-before-crash", StepRecord(1, "Restate", "We need 2+2.", 1.0))
+        fake_llm.script(Step("Add", "2+2 is 4.", "continue"),
+                        Step("Check", "4-2 is 2.", "final_answer"), Text("4"))
+        handles = await h.bot.recover()
+        assert [x.chain_id for x in handles] == ["chain-before-crash"]
+        async with asyncio.timeout(30):
+            await handles[0].wait()
+        replies = h.replies(question.ts)
+        assert replies[0].text.startswith("↻ Ponder restarted")
+        assert replies[1].text.startswith("*Step 2 · Add*")
+        assert "Thought for" in replies[-1].text
+    finally:
+        await stop_harness(h)

@@ -43,6 +43,7 @@ from adapters.slack.surface import (
 from bot.config import Settings, SettingsError
 from bot.events import Question, Turn
 from bot.service import ChainHandle, ChainRequest, Ponder, Refused
+from bot.store import ChainRecord
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,27 @@ class SlackBot:
         self.workspace(self.team_id)
         log.info("Slack: signed in as %s in %s (%s)", auth.get("user"), auth.get("team"),
                  self.team_id)
+
+    async def recover(self) -> list[ChainHandle]:
+        """Resume the Slack chains a dead process left running (the service asks for each
+        thread's surface; a thread that cannot be named any more is closed in the store)."""
+        handles = await self.ponder.recover(PLATFORM, self._surface_for)
+        for handle in handles:
+            self._track(handle)
+        if handles:
+            log.info("Slack: resumed %d interrupted chain(s)", len(handles))
+        return handles
+
+    async def _surface_for(self, record: ChainRecord) -> SlackSurface | None:
+        channel, _, thread_ts = record.thread.partition(":")
+        if not channel or not thread_ts:
+            return None
+        return SlackSurface(self.client, self.workspace(record.workspace or self.team_id),
+                            channel, thread_ts, asker=record.asker, streaming=self.streaming)
+
+    def _track(self, handle: ChainHandle) -> None:
+        self.chains[handle.chain_id] = handle
+        handle.task.add_done_callback(lambda _: self.chains.pop(handle.chain_id, None))
 
     async def serve_http(self, port: int = 3000, host: str = "0.0.0.0") -> None:
         """Serve the Events API at `/slack/events` until cancelled."""
@@ -346,24 +368,21 @@ class SlackBot:
         except Refused as refusal:
             await self._say(channel, thread_ts, f"🙅 {refusal.message}")
             return
-        self.chains[handle.chain_id] = handle
+        self._track(handle)
         status = _Status(self.client, ws, channel, thread_ts, message_ts)
+        await status.begin()
+        ok = False
         try:
-            await status.begin()
-            ok = False
-            try:
-                outcome = await handle.wait()
-                ok = outcome.answer is not None and outcome.failure is None
-            except asyncio.CancelledError:
-                if not handle.task.cancelled():
-                    raise  # this tracker is being stopped, not the chain
-            except Exception:
-                log.exception("chain %s crashed", handle.chain_id)
-                await self._say(channel, thread_ts, INTERNAL_ERROR)
-            if handle.done():
-                await status.end(ok)
-        finally:
-            self.chains.pop(handle.chain_id, None)
+            outcome = await handle.wait()
+            ok = outcome.answer is not None and outcome.failure is None
+        except asyncio.CancelledError:
+            if not handle.task.cancelled():
+                raise  # this tracker is being stopped, not the chain
+        except Exception:
+            log.exception("chain %s crashed", handle.chain_id)
+            await self._say(channel, thread_ts, INTERNAL_ERROR)
+        if handle.done():
+            await status.end(ok)
 
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
         """One plain reply in the thread (refusals, errors); failures are only logged."""
@@ -442,6 +461,7 @@ async def run_slack(ponder: Ponder, settings: Settings, *, http: bool = False,
     bot = SlackBot(ponder, settings)
     await bot.start()
     try:
+        await bot.recover()
         if http:
             await bot.serve_http(port)
         else:

@@ -81,11 +81,28 @@ class SlackPresenter:
         self.language: Language = language
         self.outcome = Outcome()
         self.mode: str = "edit"  # "stream" once a stream was opened
+        self._classic: ThreadPresenter | None = None
+
+    def _thread_presenter(self) -> ThreadPresenter:
+        if self._classic is None:
+            self._classic = ThreadPresenter(self.surface, self.language)
+            self.outcome = self._classic.outcome
+        return self._classic
+
+    async def notice(self, markdown: str) -> None:
+        """A one-off reply shown at once (a resumed chain, a model server that is down).
+
+        Always a plain reply, never the start of a stream: the service may wait a long time
+        after a notice, or be stopped before `present`, and a stream must not hang open.
+        """
+        await self._thread_presenter().notice(markdown)
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
         surface, ws = self.surface, self.surface.workspace
         if surface.streaming and ws.may_stream(surface.channel) and ws.stream_starts.take():
             stream = _Stream(surface, self.language)
+            if self._classic is not None:
+                stream.outcome.handles.extend(self._classic.outcome.handles)
             try:
                 await stream.open()
             except StreamRefused as exc:
@@ -97,7 +114,7 @@ class SlackPresenter:
                 self.outcome = stream.outcome
                 self.outcome = await stream.present(events)
                 return self.outcome
-        presenter = ThreadPresenter(surface, self.language)
+        presenter = self._thread_presenter()
         self.outcome = presenter.outcome
         return await presenter.present(events)
 

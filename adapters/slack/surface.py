@@ -143,10 +143,11 @@ class Workspace:
         if method == "chat.update":
             self.update_budget.pause(seconds)
         elif method == "chat.postMessage":
-            # Posts are paced by the update budget today (see docs/requests-slack.md).
-            self.update_budget.pause(seconds)
-            if channel:
-                self.post_budget(channel).pause(seconds)
+            # slack_sdk sends posts as JSON, which its retry hook does not show: when the
+            # channel is unknown, every channel's posts wait.
+            budgets = [self.post_budget(channel)] if channel else list(self.post_budgets.values())
+            for budget in budgets:
+                budget.pause(seconds)
         elif method == "chat.appendStream":
             self.append_budget.pause(seconds)
         elif method in ("chat.startStream", "chat.stopStream"):
