@@ -135,6 +135,8 @@ class _ModelProbe:
 
     async def structured(self) -> Check:
         name = "structured outputs"
+        # Chain mode asks for every step with a JSON schema; native mode never does.
+        required = self.settings.mode == Mode.CHAIN
         fix = ("serve with vLLM ≥ 0.12 and `--structured-outputs-config "
                "'{\"backend\":\"xgrammar\",\"disable_any_whitespace\":true}'` "
                "(`ponder model serve` does)")
@@ -143,27 +145,34 @@ class _ModelProbe:
             "messages": [{"role": "user", "content":
                           "I have 2 apples and buy 3 more. How many apples do I have? "
                           "Reply in JSON with `answer` and `sure`."}],
-            "max_tokens": 64,
+            "max_tokens": 128,
             "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": {
                 "name": "probe", "schema": PROBE_SCHEMA, "strict": True}},
+            # A thinking model (Qwen3) would spend the budget thinking before the JSON starts;
+            # templates without this switch ignore it.
+            "chat_template_kwargs": {"enable_thinking": False},
         }
         try:
             data = await self._complete(body)
         except (aiohttp.ClientError, TimeoutError, ValueError, _HTTPStatus) as exc:
-            return Check(name, "fail", f"a json_schema request failed ({_why(exc)})", fix)
+            return Check(name, "fail", f"a json_schema request failed ({_why(exc)})", fix,
+                         required=required)
         choice = data["choices"][0]
         text = (choice.get("message") or {}).get("content") or ""
         if choice.get("finish_reason") == "length":
-            return Check(name, "fail", "the JSON ran to max_tokens (whitespace?)", fix)
+            return Check(name, "fail", "the JSON ran to max_tokens (whitespace?)", fix,
+                         required=required)
         try:
             # strict=False: control characters inside strings are legal output of the grammar.
             parsed = json.loads(text, strict=False)
         except json.JSONDecodeError:
-            return Check(name, "fail", f"response_format was ignored: {text[:60]!r}", fix)
+            return Check(name, "fail", f"response_format was ignored: {text[:60]!r}", fix,
+                         required=required)
         problem = _validate_probe(parsed)
         if problem:
-            return Check(name, "fail", f"the reply breaks the schema: {problem}", fix)
+            return Check(name, "fail", f"the reply breaks the schema: {problem}", fix,
+                         required=required)
         return Check(name, "ok", f"a json_schema request gave schema-valid JSON {text[:60]}")
 
     async def reasoning(self) -> Check:

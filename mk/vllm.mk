@@ -51,6 +51,8 @@ $(DEMO_STAMP): | $(VLLM_STAMP)
 	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(VLLM_PY) -m bot.demo_model $(DEMO_MODEL_DIR)
 
 # -o addopts="": pyproject's addopts deselects the vllm marker for `make test`.
+# VLLM_PYTEST_ARGS: more pytest flags, e.g. -s to see the final answer, -x to stop early.
+VLLM_PYTEST_ARGS ?=
 test-vllm: demo-deps $(PONDER_VENV_STAMP)
 	PONDER_VLLM_PYTHON=$(abspath $(VLLM_PY)) PONDER_CACHE_DIR=$(abspath $(PONDER_CACHE_DIR)) \
-	  $(PONDER_PYTHON) -m pytest -o addopts="" -m vllm tests/vllm/ -q -rA
+	  $(PONDER_PYTHON) -m pytest -o addopts="" -m vllm tests/vllm/ -q $(VLLM_PYTEST_ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -31,6 +32,7 @@ from bot.presenter import Outcome
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
 from bot.service import ChainHandle, ChainRequest, Ponder, Refused
+from bot.store import ChainRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -149,7 +151,7 @@ class PonderClient(discord.Client):
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s guilds)", self.user, len(self.guilds))
-        self.bot.ready.set()
+        self.bot.on_ready()
 
     async def on_message(self, message: discord.Message) -> None:
         await self.bot.on_message(message)
@@ -198,6 +200,7 @@ class DiscordBot:
         self.client: PonderClient | None = None
         self.message_content = True
         self._explained: set[int] = set()
+        self._recovered = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -260,6 +263,12 @@ class DiscordBot:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("Discord task %s failed", task.get_name(), exc_info=task.exception())
+
+    def on_ready(self) -> None:
+        if not self._recovered:  # READY comes again after a reconnect; recover once
+            self._recovered = True
+            self._spawn(self.recover(), name="discord-recover")
+        self.ready.set()
 
     async def sync(self, client: PonderClient) -> None:
         assert client.application_id is not None
@@ -402,6 +411,12 @@ class DiscordBot:
         except Refused as exc:
             await self._quietly(run.opening.show(f"⚠️ {exc.message}"))
             return
+        await self._remember_opening(run)
+        await self._watch(run)
+
+    async def _watch(self, run: Run) -> None:
+        """Wait for the chain; then the opening message gets its one-line summary."""
+        assert run.handle is not None
         self.runs[run.key] = run
         outcome: Outcome | None = None
         error: str | None = None
@@ -411,7 +426,11 @@ class DiscordBot:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # we are being stopped ourselves; `_settle` already waited
-            error = "Stopped: Ponder is restarting. Please ask again in a minute."
+            # Stopped by a shutdown: the service resumes it when Ponder is back.
+            link = f" · {run.where}" if run.where else ""
+            await self._quietly(run.opening.show(
+                f"↻ Interrupted by a restart; it picks up again when Ponder is back{link}"))
+            return
         except Exception as exc:
             log.exception("chain %s crashed", run.key)
             error = f"Something went wrong while thinking: {_describe(exc)}"
@@ -419,6 +438,65 @@ class DiscordBot:
             self.runs.pop(run.key, None)
         line = text.outcome_line(outcome, error, run.language, run.where)
         await self._quietly(run.opening.show(line))
+
+    async def _remember_opening(self, run: Run) -> None:
+        """Where the opening message is, so a chain resumed after a restart can update it."""
+        opening = run.opening
+        channel_id = getattr(opening.channel, "id", None)
+        if channel_id is None or opening.message_id is None:
+            return
+        record = {"channel": channel_id, "message": opening.message_id, "text": opening.text,
+                  "where": run.where, "place": run.place_id}
+        with contextlib.suppress(Exception):
+            await self.ponder.store.put(_opening_key(run.key), json.dumps(record))
+
+    # --- restart recovery -----------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Resume the chains a previous process left running (the service does the resuming;
+        this finds their threads and opening messages again)."""
+        handles = await self.ponder.recover(PLATFORM, self._surface_for)
+        for handle in handles:
+            request = handle.request
+            opening = Opening("")
+            where: str | None = None
+            place_id = int(request.thread or 0)
+            stored = await self.ponder.store.get(_opening_key(handle.chain_id))
+            if stored:
+                record = json.loads(stored)
+                channel_id = int(record["channel"])
+                opening = Opening(record["text"], message_id=int(record["message"]),
+                                  channel=self._messageable(channel_id),
+                                  limiter=self.limiters.get(channel_id))
+                where = record.get("where")
+            run = Run(handle.chain_id, int(request.asker or 0), place_id, where, opening,
+                      detect_language(request.question.text), handle)
+            if opening.text:
+                await self._quietly(opening.show(text.running_line(where),
+                                                 view=stop_view(run.key)))
+            self._spawn(self._watch(run), name=f"discord-resumed-{handle.chain_id}")
+        if handles:
+            log.info("resumed %d chain(s) left running by the previous process", len(handles))
+
+    async def _surface_for(self, record: ChainRecord) -> DiscordSurface | None:
+        channel_id = int(record.thread or record.channel or 0)
+        if not channel_id:
+            return None
+        channel = self._client().get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await _rest(self._client().fetch_channel(channel_id))
+            except (discord.NotFound, discord.Forbidden):
+                return None
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        return DiscordSurface(channel, channel_id, self.limiters.get(channel_id))
+
+    def _messageable(self, channel_id: int) -> discord.abc.Messageable:
+        channel = self._client().get_channel(channel_id)
+        if isinstance(channel, discord.abc.Messageable):
+            return channel
+        return self._client().get_partial_messageable(channel_id)
 
     async def _quietly(self, awaitable: Awaitable[Any]) -> None:
         try:
@@ -504,6 +582,10 @@ class DiscordBot:
         if self.client is None:
             raise DiscordError("the Discord client is not running")
         return self.client
+
+
+def _opening_key(chain_id: str) -> str:
+    return f"discord:opening:{chain_id}"
 
 
 def _parent_id(interaction: discord.Interaction[Any]) -> int:

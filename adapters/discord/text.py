@@ -18,7 +18,8 @@ _ZWSP = "\u200b"
 
 _MASS_MENTION = re.compile(r"@(everyone|here)\b")
 _MENTION = re.compile(r"<(?:@[!&]?|#)\d+>|<a?:\w+:\d+>|<t:\d+(?::\w)?>")
-_MARKUP = re.compile(r"[*_~`|>#\[\]()]+")
+_EMPHASIS = re.compile(r"[*_~`|]+")
+_MARKUP = re.compile(r"[>#\[\]()]+")
 _URL = re.compile(r"https?://\S+")
 _SPACE = re.compile(r"\s+")
 
@@ -32,6 +33,7 @@ def thread_name(question: str, limit: int = THREAD_NAME_LIMIT) -> str:
     """A thread title from a question: one line, no markup or mentions, at most `limit` chars."""
     text = _MENTION.sub(" ", question)
     text = _URL.sub(lambda m: m.group(0).split("//", 1)[1].split("/", 1)[0], text)
+    text = _EMPHASIS.sub("", text)
     text = _MARKUP.sub(" ", text)
     text = _SPACE.sub(" ", text).strip(" -:;,.")
     text = render(text)

@@ -67,10 +67,8 @@ EXPIRED = frozenset({"message_not_in_streaming_state"})
 _CONTINUED = "\n\n_…continued below_"
 
 
-class StreamRefused(Exception):
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
+class StreamRefused(SlackCallError):
+    """Slack said this workspace or channel has no streaming."""
 
 
 class SlackPresenter:
@@ -148,10 +146,13 @@ class _Stream:
         self.step_sent: dict[int, str] = {}
         self.step_titles: dict[int, str] = {}
         self.task_state: dict[int, tuple[str, str]] = {}
+        # Cards as the current streamed message shows them: id -> (title, status).
+        self.stream_tasks: dict[str, tuple[str, str]] = {}
         self.open_step: int | None = None
         self.answer_sent: str | None = None  # None until the answer has begun
         self.last_flush = 0.0
         self.closing = False
+        self.appending = False
         self.stopped = False
         self.broken: SurfaceError | None = None
         self.flusher: asyncio.Task[None] | None = None
@@ -171,12 +172,19 @@ class _Stream:
             ))
         except SlackCallError as exc:
             if exc.error in WORKSPACE_REFUSALS or exc.error in CHANNEL_REFUSALS:
-                raise StreamRefused(exc.error) from exc
+                raise StreamRefused(exc.method, exc.error) from exc
             raise
         self.ts = str(response["ts"])
         self.opened_at = time.monotonic()
         self.chars = _text_size(chunks or [])
+        self.stream_tasks = {}
+        self._shown(chunks or [])
         self.outcome.handles.append(self.ts)
+
+    def _shown(self, chunks: list[dict[str, Any]]) -> None:
+        for chunk in chunks:
+            if chunk["type"] == "task_update":
+                self.stream_tasks[chunk["id"]] = (chunk["title"], chunk["status"])
 
     async def _append(self, chunks: list[dict[str, Any]]) -> None:
         if self._needs_rollover(chunks):
@@ -196,6 +204,7 @@ class _Stream:
             chunks=_chunks(chunks, self.lim.markdown_chunk),
         ))
         self.chars += _text_size(chunks)
+        self._shown(chunks)
 
     async def _stop(self, chunks: list[dict[str, Any]]) -> None:
         if self._needs_rollover(chunks):
@@ -216,6 +225,7 @@ class _Stream:
             channel=self.surface.channel, ts=self.ts,
             chunks=_chunks(chunks, self.lim.markdown_chunk) or None,
         ))
+        self._shown(chunks)
 
     def _needs_rollover(self, chunks: list[dict[str, Any]]) -> bool:
         too_old = time.monotonic() - self.opened_at > self.lim.stream_max_age
@@ -223,14 +233,22 @@ class _Stream:
         return too_old or (too_long and self.chars > 0)
 
     async def _rollover(self, stop_old: bool = True) -> None:
-        """Close this streamed reply and go on in a fresh one (the open step re-declared)."""
+        """Close this streamed reply and go on in a fresh one, where the cards that were still
+        in progress are declared again (their text goes on there)."""
+        carry = [_card(id_, title, status) for id_, (title, status) in self.stream_tasks.items()
+                 if status == "in_progress"]
         if stop_old:
             with contextlib.suppress(SurfaceError):
-                await self._send_stop([{"type": "markdown_text", "text": _CONTINUED}])
-        carry: list[dict[str, Any]] = []
-        if self.open_step is not None:
-            carry.append(_task(self.open_step, self.step_titles[self.open_step], "in_progress"))
+                await self._send_stop(self._handing_over())
         await self.open(carry)
+
+    def _handing_over(self) -> list[dict[str, Any]]:
+        """The last words of a streamed reply whose chain goes on below it."""
+        # Cards still in progress here stop spinning: their steps go on below.
+        closing = [_card(id_, title, "complete") for id_, (title, status)
+                   in self.stream_tasks.items() if status == "in_progress"]
+        closing.append({"type": "markdown_text", "text": _CONTINUED})
+        return closing
 
     # --- events ----------------------------------------------------------------------------
 
@@ -351,6 +369,7 @@ class _Stream:
             if self.closing:
                 return  # the stop carries what is pending
             chunks, self.pending = self.pending, []
+            self.appending = True
             try:
                 await self._append(chunks)
             except SurfaceError as exc:
@@ -359,13 +378,16 @@ class _Stream:
                 self.broken = exc
                 return
             finally:
+                self.appending = False
                 self.last_flush = time.monotonic()
 
     async def _finish(self, final: Event | None) -> None:
         """Stop the stream with everything still pending, whatever happened before."""
         self.closing = True
         if self.flusher is not None:
-            # Let an append already on its way land first, so text stays in order.
+            if not self.appending:
+                self.flusher.cancel()  # only waiting for its turn: the stop carries it all
+            # An append already on its way lands first, so the text stays in order.
             await asyncio.gather(self.flusher, return_exceptions=True)
         if self.fallback is None and self.broken is None and not self.stopped:
             if final is None:
@@ -391,7 +413,7 @@ class _Stream:
         """Hand the rest of the chain to post + edit, re-showing what is open right now."""
         if self.ts is not None and not self.stopped:
             with contextlib.suppress(SurfaceError):
-                await self._send_stop([{"type": "markdown_text", "text": _CONTINUED}])
+                await self._send_stop(self._handing_over())
             self.stopped = True
         self.pending = []
         presenter = ThreadPresenter(self.surface, self.language)
@@ -416,7 +438,11 @@ class _Stream:
 
 
 def _task(i: int, title: str, status: str) -> dict[str, Any]:
-    return {"type": "task_update", "id": f"step-{i}", "title": title, "status": status}
+    return _card(f"step-{i}", title, status)
+
+
+def _card(id_: str, title: str, status: str) -> dict[str, Any]:
+    return {"type": "task_update", "id": id_, "title": title, "status": status}
 
 
 def _delta(sent: str, new: str) -> tuple[str, bool]:

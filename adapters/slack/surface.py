@@ -302,7 +302,6 @@ class SlackSurface:
         self.limits = SurfaceLimits(max_chars=lim.max_chars, edit_interval=lim.edit_interval)
         self.budget = workspace.update_budget
         self.post_budget = workspace.post_budget(channel)
-        self.posted: list[str] = []
 
     def render(self, markdown: str) -> str:
         return to_mrkdwn(markdown)
@@ -312,9 +311,7 @@ class SlackSurface:
             channel=self.channel, thread_ts=self.thread_ts, text=text,
             unfurl_links=False, unfurl_media=False,
         ))
-        ts = str(response["ts"])
-        self.posted.append(ts)
-        return ts
+        return str(response["ts"])
 
     async def edit(self, handle: object, text: str) -> None:
         await call("chat.update", self.client.chat_update(

