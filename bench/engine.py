@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,12 +67,12 @@ def _free_port() -> int:
 
 async def scale(args: argparse.Namespace) -> tuple[float, float]:
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port),
-         "--auto-steps", str(args.steps), "--chunk-delay", str(args.chunk_delay),
-         "--chunk-chars", str(args.chunk_chars)],
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port),
+        "--auto-steps", str(args.steps), "--chunk-delay", str(args.chunk_delay),
+        "--chunk-chars", str(args.chunk_chars),
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}/v1"
         await _wait_ready(port)
@@ -89,7 +88,7 @@ async def scale(args: argparse.Namespace) -> tuple[float, float]:
         await llm.close()
     finally:
         server.terminate()
-        server.wait(10)
+        await asyncio.wait_for(server.wait(), 10)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = total / single
     print(f"scale: {args.chains} chains at once {total:.2f} s / one chain {single:.2f} s = "

@@ -662,7 +662,8 @@ async def serve(
             out("stopping the model server …")
             return 0
         seconds = ready.result()  # raises ModelError when it never became ready
-        out(f"model server ready in {seconds:.1f} s; serving {served_name}")
+        out(f"model server ready in {seconds:.1f} s: {Path(spec.model).name} "
+            f"served as {served_name}")
         out(f"OPENAI_BASE_URL={spec.base_url}")
         exited = asyncio.create_task(server.wait())
         tasks.append(exited)

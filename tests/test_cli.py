@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.fakes.openai_server import Fault, FakeOpenAI, Step, Text
+from tests.fakes.openai_server import FakeOpenAI, Fault, Step, Text
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENT_FIELDS = {

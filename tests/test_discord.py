@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,14 +55,15 @@ class Harness:
         assert interaction.original_id is not None, "the interaction was never answered"
         return self.discord.messages[interaction.original_id]
 
-    async def finished(self, interaction: Interaction, seconds: float = 30.0) -> str:
+    async def finished(self, interaction: Interaction, seconds: float = 30.0,
+                       marks: tuple[str, ...] = DONE_MARK) -> str:
         """Wait for the opening message's closing line; return the opening's content."""
         def done() -> str | None:
             if interaction.original_id is None:
                 return None
             content = self.discord.messages[interaction.original_id]["content"]
             last = content.rsplit("\n", 1)[-1]
-            return content if last.startswith(DONE_MARK) else None
+            return content if last.startswith(marks) else None
         return str(await self.discord.wait_for(done, seconds))
 
     def thread_of(self, interaction: Interaction) -> int:
@@ -165,6 +167,11 @@ def four() -> list[Step | Text]:
             Text("**4**")]
 
 
+def still_running(text: str) -> bool:
+    """A message that still shows a step or answer as in progress."""
+    return bool(re.search(r"\*\* ⏳", text)) or "thinking…" in text
+
+
 def step_header(index: int, title: str) -> re.Pattern[str]:
     return re.compile(rf"^\*\*Step {index} · {re.escape(title)}\*\* · \d+\.\d s\n")
 
@@ -219,7 +226,7 @@ async def test_reason_logs_in_syncs_and_answers_in_a_thread_from_the_opening_mes
         last_line = opening.rsplit("\n", 1)[-1]
         assert last_line.startswith("✅ Thought for") and f"<#{thread_id}>" in last_line
         assert h.opening(interaction)["components"] == []
-        assert all("⏳" not in t for t in texts)
+        assert not any(map(still_running, texts))
         assert_no_pings(discord)
     finally:
         await stop(h)
@@ -229,7 +236,7 @@ async def test_a_streaming_step_is_one_message_edited_with_growing_content(
         h: Harness) -> None:
     long = " ".join(f"Sentence {n} of a step that takes a while to write." for n in range(35))
     assert len(long) < 1900  # one message: this test is about edits, not splitting
-    h.llm.token_delay = 0.01  # ~2.5 s of streaming for the step
+    h.llm.chunk_delay = 0.01  # ~2.5 s of streaming for the step
     h.llm.script(Step("Slow", long, "final_answer"), Text("done"))
     interaction = await h.ask("Think slowly")
     await h.finished(interaction)
@@ -240,17 +247,16 @@ async def test_a_streaming_step_is_one_message_edited_with_growing_content(
     assert len(history) >= 3, history  # posted, edited while streaming, edited final
     growing = [b for b in bodies if b.startswith("Sentence")]
     assert len(growing) >= 2
-    assert all(len(a) < len(b) and b.startswith(a[:20]) for a, b in zip(growing, growing[1:],
-                                                                       strict=False))
+    assert all(len(a) < len(b) and b.startswith(a[:20]) for a, b in itertools.pairwise(growing))
     assert history[-1].endswith(long[-40:])
     # Edits of one message are at least the edit interval apart.
     edits = h.discord.requests_to("PATCH", rf"/channels/{thread_id}/messages/{first['id']}$")
-    gaps = [b.at - a.at for a, b in zip(edits, edits[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
     assert all(g >= 0.95 for g in gaps), gaps
 
 
 async def test_a_429_storm_slows_the_edits_but_the_answer_still_lands(h: Harness) -> None:
-    h.llm.token_delay = 0.01
+    h.llm.chunk_delay = 0.01
     h.llm.script(Step("One", "first " * 80, "continue"), Step("Two", "second " * 80, "continue"),
                  Step("Three", "third", "final_answer"), Text("the answer"))
     h.discord.fail_next(6, 429, method="PATCH", path=r"^/channels/\d+/messages/\d+$",
@@ -291,7 +297,7 @@ async def test_a_5000_char_step_continues_in_the_next_messages(h: Harness) -> No
 
 
 async def test_stop_is_for_the_asker_or_a_moderator_and_says_when(h: Harness) -> None:
-    h.llm.token_delay = 0.05
+    h.llm.chunk_delay = 0.05
     h.llm.script(*[Step(f"S{n}", "slowly " * 40, "continue") for n in range(6)], Text("never"))
     interaction = await h.ask("Take your time")
     await h.discord.wait_for(lambda: h.discord.threads() and h.discord.channel_messages(
@@ -315,18 +321,35 @@ async def test_stop_is_for_the_asker_or_a_moderator_and_says_when(h: Harness) ->
     assert re.search(r"⏹️ Stopped after \d+\.\d s", content.rsplit("\n", 1)[-1])
     texts = h.texts(h.thread_of(interaction))
     assert re.fullmatch(r"⏹️ Stopped after \d+\.\d s\.", texts[-1])
-    assert all("⏳" not in t for t in texts)
+    assert not any(map(still_running, texts))
     assert h.opening(interaction)["components"] == []
     await asyncio.sleep(0.3)
     assert len(h.llm.requests) <= asked + 1  # nothing more was asked of the model
 
     # Someone with Manage Messages may stop another person's chain.
     second = await h.ask("Another slow one")
-    await h.discord.wait_for(lambda: second.original_id and h.opening(second)["components"])
+    await h.discord.wait_for(lambda: len(h.discord.threads()) == 2 and h.discord.channel_messages(
+        int(h.discord.threads()[1]["id"])))
     custom_id = h.opening(second)["components"][0]["components"][0]["custom_id"]
     await h.discord.click(int(h.opening(second)["id"]), custom_id, user=h.discord.mod)
     content = await h.finished(second, 10)
     assert "⏹️ Stopped after" in content
+
+
+async def test_stop_pressed_while_the_thread_opens_stops_before_any_step(
+        h: Harness) -> None:
+    h.discord.latency = 0.3  # a slow Discord: the button is there before the thread is
+    h.llm.script(Step("Never", "shown", "final_answer"), Text("never"))
+    interaction = await h.ask("Stop me at once")
+    await h.discord.wait_for(lambda: interaction.original_id and h.opening(interaction)[
+        "components"])
+    assert not h.discord.threads()
+    custom_id = h.opening(interaction)["components"][0]["components"][0]["custom_id"]
+    await h.discord.click(int(h.opening(interaction)["id"]), custom_id)
+    content = await h.finished(interaction, 10)
+    assert "⏹️ Stopped after" in content.rsplit("\n", 1)[-1]
+    assert h.texts(h.thread_of(interaction))[-1].startswith("⏹️ Stopped after")
+    assert h.llm.requests == []
 
 
 async def test_a_follow_up_by_the_asker_carries_the_thread_history(h: Harness) -> None:
@@ -360,13 +383,13 @@ async def test_a_follow_up_by_the_asker_carries_the_thread_history(h: Harness) -
 async def test_model_server_down_is_one_readable_message(
         tmp_path: Path, discord: FakeDiscord, fake_llm: FakeOpenAI) -> None:
     h = await start(tmp_path, discord, fake_llm, openai_base_url="http://127.0.0.1:9/v1",
-                    connect_timeout=0.5)
+                    connect_timeout=0.5, model_wait=1.0)
     try:
         interaction = await h.ask("Anyone there?")
         opening = await h.finished(interaction, 30)
         texts = h.texts(h.thread_of(interaction))
         assert texts[-1].startswith("⚠️ ") and "Gave up after" in texts[-1]
-        assert all("⏳" not in t and "thinking…" not in t for t in texts)
+        assert not any(map(still_running, texts))
         assert opening.rsplit("\n", 1)[-1].startswith("⚠️")
         assert "Traceback" not in texts[-1]
     finally:
@@ -472,7 +495,7 @@ async def test_a_dm_answers_inline(h: Harness) -> None:
 
 async def test_after_the_token_expires_the_opening_is_edited_through_the_channel(
         h: Harness) -> None:
-    h.llm.token_delay = 0.02
+    h.llm.chunk_delay = 0.02
     h.llm.script(Step("A", "a " * 100, "final_answer"), Text("late answer"))
     interaction = await h.ask("Slow enough to outlive a token?")
     await h.discord.wait_for(lambda: h.discord.threads())
@@ -559,7 +582,7 @@ async def test_a_wrong_token_is_a_readable_error(
 async def test_a_restart_interrupts_visibly_and_the_chain_resumes_in_its_thread(
         tmp_path: Path, discord: FakeDiscord, fake_llm: FakeOpenAI) -> None:
     h = await start(tmp_path, discord, fake_llm)
-    fake_llm.token_delay = 0.02
+    fake_llm.chunk_delay = 0.02
     fake_llm.script(Step("S1", "first " * 40, "continue"), Step("S2", "second " * 40, "continue"),
                     Step("S3", "third " * 40, "continue"), Step("S4", "fourth", "final_answer"),
                     Text("resumed answer"))
@@ -573,16 +596,16 @@ async def test_a_restart_interrupts_visibly_and_the_chain_resumes_in_its_thread(
     content = h.opening(interaction)["content"]
     assert content.rsplit("\n", 1)[-1].startswith("↻ Interrupted by a restart")
     assert h.opening(interaction)["components"] == []
-    assert all("⏳" not in t for t in h.texts(thread_id))
+    assert not any(map(still_running, h.texts(thread_id)))
     stopped_at = len(h.texts(thread_id))
 
     h = await start(tmp_path, discord, fake_llm)
     try:
-        content = await h.finished(interaction, 30)
+        content = await h.finished(interaction, 30, marks=("✅", "⚠️", "⏹️"))
         assert content.rsplit("\n", 1)[-1].startswith("✅")
         texts = h.texts(thread_id)
         assert any(t.startswith("↻") for t in texts[stopped_at:])
         assert texts[-1].startswith("**Answer**\nresumed answer")
-        assert all("⏳" not in t for t in texts)
+        assert not any(map(still_running, texts))
     finally:
         await stop(h)

@@ -18,7 +18,7 @@ from bot.events import (
     Turn,
 )
 from tests.conftest import collect, make_engine, make_settings
-from tests.fakes.openai_server import Cut, Fault, FakeOpenAI, Hang, Raw, Reasoning, Step, Text
+from tests.fakes.openai_server import Cut, FakeOpenAI, Fault, Hang, Raw, Reasoning, Step, Text
 
 
 def finished(events: list[object]) -> list[StepFinished]:
@@ -241,14 +241,16 @@ async def test_cancelling_the_consumer_stops_the_request_and_reports_it() -> Non
         fake.script(Step("Slow", "y" * 400, "continue"))
         engine, llm = make_engine(make_settings(fake.base_url))
         seen: list[object] = []
+        streaming = asyncio.Event()
 
         async def consume() -> None:
             async for event in engine.run(Question("q")):
                 seen.append(event)
+                if isinstance(event, StepDelta):
+                    streaming.set()
 
         task = asyncio.create_task(consume())
-        while not any(isinstance(e, StepDelta) for e in seen):
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(streaming.wait(), 10)
         task.cancel()
         try:
             await task

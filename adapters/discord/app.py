@@ -27,8 +27,8 @@ from adapters.discord.seams import point_discord_at
 from adapters.discord.surface import REST_TIMEOUT, DiscordSurface, LimiterRegistry, RestObserver
 from adapters.discord.sync import sync_commands
 from bot.config import Settings
-from bot.events import Language, Question
-from bot.presenter import Outcome
+from bot.events import ChainFailed, Language, Question
+from bot.presenter import Outcome, SurfaceError, failure_markdown
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
 from bot.service import ChainHandle, ChainRequest, Ponder, Refused
@@ -129,6 +129,9 @@ class Run:
     opening: Opening
     language: Language
     handle: ChainHandle | None = None
+    stop_requested: bool = False  # Stop pressed before the chain was submitted
+    surface: DiscordSurface | None = None
+    created: float = field(default_factory=time.monotonic)
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -304,9 +307,13 @@ class DiscordBot:
                      received: float) -> None:
         opening = Opening(text.opening(q.text, interaction.user.mention),
                           interaction=interaction, received=received)
+        # Registered before the Stop button is shown, so an early press is not lost.
+        run = self.runs[q.id] = Run(q.id, interaction.user.id, 0, None, opening,
+                                    detect_language(q.text))
         try:
-            run, surface, request = await self._place(interaction, q, opening)
+            surface, request = await self._place(interaction, q, run)
         except Exception as exc:
+            self.runs.pop(q.id, None)
             log.exception("could not start a chain for /reason")
             with contextlib.suppress(Exception):
                 await opening.show(f"⚠️ Could not start: {_describe(exc)}")
@@ -314,15 +321,15 @@ class DiscordBot:
         await self._run(run, surface, request)
 
     async def _place(self, interaction: discord.Interaction[Any], q: Question,
-                     opening: Opening) -> tuple[Run, DiscordSurface, ChainRequest]:
+                     run: Run) -> tuple[DiscordSurface, ChainRequest]:
         """Decide where the steps go (thread, forum post, inline) and open it."""
+        opening = run.opening
         channel = interaction.channel
         if channel is None:
             channel = self._client().get_partial_messageable(
                 interaction.channel_id or 0, guild_id=interaction.guild_id)
         perms = interaction.app_permissions
         can_thread = perms.create_public_threads and perms.send_messages_in_threads
-        language = detect_language(q.text)
         history: tuple[Any, ...] = ()
         thread: discord.Thread | None = None
         note: str | None = None
@@ -370,9 +377,9 @@ class DiscordBot:
         request = ChainRequest(PLATFORM, q, str(interaction.user.id),
                                channel=str(_parent_id(interaction)), thread=str(place_id),
                                workspace=str(interaction.guild_id or ""))
-        run = Run(q.id, interaction.user.id, place_id, where, opening, language)
+        run.place_id, run.where = place_id, where
         surface = DiscordSurface(place, place_id, self.limiters.get(place_id))
-        return run, surface, request
+        return surface, request
 
     async def _forum_post(self, forum: discord.ForumChannel, q: Question,
                           opening: Opening) -> discord.Thread:
@@ -406,9 +413,16 @@ class DiscordBot:
     # --- running and finishing ------------------------------------------------------------
 
     async def _run(self, run: Run, surface: DiscordSurface, request: ChainRequest) -> None:
+        self.runs[run.key] = run
+        run.surface = surface
+        if run.stop_requested:  # pressed while the thread was being opened
+            self.runs.pop(run.key, None)
+            await self._stopped_early(run)
+            return
         try:
             run.handle = self.ponder.submit(request, surface)
         except Refused as exc:
+            self.runs.pop(run.key, None)
             await self._quietly(run.opening.show(f"⚠️ {exc.message}"))
             return
         await self._remember_opening(run)
@@ -426,6 +440,10 @@ class DiscordBot:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # we are being stopped ourselves; `_settle` already waited
+            if run.handle.stopped_by == "user":
+                # Stopped before its task ever ran: nothing was shown in the thread yet.
+                await self._stopped_early(run)
+                return
             # Stopped by a shutdown: the service resumes it when Ponder is back.
             link = f" · {run.where}" if run.where else ""
             await self._quietly(run.opening.show(
@@ -438,6 +456,17 @@ class DiscordBot:
             self.runs.pop(run.key, None)
         line = text.outcome_line(outcome, error, run.language, run.where)
         await self._quietly(run.opening.show(line))
+
+    async def _stopped_early(self, run: Run) -> None:
+        seconds = time.monotonic() - run.created
+        stopped = ChainFailed("cancelled", "stopped", seconds)
+        if run.surface is not None:
+            await run.surface.budget.acquire(urgent=True)
+            with contextlib.suppress(SurfaceError):
+                await run.surface.post(run.surface.render(failure_markdown(stopped)))
+        outcome = Outcome(failure=stopped, total_seconds=seconds)
+        await self._quietly(run.opening.show(
+            text.outcome_line(outcome, None, run.language, run.where)))
 
     async def _remember_opening(self, run: Run) -> None:
         """Where the opening message is, so a chain resumed after a restart can update it."""
@@ -508,7 +537,7 @@ class DiscordBot:
 
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None:
         run = self.runs.get(key)
-        if run is None or run.handle is None or run.handle.done():
+        if run is None or (run.handle is not None and run.handle.done()):
             await _rest(interaction.response.send_message(
                 "This chain has already finished.", ephemeral=True))
             return
@@ -518,7 +547,10 @@ class DiscordBot:
                 "Only the person who asked, or someone who may manage messages, can stop this.",
                 ephemeral=True))
             return
-        run.handle.cancel(by="user")
+        if run.handle is None:
+            run.stop_requested = True  # still opening its thread: stopped once submitted
+        else:
+            run.handle.cancel(by="user")
         # The chain's end edits the opening message (and removes the button).
         await _rest(interaction.response.defer())
 
@@ -550,22 +582,31 @@ class DiscordBot:
                 "I am still on the previous question here; press Stop or wait for its answer.",
                 mention_author=False))
             return
+        # Registered before anything is awaited: a second message finds this one busy.
         q = Question(question)
-        self._spawn(self._follow_up(message, thread, q), name=f"discord-followup-{q.id}")
-
-    async def _follow_up(self, message: discord.Message, thread: discord.Thread,
-                         q: Question) -> None:
         limiter = self.limiters.get(thread.id)
-        history = await self.ponder.history(PLATFORM, str(thread.id))
-        q = Question(q.text, id=q.id, history=history)
         opening = Opening(f"↪️ Follow-up from {message.author.mention}", channel=thread,
                           limiter=limiter)
+        run = self.runs[q.id] = Run(q.id, message.author.id, thread.id, None, opening,
+                                    detect_language(q.text))
+        self._spawn(self._follow_up(message, thread, run, q), name=f"discord-followup-{q.id}")
+
+    async def _follow_up(self, message: discord.Message, thread: discord.Thread, run: Run,
+                         q: Question) -> None:
+        opening, limiter = run.opening, self.limiters.get(thread.id)
+        try:
+            history = await self.ponder.history(PLATFORM, str(thread.id))
+        except Exception:
+            self.runs.pop(q.id, None)
+            raise
+        q = Question(q.text, id=q.id, history=history)
         await limiter.acquire(urgent=True)
         try:
             control = await _rest(message.reply(
                 content=text.with_status(opening.text, text.running_line(None)),
                 view=stop_view(q.id), mention_author=False))
         except (discord.HTTPException, TimeoutError) as exc:
+            self.runs.pop(q.id, None)
             log.warning("could not answer a follow-up in %s: %s", thread.id, exc)
             return
         opening.message_id = control.id
@@ -573,7 +614,6 @@ class DiscordBot:
                                channel=str(thread.parent_id or thread.id),
                                thread=str(thread.id),
                                workspace=str(message.guild.id if message.guild else ""))
-        run = Run(q.id, message.author.id, thread.id, None, opening, detect_language(q.text))
         await self._run(run, DiscordSurface(thread, thread.id, limiter), request)
 
     # --- helpers --------------------------------------------------------------------------
