@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
+        if args.command == "doctor":
+            return int(args.func(args, None))  # doctor reports the bad setting with its fix
         sys.stderr.write(f"ponder: {exc}\n")
         return 2
     # `ask` draws on the terminal; only warnings (retries) belong beside it.

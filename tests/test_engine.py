@@ -285,3 +285,16 @@ async def test_native_mode_respects_the_step_cap(fake_llm: FakeOpenAI) -> None:
     await llm.close()
     assert len(finished(events)) == 2
     assert "Idea 5." in finished(events)[-1].content
+
+
+async def test_budgets_are_clamped_to_the_context_window_and_the_chain_stops_in_time() -> None:
+    async with FakeOpenAI(max_model_len=1500, auto_steps=50) as fake:
+        engine, llm = make_engine(make_settings(fake.base_url, step_max_tokens=400,
+                                                answer_max_tokens=800, max_steps=30))
+        events = await collect(engine, "A long question")
+        await llm.close()
+    answer = final(events)
+    assert 1 <= answer.steps < 30  # stopped early to leave room for the answer
+    for request in fake.requests:
+        prompt_chars = sum(len(m["content"]) for m in request.body["messages"])
+        assert request.body["max_tokens"] <= 1500 - prompt_chars // 3

@@ -520,7 +520,8 @@ async def test_model_server_down_gives_a_readable_message(
             replies = h.replies(question.ts)
             assert replies, "nothing was said in the thread"
             assert replies[-1].text.startswith("⚠️ ")
-            assert "no model server answers" in replies[-1].text
+            assert "at http://127.0.0.1:9/v1" in replies[-1].text  # which server, and
+            assert "ponder model serve" in replies[-1].text  # what to do about it
             assert "Gave up after" in replies[-1].text
             # Nothing still looks busy (the service's own waiting notice aside).
             busy = [r.text for r in replies if "⏳" in r.text or "thinking…" in r.text]

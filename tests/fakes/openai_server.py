@@ -95,6 +95,7 @@ class FakeOpenAI:
     host: str = "127.0.0.1"
     port: int = 0
     record: bool = True
+    max_model_len: int = 32768
     requests: list[RecordedRequest] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
 
@@ -142,7 +143,7 @@ class FakeOpenAI:
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm",
-             "max_model_len": 32768}]})
+             "max_model_len": self.max_model_len}]})
 
     async def _metrics(self, _: web.Request) -> web.Response:
         lines = [
