@@ -485,6 +485,19 @@ async def test_without_thread_permission_it_answers_inline_and_explains_once(
     assert explain not in h.opening(second)["content"]
 
 
+async def test_a_long_rate_limit_on_thread_creation_answers_inline(h: Harness) -> None:
+    h.discord.fail_next(1, 429, method="POST", path=r"/messages/\d+/threads$",
+                        retry_after=219.0)  # Discord has answered thread creation like this
+    h.llm.script(Step("A", "a", "final_answer"), Text("inline anyway"))
+    interaction = await h.ask("Threads are rate-limited?")
+    content = await h.finished(interaction)
+    assert "Discord asks to wait 219 s" in content and "so I answer here" in content
+    assert not h.discord.threads()
+    assert any(t.startswith("**Answer**\ninline anyway")
+               for t in h.texts(h.discord.text_channel_id))
+    assert len(h.discord.requests_to("POST", r"/threads$")) == 1  # not hammered again
+
+
 async def test_a_dm_answers_inline(h: Harness) -> None:
     h.llm.script(Step("A", "a", "final_answer"), Text("dm answer"))
     interaction = await h.ask("In a DM?", dm=True)

@@ -20,43 +20,12 @@ from bot.events import (
     StepStarted,
 )
 from bot.presenter import (
-    SurfaceError,
-    SurfaceLimits,
     ThreadPresenter,
     split_text,
     summary_line,
 )
 from bot.ratelimit import RateLimiter
-
-
-class RecordingSurface:
-    def __init__(self, max_chars: int = 2000, edit_interval: float = 0.05,
-                 budget: RateLimiter | None = None, fail_edits: int = 0) -> None:
-        self.limits = SurfaceLimits(max_chars=max_chars, edit_interval=edit_interval)
-        self.budget = budget or RateLimiter(1000, 1.0)
-        self.calls: list[tuple[str, int, str, float]] = []
-        self.shown: dict[int, str] = {}
-        self.fail_edits = fail_edits
-
-    def render(self, markdown: str) -> str:
-        return markdown.replace("@everyone", "@\u200beveryone").replace("&", "&amp;")
-
-    async def post(self, text: str) -> object:
-        handle = len(self.shown)
-        self.shown[handle] = text
-        self.calls.append(("post", handle, text, time.monotonic()))
-        return handle
-
-    async def edit(self, handle: object, text: str) -> None:
-        assert isinstance(handle, int)
-        if self.fail_edits:
-            self.fail_edits -= 1
-            raise SurfaceError("platform said no")
-        self.shown[handle] = text
-        self.calls.append(("edit", handle, text, time.monotonic()))
-
-    def edits(self, handle: int) -> list[str]:
-        return [text for kind, h, text, _ in self.calls if kind == "edit" and h == handle]
+from tests.surfaces import RecordingSurface
 
 
 async def events_of(items: list[Event], gap: float = 0.0) -> AsyncIterator[Event]:

@@ -347,7 +347,8 @@ class DiscordBot:
                 await self.limiters.get(channel.id).acquire(urgent=True)
                 thread = await _rest(message.create_thread(
                     name=text.thread_name(q.text), auto_archive_duration=1440))
-            except discord.HTTPException as exc:
+            except (discord.HTTPException, discord.RateLimited) as exc:
+                # Thread creation has tight, sometimes minutes-long limits of its own.
                 note = f"I could not start a thread here ({_describe(exc)}), so I answer here."
         elif isinstance(channel, discord.Thread):
             note = "We are in a thread already, so I answer right here."
@@ -636,6 +637,8 @@ def _parent_id(interaction: discord.Interaction[Any]) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, discord.RateLimited):
+        return f"Discord asks to wait {exc.retry_after:.0f} s"
     if isinstance(exc, discord.Forbidden):
         return "missing permission"
     if isinstance(exc, discord.HTTPException):

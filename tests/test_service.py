@@ -1,0 +1,161 @@
+"""The Ponder service: admission limits, Stop, shutdown, restart recovery, model outages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.events import Question
+from bot.service import ChainRequest, Ponder, Refused
+from bot.store import ChainRecord, StepRecord
+from tests.conftest import make_settings
+from tests.fakes.openai_server import FakeOpenAI, Step, Text
+from tests.surfaces import RecordingSurface
+
+
+def request(text: str = "What is 6 times 7?", asker: str = "U1", thread: str = "T1",
+            qid: str | None = None) -> ChainRequest:
+    question = Question(text) if qid is None else Question(text, id=qid)
+    return ChainRequest("test", question, asker, channel="C1", thread=thread)
+
+
+async def started(fake: FakeOpenAI, tmp_path: Path, **overrides: object) -> Ponder:
+    ponder = Ponder(make_settings(fake.base_url, tmp_path, **overrides))
+    await ponder.start()
+    return ponder
+
+
+async def test_a_chain_is_shown_recorded_and_its_answer_becomes_history(tmp_path: Path) -> None:
+    async with FakeOpenAI(auto_steps=3) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface()
+        outcome = await ponder.submit(request(), surface).wait()
+        assert outcome.answer == "The answer is 42." and outcome.steps == 3
+        assert surface.text().endswith("_Thought for " + surface.text().split(
+            "_Thought for ")[1])
+        record = await ponder.store.chain(outcome_id := next(iter(
+            [r.id for r in await ponder.store.chains_with_status("answered")])))
+        assert record is not None and record.answer == "The answer is 42."
+        assert len(await ponder.store.steps(outcome_id)) == 3
+        history = await ponder.history("test", "T1")
+        assert [t.answer for t in history] == ["The answer is 42."]
+        await ponder.close()
+
+
+async def test_per_user_concurrency_and_rate_limits_refuse_politely(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.05) as fake:
+        ponder = await started(fake, tmp_path, user_concurrency=2, user_rate_per_minute=3)
+        first = ponder.submit(request(), RecordingSurface())
+        ponder.submit(request(), RecordingSurface())
+        with pytest.raises(Refused, match="already have 2 questions"):
+            ponder.submit(request(), RecordingSurface())
+        ponder.submit(request(asker="U2"), RecordingSurface())  # others are not held back
+        first.cancel()
+        await asyncio.gather(first.task, return_exceptions=True)
+        ponder.submit(request(), RecordingSurface())  # a slot is free again: the 3rd this minute
+        for handle in list(ponder.running.values()):
+            handle.cancel()
+        await asyncio.gather(*(h.task for h in ponder.running.values()), return_exceptions=True)
+        with pytest.raises(Refused, match="faster than 3 a minute"):
+            ponder.submit(request(), RecordingSurface())
+        await ponder.close()
+
+
+async def test_stop_cancels_the_chain_and_says_so(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.03, chunk_chars=2) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface()
+        handle = ponder.submit(request(), surface)
+        await asyncio.sleep(0.5)
+        handle.cancel()
+        outcome = await handle.wait()
+        assert outcome.failure is not None and outcome.failure.reason == "cancelled"
+        assert "⏹️ Stopped after" in surface.text()
+        assert "⏳" not in surface.text()
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.status == "cancelled"
+        await ponder.close()
+
+
+async def test_shutdown_leaves_the_chain_resumable_and_says_so(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.03, chunk_chars=2, auto_steps=5) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface()
+        handle = ponder.submit(request(), surface)
+        await asyncio.sleep(0.8)
+        await ponder.drain(grace=0.1)
+        await asyncio.gather(handle.task, return_exceptions=True)
+        assert "⏸️ Ponder is restarting" in surface.text()
+        refusal = ponder.refusal(request())
+        assert refusal is not None and "restarting" in refusal
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.status == "running"
+        await ponder.close()
+
+
+async def test_a_chain_left_running_is_resumed_from_its_last_step(tmp_path: Path) -> None:
+    async with FakeOpenAI(auto_steps=4) as fake:
+        ponder = await started(fake, tmp_path)
+        await ponder.store.start_chain(ChainRecord("dead1", "test", "Old question", "chain",
+                                                   thread="T9", asker="U1"))
+        await ponder.store.add_step("dead1", StepRecord(1, "Step 1", "Already thought.", 1.0))
+        await ponder.store.start_chain(ChainRecord("dead2", "test", "Lost thread", "chain",
+                                                   thread="GONE", asker="U1"))
+        surfaces: dict[str, RecordingSurface] = {}
+
+        async def surface_for(record: ChainRecord) -> RecordingSurface | None:
+            if record.thread == "GONE":
+                return None
+            surfaces[record.id] = RecordingSurface()
+            return surfaces[record.id]
+
+        handles = await ponder.recover("test", surface_for)
+        assert [h.chain_id for h in handles] == ["dead1"]
+        outcome = await handles[0].wait()
+        assert outcome.answer == "The answer is 42." and outcome.steps == 4
+        shown = surfaces["dead1"].text()
+        assert "picking up again at step 2" in shown and "**Step 2" in shown
+        assert "**Step 1" not in shown  # the old message stays; nothing is repeated
+        first_request = fake.requests[0].body["messages"]
+        assert "Already thought." in first_request[2]["content"]
+        assert (await ponder.store.chain("dead1")).status == "answered"  # type: ignore[union-attr]
+        assert (await ponder.store.chain("dead2")).status == "interrupted"  # type: ignore[union-attr]
+        await ponder.close()
+
+
+async def test_while_the_model_is_down_a_question_waits_visibly(tmp_path: Path) -> None:
+    async with FakeOpenAI() as fake:
+        port = fake.port
+        ponder = await started(fake, tmp_path, model_wait=10, health_interval=0.2)
+    # The server is gone now: the health check notices.
+    for _ in range(50):
+        if not ponder.model_up.is_set():
+            break
+        await asyncio.sleep(0.1)
+    assert not ponder.model_up.is_set()
+    surface = RecordingSurface()
+    handle = ponder.submit(request(), surface)
+    await asyncio.sleep(0.3)
+    assert "not answering; retrying for up to 10 s" in surface.text()
+    async with FakeOpenAI(port=port) as back:
+        back.script(Step("A", "b", "continue"), Step("C", "d", "continue"),
+                    Step("E", "f", "final_answer"), Text("Back online."))
+        outcome = await asyncio.wait_for(handle.wait(), 20)
+    assert outcome.answer == "Back online."
+    await ponder.close()
+
+
+async def test_model_outage_that_lasts_fails_with_a_readable_message(tmp_path: Path) -> None:
+    ponder = Ponder(make_settings("http://127.0.0.1:9/v1", tmp_path, model_wait=0.2,
+                                  max_attempts=1, health_interval=0.1))
+    await ponder.start()
+    await asyncio.sleep(0.3)
+    surface = RecordingSurface()
+    outcome = await ponder.submit(request(), surface).wait()
+    assert outcome.failure is not None and outcome.failure.reason == "model_unavailable"
+    assert "no model server answers at http://127.0.0.1:9/v1" in surface.text()
+    record = await ponder.store.chain(request().question.id)
+    assert record is None or record.status != "running"
+    await ponder.close()
