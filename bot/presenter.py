@@ -235,9 +235,11 @@ class ThreadPresenter:
                 await self._settle_open_blocks()
                 await self._show("failure", failure_markdown(event, self.language), final=True)
 
-    async def notice(self, markdown: str) -> None:
-        """A one-off message in the thread (e.g. that a chain resumed after a restart)."""
-        await self._show(("notice", len(self._blocks)), markdown, final=True)
+    async def notice(self, markdown: str, key: str | None = None) -> None:
+        """A message of its own in the thread (a chain resumed, the model server is down).
+        Showing a notice again under the same `key` edits it instead of posting anew."""
+        slot = ("notice", key if key is not None else len(self._blocks))
+        await self._show(slot, markdown, final=True)
 
     async def finish(self) -> None:
         """Write the last text of every message; a cancelled chain still gets its final state."""

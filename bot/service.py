@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RESTARTING = "Ponder is restarting; this chain will pick up where it stopped."
 RESUMING = "↻ Ponder restarted — picking up again at step {n}."
 WAITING = "⏳ The model server is not answering; retrying for up to {s} s."
+WAITED = "✓ The model server is answering again."
+GAVE_UP_WAITING = "The model server did not answer for {s} s; trying once more."
 
 
 class Refused(Exception):
@@ -143,6 +145,10 @@ class Ponder:
     async def history(self, platform: str, thread: str) -> tuple[Turn, ...]:
         return await self.store.history(platform, thread)
 
+    async def thread_asker(self, platform: str, thread: str) -> str | None:
+        """Who started Ponder's chains in `thread` (None: not a Ponder thread)."""
+        return await self.store.is_ponder_thread(platform, thread)
+
     # --- admission -------------------------------------------------------------------------
 
     def refusal(self, request: ChainRequest) -> str | None:
@@ -246,13 +252,15 @@ class Ponder:
 
     async def _wait_for_model(self, presenter: ThreadPresenter) -> None:
         wait = self.settings.model_wait
-        await presenter.notice(WAITING.format(s=int(wait)))
+        await presenter.notice(WAITING.format(s=int(wait)), key="model-wait")
         QUEUED.inc()
         try:
             # If it stays down, the engine's own attempts fail with a readable message.
             await asyncio.wait_for(self.model_up.wait(), wait)
+            await presenter.notice(WAITED, key="model-wait")
         except TimeoutError:
             log.warning("model server still down after %.0f s; trying anyway", wait)
+            await presenter.notice(GAVE_UP_WAITING.format(s=int(wait)), key="model-wait")
         finally:
             QUEUED.dec()
 

@@ -144,6 +144,7 @@ async def test_while_the_model_is_down_a_question_waits_visibly(tmp_path: Path) 
                     Step("E", "f", "final_answer"), Text("Back online."))
         outcome = await asyncio.wait_for(handle.wait(), 20)
     assert outcome.answer == "Back online."
+    assert "⏳" not in surface.text() and "answering again" in surface.text()
     await ponder.close()
 
 

@@ -34,7 +34,9 @@ EDIT_INTERVAL = 1.0
 REST_TIMEOUT = 30.0  # one REST call, discord.py's own 429/5xx retries included
 LONG_RATE_LIMIT = 120.0  # a longer Retry-After than this gives up instead of waiting
 
-_CHANNEL_IN_PATH = re.compile(r"/channels/(\d+)/")
+# Message writes in one channel: the bucket the limiters stand for (thread creation, reactions
+# and others have buckets of their own and must not pause message writes).
+_MESSAGE_WRITE = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
 
 
 class LimiterRegistry:
@@ -106,8 +108,8 @@ class RestObserver:
         headers = params.response.headers
         wait = _seconds(headers.get("X-RateLimit-Reset-After")) or _seconds(
             headers.get("Retry-After")) or 1.0
-        match = _CHANNEL_IN_PATH.search(params.url.path + "/")
-        if match:
+        match = _MESSAGE_WRITE.search(params.url.path)
+        if match and params.method in ("POST", "PATCH"):
             self.limiters.pause(int(match.group(1)), wait)
         log.warning("Discord rate limit on %s %s: waiting %.2f s", params.method,
                     params.url.path, wait)

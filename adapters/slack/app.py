@@ -345,7 +345,7 @@ class SlackBot:
     async def _follow_up(self, *, team: str, channel: str, user: str, message_ts: str,
                          thread_ts: str, text: str) -> None:
         """A reply in a thread: a follow-up only in a Ponder thread, and only by its asker."""
-        asker = await self.ponder.store.is_ponder_thread(PLATFORM, thread_key(channel, thread_ts))
+        asker = await self.ponder.thread_asker(PLATFORM, thread_key(channel, thread_ts))
         if asker is None or asker != user:
             return
         await self._ask(team=team, channel=channel, user=user, message_ts=message_ts,

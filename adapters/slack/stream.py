@@ -87,13 +87,13 @@ class SlackPresenter:
             self.outcome = self._classic.outcome
         return self._classic
 
-    async def notice(self, markdown: str) -> None:
+    async def notice(self, markdown: str, key: str | None = None) -> None:
         """A one-off reply shown at once (a resumed chain, a model server that is down).
 
         Always a plain reply, never the start of a stream: the service may wait a long time
         after a notice, or be stopped before `present`, and a stream must not hang open.
         """
-        await self._thread_presenter().notice(markdown)
+        await self._thread_presenter().notice(markdown, key)
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
         surface, ws = self.surface, self.surface.workspace

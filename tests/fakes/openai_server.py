@@ -3,8 +3,26 @@
 Streams Server-Sent Events exactly like the real API, answers scripted replies in order (steps,
 text, reasoning, faults, cut streams, hangs) and, with an empty script, auto-answers a chain of
 `auto_steps` steps statelessly so hundreds of chains can run at once. Every chat request is
-recorded. A `Cut` reply aborts the connection mid-stream: the openai client then raises from its
-stream iterator (a transport error), which Ponder's client must treat as a failed attempt.
+recorded (`fake.requests`) and timed (`fake.stats.model_seconds`).
+
+What a client sees for each reply:
+
+- `Step` / `Text` / `Raw`: a 200 `text/event-stream`; a first chunk with `delta.role`, content in
+  `chunk_chars` pieces `chunk_delay` s apart, the finish reason on the last content chunk, an
+  optional usage chunk (`stream_options.include_usage`), then `data: [DONE]`.
+- `Reasoning`: `delta.reasoning` (or `delta.reasoning_content`) chunks with `content: null`, then
+  content chunks, as vLLM's reasoning parsers do.
+- `Fault`: that HTTP status with vLLM's JSON error body (and `Retry-After` when given).
+- `Cut`: a 200 stream whose connection is aborted after `after_chars` characters of content: no
+  finish reason, no `[DONE]`, an incomplete chunked body. The openai client (httpx2 transport and
+  `DefaultAioHttpClient` alike) raises `openai.APIConnectionError` from the stream iterator after
+  yielding the chunks that arrived; its `__cause__` is `httpx2.RemoteProtocolError` ("incomplete
+  chunked read") or, with aiohttp, `httpx2.ReadError` (`TransferEncodingError`). Reading the raw
+  response (`client.post(..., cast_to=httpx2.Response)`) raises those httpx2 errors directly.
+  Ponder's client must treat it as a failed attempt.
+- `Hang`: nothing for `seconds`, then the auto reply (the script is not consumed), for timeouts.
+  A client that gives up cancels the handler, as vLLM aborts a request whose client left;
+  `stop()` cancels hanging and streaming handlers at once.
 
 Standalone: `python -m tests.fakes.openai_server --port 8000 --auto-steps 5 --chunk-delay 0.02`.
 """
@@ -17,116 +35,157 @@ import itertools
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
+    """One reasoning step, streamed as `json.dumps({"title", "content", "next_action"})`."""
+
     title: str
     content: str
     next_action: str = "continue"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Text:
+    """Plain streamed content (a final answer)."""
+
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reasoning:
+    """A reasoning model: `delta.<field>` chunks first, then `delta.content` chunks."""
+
     reasoning: str
     content: str
     field: Literal["reasoning", "reasoning_content"] = "reasoning"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Raw:
+    """Arbitrary content (broken JSON, raw control characters); `finish_reason="length"` too."""
+
     text: str
     finish_reason: str = "stop"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fault:
+    """An HTTP error with vLLM's error body; 429 + `retry_after` is rate limiting."""
+
     status: int = 500
     retry_after: float | None = None
     message: str = "internal server error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cut:
+    """A stream whose connection drops after `after_chars` characters of `text`."""
+
     text: str
     after_chars: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hang:
+    """Accept the request, then say nothing for `seconds`."""
+
     seconds: float
 
 
 Reply = Step | Text | Reasoning | Raw | Fault | Cut | Hang
 
 
-@dataclass
+@dataclass(slots=True)
 class RecordedRequest:
     path: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names
 
 
-@dataclass
+@dataclass(slots=True)
 class Stats:
-    calls: int = 0
-    model_seconds: float = 0.0  # time spent streaming answers, summed over requests
-    prefix_queries: int = 0
+    calls: int = 0  # chat requests received (valid or not)
+    streams: int = 0  # streams that ended with [DONE]
+    errors: int = 0  # error responses (validation failures and Faults)
+    model_seconds: float = 0.0  # time spent generating/streaming answers, summed over requests
+    active: int = 0  # answers being generated right now
+    peak_active: int = 0
+    prefix_queries: int = 0  # "tokens" looked up in the prefix cache (for /metrics)
     prefix_hits: int = 0
 
 
-@dataclass
-class FakeOpenAI:
-    model: str = "Qwen2.5-7B-Instruct"
-    chunk_chars: int = 8
-    chunk_delay: float = 0.0
-    auto_steps: int = 3
-    reject_json_schema: bool = False
-    reject_json_object: bool = False
-    host: str = "127.0.0.1"
-    port: int = 0
-    record: bool = True
-    max_model_len: int = 32768
-    requests: list[RecordedRequest] = field(default_factory=list)
-    stats: Stats = field(default_factory=Stats)
+_DEFAULT_MODEL = "Qwen2.5-7B-Instruct"
+_STEP_FORMATS = ("json_schema", "json_object")
 
-    def __post_init__(self) -> None:
+
+class FakeOpenAI:
+    """vLLM's OpenAI-compatible server, in-process. Use `async with FakeOpenAI() as fake:`."""
+
+    def __init__(self, *, model: str = _DEFAULT_MODEL, chunk_chars: int = 8,
+                 chunk_delay: float = 0.0, auto_steps: int = 3,
+                 reject_json_schema: bool = False, reject_json_object: bool = False,
+                 host: str = "127.0.0.1", port: int = 0, max_model_len: int = 32768,
+                 record: bool = True) -> None:
+        if chunk_chars < 1:
+            raise ValueError("chunk_chars must be at least 1")
+        self.model = model
+        self.chunk_chars = chunk_chars
+        self.chunk_delay = chunk_delay
+        self.auto_steps = auto_steps
+        self.reject_json_schema = reject_json_schema
+        self.reject_json_object = reject_json_object
+        self.host = host
+        self.port = port
+        self.max_model_len = max_model_len
+        self.record = record  # off for long standalone runs
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self.stats = Stats()
         self._queue: deque[Reply] = deque()
         self._runner: web.AppRunner | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
-        self._last_prompt: dict[str, str] = {}
-        self.base_url = ""
 
     def script(self, *replies: Reply) -> None:
+        """Queue replies; each chat request takes the next one (auto answers once empty)."""
         self._queue.extend(replies)
 
+    @property
+    def pending(self) -> int:
+        """Scripted replies not yet used."""
+        return len(self._queue)
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        # handler_cancellation: a client that disconnects aborts its request, as in vLLM.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5,
+                                     handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])
         self.base_url = f"http://{self.host}:{self.port}/v1"
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._runner is None:
+            return
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=1.0)
+        await self._runner.cleanup()
+        self._runner = None
 
     async def __aenter__(self) -> FakeOpenAI:
         await self.start()
@@ -141,89 +200,134 @@ class FakeOpenAI:
         return web.Response(status=200)
 
     async def _models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm",
-             "max_model_len": self.max_model_len}]})
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model, "object": "model", "created": 0, "owned_by": "vllm",
+            "root": self.model, "parent": None, "max_model_len": self.max_model_len}]})
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        lines = [
-            "# TYPE vllm:prefix_cache_queries_total counter",
-            f'vllm:prefix_cache_queries_total{{model_name="{self.model}"}} '
-            f"{float(self.stats.prefix_queries)}",
-            "# TYPE vllm:prefix_cache_hits_total counter",
-            f'vllm:prefix_cache_hits_total{{model_name="{self.model}"}} '
-            f"{float(self.stats.prefix_hits)}",
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        labels = f'{{engine="0",model_name="{self.model}"}}'
+        s = self.stats
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{labels} {float(s.active)}\n"
+            "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of tokens.\n"
+            "# TYPE vllm:prefix_cache_queries_total counter\n"
+            f"vllm:prefix_cache_queries_total{labels} {float(s.prefix_queries)}\n"
+            "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of tokens.\n"
+            "# TYPE vllm:prefix_cache_hits_total counter\n"
+            f"vllm:prefix_cache_hits_total{labels} {float(s.prefix_hits)}\n"
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            return await self._answer(request)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.stats.calls += 1
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "request body is not JSON")
+            body = None
         if self.record:
             self.requests.append(RecordedRequest(
-                request.path, body, {k.lower(): v for k, v in request.headers.items()}))
-        self.stats.calls += 1
+                request.path, body if isinstance(body, dict) else {},
+                {k.lower(): v for k, v in request.headers.items()}))
+        if not isinstance(body, dict):
+            return self._error(400, "The request body is not a JSON object.")
         problem = self._validate(body)
         if problem is not None:
             return problem
-        self._count_prefix(body)
+        # A plausible prefix cache: everything before the newest message was seen before.
+        tokens = _prompt_tokens(body["messages"])
+        self.stats.prefix_queries += tokens
+        self.stats.prefix_hits += max(0, tokens - _prompt_tokens(body["messages"][-1:]))
         reply = self._queue.popleft() if self._queue else self._auto(body)
         if isinstance(reply, Fault):
-            headers = {"Retry-After": f"{reply.retry_after:g}"} if reply.retry_after else {}
-            return _error(reply.status, reply.message, headers)
+            headers = {} if reply.retry_after is None else {"Retry-After": f"{reply.retry_after:g}"}
+            return self._error(reply.status, reply.message, headers)
         if isinstance(reply, Hang):
             await asyncio.sleep(reply.seconds)
-            reply = Text("late")
+            reply = self._auto(body)
         pieces = _pieces(reply, self.chunk_chars)
         finish = reply.finish_reason if isinstance(reply, Raw) else "stop"
-        if not body.get("stream"):
-            return self._whole(body, pieces, finish)
-        return await self._stream(request, body, pieces, finish, reply)
+        cut_at = reply.after_chars if isinstance(reply, Cut) else None
+        self.stats.active += 1
+        self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
+        began = time.perf_counter()
+        try:
+            if body.get("stream"):
+                return await self._stream(request, body, pieces, finish, cut_at)
+            return await self._whole(request, pieces, finish, cut_at)
+        finally:
+            self.stats.active -= 1
+            self.stats.model_seconds += time.perf_counter() - began
 
     def _validate(self, body: dict[str, Any]) -> web.Response | None:
-        if body.get("model") != self.model:
-            return _error(404, f"The model `{body.get('model')}` does not exist.",
-                          kind="NotFoundError")
-        if not body.get("messages"):
-            return _error(400, "messages must be a non-empty list")
+        model = body.get("model")
+        if model is not None and model != self.model:
+            return self._error(404, f"The model `{model}` does not exist.", kind="NotFoundError",
+                               param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(400, "messages: Field required (a non-empty list)",
+                               param="messages")
         fmt = (body.get("response_format") or {}).get("type")
-        if fmt and body.get("structured_outputs"):
-            return _error(400, "response_format and structured_outputs are mutually exclusive")
+        if fmt in _STEP_FORMATS and body.get("structured_outputs"):
+            return self._error(400, "You can only use one kind of structured outputs constraint "
+                               "but multiple are specified (response_format and "
+                               "structured_outputs).")
         if fmt == "json_schema" and self.reject_json_schema:
-            return _error(400, "json_schema response_format is not supported")
+            return self._error(400, "json_schema response_format is not supported",
+                               param="response_format")
         if fmt == "json_object" and self.reject_json_object:
-            return _error(400, "json_object response_format is not supported")
+            return self._error(400, "json_object response_format is not supported",
+                               param="response_format")
+        tokens = _prompt_tokens(messages)
+        if tokens > self.max_model_len:
+            return self._error(400, f"This model's maximum context length is "
+                               f"{self.max_model_len} tokens. However, your prompt contains "
+                               f"{tokens} input tokens. Please reduce the length of the input "
+                               "prompt.", param="input_tokens")
         return None
 
-    def _count_prefix(self, body: dict[str, Any]) -> None:
-        # A rough prefix-cache model: the previous prompt of this chain is a cached prefix.
-        key = body["messages"][0].get("content", "")[:64] + str(len(body["messages"]) > 1)
-        prompt = json.dumps(body["messages"])
-        previous = self._last_prompt.get(key, "")
-        shared = len(previous) if prompt.startswith(previous[:-1]) else 0
-        self.stats.prefix_queries += len(prompt)
-        self.stats.prefix_hits += shared
-        self._last_prompt[key] = prompt
-
     def _auto(self, body: dict[str, Any]) -> Reply:
-        if not body.get("response_format"):
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt not in _STEP_FORMATS and not body.get("structured_outputs"):
             return Text("The answer is 42.")
         done = 0
         for message in body["messages"]:
-            if message.get("role") == "assistant":
+            if not isinstance(message, dict) or message.get("role") != "assistant":
+                continue
+            content = message.get("content")
+            if isinstance(content, str) and content.lstrip().startswith("{"):
                 try:
-                    done += "title" in json.loads(message.get("content", ""))
-                except (ValueError, TypeError):
-                    pass
+                    value = json.loads(content, strict=False)
+                except ValueError:
+                    continue
+                done += isinstance(value, dict) and "title" in value
         n = done + 1
         action = "final_answer" if n >= self.auto_steps else "continue"
-        content = (f"Thinking about part {n} of the problem. " * 5).strip()
+        content = (f"Thinking about part {n} of the problem. " * 5).strip()  # ~190 characters
         return Step(f"Step {n}", content, action)
 
-    def _whole(self, body: dict[str, Any], pieces: list[tuple[str, str]],
-               finish: str) -> web.Response:
+    # --- answers -----------------------------------------------------------------------------
+
+    async def _whole(self, request: web.Request, pieces: list[tuple[str, str]], finish: str,
+                     cut_at: int | None) -> web.StreamResponse:
+        if self.chunk_delay:  # as long as the same answer would take to stream
+            await asyncio.sleep(self.chunk_delay * len(pieces))
+        if cut_at is not None:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=200)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(
             text for kind, text in pieces if kind == "content") or None}
         reasoning = "".join(text for kind, text in pieces if kind != "content")
@@ -232,89 +336,102 @@ class FakeOpenAI:
         return web.json_response({
             "id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion",
             "created": int(time.time()), "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": len(pieces),
-                      "total_tokens": 10 + len(pieces)}})
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": _usage(pieces)},
+            dumps=_dumps)
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       pieces: list[tuple[str, str]], finish: str,
-                      reply: Reply) -> web.StreamResponse:
-        began = time.perf_counter()
+                      cut_at: int | None) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
-        ident = f"chatcmpl-{next(self._ids)}"
-        created = int(time.time())
+        head = (f'data: {{"id":"chatcmpl-{next(self._ids)}","object":"chat.completion.chunk",'
+                f'"created":{int(time.time())},"model":{_dumps(self.model)},').encode()
+        choice = head + b'"choices":[{"index":0,"delta":'
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None,
-                  usage: dict[str, int] | None = None) -> bytes:
-            obj: dict[str, Any] = {
-                "id": ident, "object": "chat.completion.chunk", "created": created,
-                "model": self.model,
-                "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None,
-                                               "finish_reason": finish_reason}]}
-            if usage:
-                obj["usage"] = usage
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            reason = b"null" if finish_reason is None else _dumps(finish_reason).encode()
+            return (choice + _dumps(delta).encode() + b',"logprobs":null,"finish_reason":'
+                    + reason + b"}]}\n\n")
 
         try:
             await response.write(chunk({"role": "assistant", "content": ""}))
             sent = 0
-            cut_at = reply.after_chars if isinstance(reply, Cut) else None
             for n, (kind, text) in enumerate(pieces):
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 if cut_at is not None and sent + len(text) > cut_at:
-                    await response.write(chunk({"content": text[: cut_at - sent]}))
-                    # Drop the connection mid-body: the client sees a broken stream.
+                    if cut_at > sent:
+                        await response.write(chunk({"content": text[: cut_at - sent]}))
+                    # Drop the connection mid-body: the chunked response never completes.
                     if request.transport is not None:
                         request.transport.abort()
                     return response
                 sent += len(text)
                 delta = {"content": text} if kind == "content" else {kind: text, "content": None}
-                last = n == len(pieces) - 1
-                await response.write(chunk(delta, finish if last else None))
+                await response.write(chunk(delta, finish if n == len(pieces) - 1 else None))
+            if cut_at is not None:  # cut at or past the end: still no finish, no [DONE]
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             if not pieces:
                 await response.write(chunk({}, finish))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await response.write(chunk({}, usage={
-                    "prompt_tokens": 10, "completion_tokens": len(pieces),
-                    "total_tokens": 10 + len(pieces)}))
+                await response.write(head + b'"choices":[],"usage":'
+                                     + _dumps(_usage(pieces)).encode() + b"}\n\n")
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        finally:
-            self.stats.model_seconds += time.perf_counter() - began
+            self.stats.streams += 1
+        except ConnectionError:
+            pass  # the client went away mid-stream
         return response
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None,
+               kind: str | None = None, param: str | None = None) -> web.Response:
+        self.stats.errors += 1
+        if kind is None:
+            kind = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}.get(
+                status, "InternalServerError" if status >= 500 else "BadRequestError")
+        body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+        return web.Response(status=status, text=_dumps(body), headers=headers,
+                            content_type="application/json")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _prompt_tokens(messages: list[Any]) -> int:
+    """A token estimate of the prompt (about 4 characters a token, a few per message)."""
+    chars = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        chars += len(content) if isinstance(content, str) else 0
+    return chars // 4 + 4 * len(messages)
+
+
+def _usage(pieces: list[tuple[str, str]]) -> dict[str, int]:
+    completion = sum(len(text) for _, text in pieces) // 4 + 1
+    return {"prompt_tokens": 32, "total_tokens": 32 + completion,
+            "completion_tokens": completion}
 
 
 def _pieces(reply: Reply, size: int) -> list[tuple[str, str]]:
     """(delta field, text) pairs to stream, `size` characters at a time."""
-    def cut(kind: str, text: str) -> list[tuple[str, str]]:
+    def split(kind: str, text: str) -> list[tuple[str, str]]:
         return [(kind, text[i:i + size]) for i in range(0, len(text), size)]
 
     match reply:
         case Step(title=title, content=content, next_action=action):
-            return cut("content", json.dumps(
+            return split("content", json.dumps(
                 {"title": title, "content": content, "next_action": action}, ensure_ascii=False))
         case Text(text=text) | Raw(text=text) | Cut(text=text):
-            return cut("content", text)
+            return split("content", text)
         case Reasoning(reasoning=reasoning, content=content, field=name):
-            return cut(name, reasoning) + cut("content", content)
+            return split(name, reasoning) + split("content", content)
     return []
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None,
-           kind: str = "BadRequestError") -> web.Response:
-    if status == 429:
-        kind = "RateLimitError"
-    elif status >= 500:
-        kind = "InternalServerError"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return web.Response(status=status, text=json.dumps(body), headers=headers,
-                        content_type="application/json")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -333,7 +450,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A fake vLLM OpenAI-compatible server.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model", default="Qwen2.5-7B-Instruct")
+    parser.add_argument("--model", default=_DEFAULT_MODEL)
     parser.add_argument("--auto-steps", type=int, default=3)
     parser.add_argument("--chunk-chars", type=int, default=8)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
