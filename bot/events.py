@@ -85,6 +85,7 @@ FailureReason = Literal[
     "cancelled",  # stopped by a user or by shutdown
     "interrupted",  # the process died mid-chain
     "rejected",  # the question was refused before it started
+    "internal",  # a bug in Ponder; logged with its traceback
 ]
 
 

@@ -14,7 +14,16 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.engine import Engine
-from bot.events import ChainFailed, Event, FinalAnswer, Question, StepFinished, Turn
+from bot.events import (
+    AnswerDelta,
+    ChainFailed,
+    Event,
+    FinalAnswer,
+    Question,
+    StepDelta,
+    StepFinished,
+    Turn,
+)
 from bot.llm import LLMClient
 from bot.logs import chain_id as chain_id_var
 from bot.metrics import (
@@ -38,6 +47,7 @@ RESUMING = "↻ Ponder restarted — picking up again at step {n}."
 WAITING = "⏳ The model server is not answering; retrying for up to {s} s."
 WAITED = "✓ The model server is answering again."
 GAVE_UP_WAITING = "The model server did not answer for {s} s; trying once more."
+INTERNAL = "Ponder hit an internal error on this question; please ask again."
 
 
 class Refused(Exception):
@@ -66,17 +76,60 @@ class ChainHandle:
         self.chain_id = request.question.id
         self.task = task
         self.stopped_by: str | None = None
+        self.producer: asyncio.Task[None] | None = None
 
     def cancel(self, by: str = "user") -> None:
-        if not self.task.done():
-            self.stopped_by = by
-            self.task.cancel()
+        """Stop the chain's thinking; its thread still gets a last word (stopped/restarting)."""
+        if self.task.done() or self.stopped_by is not None:
+            return
+        self.stopped_by = by
+        if self.producer is not None:
+            self.producer.cancel()  # the engine ends with `chain_failed: cancelled`
+        else:
+            self.task.cancel()  # not thinking yet (waiting for the model server)
 
     def done(self) -> bool:
         return self.task.done()
 
     async def wait(self) -> Outcome:
         return await asyncio.shield(self.task)
+
+
+class _Mailbox:
+    """Engine events on their way to a presenter that may lag behind a platform's limits.
+
+    The engine never waits for the platform: consecutive snapshots of the same message
+    (`StepDelta` of one step, `AnswerDelta`) replace each other while unread, so a slow
+    presenter skips straight to the latest text. Every other event is kept, in order.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[Event] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put(self, event: Event) -> None:
+        if self._items and isinstance(event, StepDelta | AnswerDelta):
+            last = self._items[-1]
+            if type(last) is type(event) and getattr(last, "index", 0) == getattr(
+                    event, "index", 0):
+                self._items[-1] = event
+                return
+        self._items.append(event)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            while self._items:
+                yield self._items.popleft()
+            if self._closed:
+                return
+            self._ready.clear()
+            await self._ready.wait()
 
 
 class Ponder:
@@ -230,25 +283,52 @@ class Ponder:
         # A surface may bring its own presenter (Slack's native streaming); else the shared one.
         make = getattr(surface, "presenter", None)
         presenter: ThreadPresenter = make() if callable(make) else ThreadPresenter(surface)
-        if resumed:
-            await presenter.notice(RESUMING.format(n=len(q.done_steps) + 1))
-        if not self.model_up.is_set():
-            await self._wait_for_model(presenter)
+        handle = self.running[q.id]
+        began = time.monotonic()
         try:
-            outcome = await presenter.present(self._recorded(q.id, self.engine.run(q)))
+            if resumed:
+                await presenter.notice(RESUMING.format(n=len(q.done_steps) + 1))
+            if not self.model_up.is_set():
+                await self._wait_for_model(presenter)
         except asyncio.CancelledError:
-            outcome = presenter.outcome
-            handle = self.running.get(q.id)
-            if handle is None or handle.stopped_by != "user":
-                raise
-            # A Stop button press ends this chain, not the task that awaits it.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            if handle.stopped_by is None:
+                raise  # torn down from outside: nothing left to show anything with
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # a Stop (or shutdown) before thinking began ends only the chain
+            stopped = ChainFailed("cancelled", "stopped", time.monotonic() - began)
+            async for event in self._recorded(q.id, _once(stopped)):
+                await presenter.handle(event)
+            await presenter.finish()
+            return presenter.outcome
+        mailbox = _Mailbox()
+        handle.producer = asyncio.create_task(self._produce(q, mailbox),
+                                              name=f"engine-{q.id}")
+        try:
+            return await presenter.present(aiter(mailbox))
+        except asyncio.CancelledError:
+            handle.producer.cancel()
+            raise
         finally:
+            await asyncio.gather(handle.producer, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.store.set_handles(q.id, [_plain(h) for h in presenter.outcome.handles])
-        return outcome
+
+    async def _produce(self, question: Question, mailbox: _Mailbox) -> None:
+        began = time.monotonic()
+        try:
+            async for event in self._recorded(question.id, self.engine.run(question)):
+                mailbox.put(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not leave a thread saying "thinking…" forever.
+            log.exception("chain crashed")
+            failure = ChainFailed("internal", INTERNAL, time.monotonic() - began)
+            async for event in self._recorded(question.id, _once(failure)):
+                mailbox.put(event)
+        finally:
+            mailbox.close()
 
     async def _wait_for_model(self, presenter: ThreadPresenter) -> None:
         wait = self.settings.model_wait
@@ -324,6 +404,10 @@ class Ponder:
                                    record.thread, record.workspace)
             handles.append(self._launch(request, surface, resumed=True))
         return handles
+
+
+async def _once(event: Event) -> AsyncIterator[Event]:
+    yield event
 
 
 def _plain(handle: object) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from bot.presenter import SurfaceError, SurfaceLimits
@@ -10,17 +11,21 @@ from bot.ratelimit import RateLimiter
 
 class RecordingSurface:
     def __init__(self, max_chars: int = 2000, edit_interval: float = 0.05,
-                 budget: RateLimiter | None = None, fail_edits: int = 0) -> None:
+                 budget: RateLimiter | None = None, fail_edits: int = 0,
+                 post_delay: float = 0.0) -> None:
         self.limits = SurfaceLimits(max_chars=max_chars, edit_interval=edit_interval)
         self.budget = budget or RateLimiter(1000, 1.0)
         self.calls: list[tuple[str, int, str, float]] = []
         self.shown: dict[int, str] = {}
         self.fail_edits = fail_edits
+        self.post_delay = post_delay  # a slow platform
 
     def render(self, markdown: str) -> str:
         return markdown.replace("@everyone", "@\u200beveryone").replace("&", "&amp;")
 
     async def post(self, text: str) -> object:
+        if self.post_delay:
+            await asyncio.sleep(self.post_delay)
         handle = len(self.shown)
         self.shown[handle] = text
         self.calls.append(("post", handle, text, time.monotonic()))

@@ -160,3 +160,30 @@ async def test_model_outage_that_lasts_fails_with_a_readable_message(tmp_path: P
     record = await ponder.store.chain(request().question.id)
     assert record is None or record.status != "running"
     await ponder.close()
+
+
+async def test_a_slow_platform_does_not_slow_the_thinking(tmp_path: Path) -> None:
+    async with FakeOpenAI(auto_steps=4, chunk_delay=0.005) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface(post_delay=0.4)
+        handle = ponder.submit(request(), surface)
+        outcome = await handle.wait()
+        steps = await ponder.store.steps(handle.chain_id)
+        await ponder.close()
+    assert outcome.answer == "The answer is 42." and outcome.steps == 4
+    # Each step took the model's time, not the 0.4 s a post of its message took.
+    assert all(step.seconds < 0.35 for step in steps), [s.seconds for s in steps]
+    assert "Thought for" in surface.text() and "⏳" not in surface.text()
+
+
+async def test_stop_while_the_platform_is_slow_still_says_stopped(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.02) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface(post_delay=0.5)
+        handle = ponder.submit(request(), surface)
+        await asyncio.sleep(0.3)  # the first post is in flight
+        handle.cancel()
+        outcome = await handle.wait()
+        await ponder.close()
+    assert outcome.failure is not None and outcome.failure.reason == "cancelled"
+    assert "⏹️ Stopped after" in surface.text()

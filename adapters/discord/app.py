@@ -194,7 +194,7 @@ class DiscordBot:
         self.ponder = ponder
         self.settings = settings
         self.client_options = client_options or {}
-        self.limiters = limiters or LimiterRegistry()
+        self.limiters = limiters if limiters is not None else LimiterRegistry()
         self.observer = RestObserver(self.limiters)
         self.runs: dict[str, Run] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
