@@ -43,20 +43,29 @@ STEP_SCHEMA: dict[str, Any] = {
 # Asks the SDK for the undecoded, unread response (its `with_streaming_response` marker).
 RAW_STREAM = ("X-Stainless-Raw-Response", "stream")
 
-_NO_SERVER = "no model server answers"
-_TIMED_OUT = "the model server timed out"
+# Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
+_NO_SERVER = "cannot connect"
+_TIMED_OUT = "timed out"
 
 OutputFormat = Literal["json_schema", "json_object", "text"]
 _FORMATS: tuple[OutputFormat, ...] = ("json_schema", "json_object", "text")
 
 
 class LLMError(Exception):
-    """The model server could not give an answer. `reason` is a ChainFailed reason."""
+    """The model server could not give an answer.
 
-    def __init__(self, reason: Literal["model_unavailable", "model_error"], message: str) -> None:
+    `reason` is a ChainFailed reason and `message` its text, fix included; `detail` is the bare
+    cause (`timed out`, `HTTP 503: …`) for callers that word their own advice, and `status` the
+    HTTP status when the server answered at all.
+    """
+
+    def __init__(self, reason: Literal["model_unavailable", "model_error"], message: str, *,
+                 detail: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.detail = detail or message
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +99,12 @@ class TextDone:
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None,
+                 status: int | None = None, text: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
+        self.text = text  # the server's own words; kept out of chat, where proxies send HTML
 
 
 class _FormatRejected(Exception):
@@ -114,6 +126,8 @@ class LLMClient:
         self._format: OutputFormat = "json_schema"
         self._context: int | None = None
         self._context_probed = False
+        # Probes (model list, /health) ask "are you there?": a slower answer is as good as none.
+        self._probe_timeout = settings.connect_timeout * 2
         timeout = openai.Timeout(settings.request_timeout, connect=settings.connect_timeout)
         # Retries are ours: the SDK's would hide a cut stream and could not restart a step.
         self._client = AsyncOpenAI(
@@ -132,18 +146,22 @@ class LLMClient:
     async def close(self) -> None:
         await self._client.close()
 
+    async def served_models(self) -> list[str]:
+        """The model ids the server lists (/v1/models). Raises LLMError when it cannot say."""
+        return [str(entry.get("id")) for entry in await self._model_list()]
+
     async def context_window(self) -> int | None:
         """The served model's `max_model_len` (vLLM lists it in /v1/models), asked once."""
         if not self._context_probed:
             self._context_probed = True
             try:
-                page = await self._client.models.list(timeout=self.settings.connect_timeout * 2)
-            except openai.APIError:
+                entries = await self._model_list()
+            except LLMError:
                 self._context_probed = False  # ask again next time
                 return None
-            for model in page.data:
-                if model.id == self.settings.model:
-                    size = (model.model_extra or {}).get("max_model_len")
+            for entry in entries:
+                if entry.get("id") == self.settings.model:
+                    size = entry.get("max_model_len")
                     self._context = int(size) if isinstance(size, int) else None
         return self._context
 
@@ -160,12 +178,43 @@ class LLMClient:
         return max_tokens if room is None else max(32, min(max_tokens, room))
 
     async def ping(self) -> bool:
-        """Whether the server answers at all (its model list), within the connect timeout."""
+        """Whether the server answers with its model list, within the probe timeout."""
         try:
-            await self._client.models.list(timeout=self.settings.connect_timeout * 2)
+            await self._model_list()
+        except LLMError:
+            return False
+        return True
+
+    async def healthy(self) -> bool:
+        """Whether the server's /health says it is up (vLLM: 503 or silence while it loads)."""
+        # /health sits at the server's root, beside /v1, not under it.
+        url = self.base_url.rstrip("/").removesuffix("/v1") + "/health"
+        try:
+            await self._client.get(url, cast_to=httpx2.Response,
+                                   options={"timeout": self._probe_timeout})
         except openai.APIError:
             return False
         return True
+
+    async def _model_list(self) -> list[dict[str, Any]]:
+        # Raw, like the chat path: vLLM's extra fields (max_model_len) stay plain JSON, and a
+        # non-OpenAI answer is an LLMError, not an SDK parsing error.
+        try:
+            response = await self._client.get("/models", cast_to=httpx2.Response,
+                                              options={"timeout": self._probe_timeout})
+            body = response.json()
+        except openai.APIStatusError as exc:
+            raise self._final(self._classify(exc)) from None
+        except openai.APIConnectionError as exc:
+            raise self._final(_Retryable(_unreachable(exc))) from None
+        except ValueError:
+            body = None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            detail = "the answer is not a model list"
+            raise LLMError("model_error", f"{self.base_url}/models: {detail} — check that "
+                           "OPENAI_BASE_URL ends in /v1", detail=detail)
+        return [entry for entry in data if isinstance(entry, dict)]
 
     # --- public streams ------------------------------------------------------------------
 
@@ -250,7 +299,7 @@ class LLMClient:
                 continue
             except _Retryable as exc:
                 if attempt >= attempts:
-                    raise LLMError("model_unavailable", self._unavailable(str(exc))) from None
+                    raise self._final(exc) from None
                 delay = self._backoff(attempt, exc.retry_after)
                 log.warning("model call failed (%s); attempt %d/%d in %.1fs",
                             exc, attempt + 1, attempts, delay)
@@ -295,13 +344,11 @@ class LLMClient:
             if fmt != "text" and self._format == fmt:
                 self._downgrade(fmt, exc)
                 raise _FormatRejected from None
-            raise LLMError("model_error", self._refused(exc)) from None
+            raise self._refusal(exc) from None
         except openai.APIStatusError as exc:
             raise self._classify(exc) from None
         except openai.APIConnectionError as exc:
-            # The aiohttp transport reports a refused connection as a connect *timeout*.
-            connect = isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
-            raise _Retryable(_NO_SERVER if connect else _TIMED_OUT) from None
+            raise _Retryable(_unreachable(exc)) from None
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -331,11 +378,23 @@ class LLMClient:
                     fmt, _error_text(exc), nxt)
         self._format = nxt
 
-    def _classify(self, exc: openai.APIStatusError) -> Exception:
+    def _classify(self, exc: openai.APIStatusError) -> _Retryable | LLMError:
         status = exc.status_code
         if status == 429 or status >= 500 or status == 408:
-            return _Retryable(f"HTTP {status}", _retry_after(exc))
-        return LLMError("model_error", self._refused(exc))
+            return _Retryable(f"HTTP {status}", _retry_after(exc), status, _error_text(exc))
+        return self._refusal(exc)
+
+    def _refusal(self, exc: openai.APIStatusError) -> LLMError:
+        return LLMError("model_error", self._refused(exc), status=exc.status_code,
+                        detail=f"HTTP {exc.status_code}: {_error_text(exc)}")
+
+    def _final(self, failure: _Retryable | LLMError) -> LLMError:
+        """The error to raise once `failure` may not be retried any more."""
+        if isinstance(failure, LLMError):
+            return failure
+        detail = f"{failure}: {failure.text}" if failure.text else str(failure)
+        return LLMError("model_unavailable", self._unavailable(str(failure)), detail=detail,
+                        status=failure.status)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -345,7 +404,9 @@ class LLMClient:
 
     def _unavailable(self, detail: str) -> str:
         if detail in (_NO_SERVER, _TIMED_OUT):
-            return (f"{detail} at {self.base_url} — start one with `ponder model serve` "
+            what = ("no model server answers" if detail == _NO_SERVER
+                    else "the model server timed out")
+            return (f"{what} at {self.base_url} — start one with `ponder model serve` "
                     "or set OPENAI_BASE_URL")
         return (f"the model server at {self.base_url} kept failing ({detail}) — "
                 "check its logs; retried with backoff")
@@ -427,6 +488,12 @@ def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
         except ValueError:
             return None
     return value if isinstance(value, dict) else None
+
+
+def _unreachable(exc: openai.APIConnectionError) -> str:
+    # The aiohttp transport reports a refused connection as a connect *timeout*.
+    connect = isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
+    return _NO_SERVER if connect else _TIMED_OUT
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

@@ -217,7 +217,7 @@ async def test_hundreds_of_concurrent_auto_chains_are_cheap() -> None:
     assert elapsed < 20
 
 
-async def test_a_server_without_json_schema_says_400(fake_llm: FakeOpenAI) -> None:
+async def test_a_server_without_json_schema_says_400() -> None:
     async with FakeOpenAI(reject_json_schema=True) as fake, AsyncOpenAI(
             base_url=fake.base_url, api_key="EMPTY", max_retries=0) as client:
         with pytest.raises(openai.BadRequestError) as caught:

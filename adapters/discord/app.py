@@ -344,7 +344,6 @@ class DiscordBot:
             opening.message_id, opening.channel = message.id, channel
             opening.limiter = self.limiters.get(channel.id)
             try:
-                await self.limiters.get(channel.id).acquire(urgent=True)
                 thread = await _rest(message.create_thread(
                     name=text.thread_name(q.text), auto_archive_duration=1440))
             except (discord.HTTPException, discord.RateLimited) as exc:
@@ -379,12 +378,11 @@ class DiscordBot:
                                channel=str(_parent_id(interaction)), thread=str(place_id),
                                workspace=str(interaction.guild_id or ""))
         run.place_id, run.where = place_id, where
-        surface = DiscordSurface(place, place_id, self.limiters.get(place_id))
+        surface = self._surface(place, place_id)
         return surface, request
 
     async def _forum_post(self, forum: discord.ForumChannel, q: Question,
                           opening: Opening) -> discord.Thread:
-        await self.limiters.get(forum.id).acquire(urgent=True)
         created = await _rest(forum.create_thread(
             name=text.thread_name(q.text), auto_archive_duration=1440,
             content=text.with_status(opening.text, text.running_line(None)),
@@ -520,7 +518,7 @@ class DiscordBot:
                 return None
         if not isinstance(channel, discord.abc.Messageable):
             return None
-        return DiscordSurface(channel, channel_id, self.limiters.get(channel_id))
+        return self._surface(channel, channel_id)
 
     def _messageable(self, channel_id: int) -> discord.abc.Messageable:
         channel = self._client().get_channel(channel_id)
@@ -578,7 +576,7 @@ class DiscordBot:
             return
         busy = any(r.place_id == thread.id for r in self.runs.values())
         if busy:
-            await self.limiters.get(thread.id).acquire(urgent=True)
+            await self.limiters.posts(thread.id).acquire(urgent=True)
             await self._quietly(message.reply(
                 "I am still on the previous question here; press Stop or wait for its answer.",
                 mention_author=False))
@@ -594,14 +592,14 @@ class DiscordBot:
 
     async def _follow_up(self, message: discord.Message, thread: discord.Thread, run: Run,
                          q: Question) -> None:
-        opening, limiter = run.opening, self.limiters.get(thread.id)
+        opening = run.opening
         try:
             history = await self.ponder.history(PLATFORM, str(thread.id))
         except Exception:
             self.runs.pop(q.id, None)
             raise
         q = Question(q.text, id=q.id, history=history)
-        await limiter.acquire(urgent=True)
+        await self.limiters.posts(thread.id).acquire(urgent=True)
         try:
             control = await _rest(message.reply(
                 content=text.with_status(opening.text, text.running_line(None)),
@@ -615,9 +613,13 @@ class DiscordBot:
                                channel=str(thread.parent_id or thread.id),
                                thread=str(thread.id),
                                workspace=str(message.guild.id if message.guild else ""))
-        await self._run(run, DiscordSurface(thread, thread.id, limiter), request)
+        await self._run(run, self._surface(thread, thread.id), request)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _surface(self, channel: discord.abc.Messageable, channel_id: int) -> DiscordSurface:
+        return DiscordSurface(channel, channel_id, self.limiters.get(channel_id),
+                              self.limiters.posts(channel_id))
 
     def _client(self) -> PonderClient:
         if self.client is None:

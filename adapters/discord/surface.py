@@ -1,9 +1,11 @@
 """The Discord Surface: post and edit messages in one thread (or channel), paced and safe.
 
-One `RateLimiter` per Discord channel (a thread is a channel: it has its own message bucket)
-is shared by every chain writing there. discord.py retries 429s and 5xx itself; the
-`RestObserver` sees every response on the way and pauses the channel's limiter on a 429, so
-the other chains in that channel wait too instead of piling into the same bucket.
+Discord keeps message writes in per-channel buckets (a thread is a channel), creates and edits
+apart, each about 5 per 5 s. So every channel gets two `RateLimiter`s, shared by every chain
+writing there: `budget` for edits and `post_budget` for new messages (the presenter takes the
+latter for posts). discord.py retries 429s and 5xx itself; the `RestObserver` sees every
+response on the way and pauses the matching limiter on a 429, so the other chains in that
+channel wait too instead of piling into the same bucket.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from bot.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-# Discord: about 5 message writes per 5 s in one channel. One write a second, two saved up
-# (a step's last edit and the next step's first post land together).
+# Discord: about 5 creates and 5 edits per 5 s in one channel, counted in fixed windows. One
+# a second with nothing saved up never puts a sixth into a window (a burst of 2 did: discord.py
+# then sleeps inside the request until the window resets, ~2 s late; measured, bench/discord.py).
 CHANNEL_RATE = (5.0, 5.0)
-CHANNEL_BURST = 2
+CHANNEL_BURST = 1
 EDIT_INTERVAL = 1.0
 REST_TIMEOUT = 30.0  # one REST call, discord.py's own 429/5xx retries included
 LONG_RATE_LIMIT = 120.0  # a longer Retry-After than this gives up instead of waiting
@@ -40,7 +43,7 @@ _MESSAGE_WRITE = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
 
 
 class LimiterRegistry:
-    """One RateLimiter per channel id, created on first use, shared by all chains.
+    """One RateLimiter per (channel id, "edit" | "post"), made on first use, shared by all.
 
     Limiters of channels nobody wrote to for `idle_after` seconds are dropped (a bot sees
     many threads over its life); a dropped one is simply created afresh when needed.
@@ -50,33 +53,35 @@ class LimiterRegistry:
                  burst: int = CHANNEL_BURST, idle_after: float = 600.0) -> None:
         self._rate, self._per, self._burst = rate, per, burst
         self._idle_after = idle_after
-        self._limiters: dict[int, RateLimiter] = {}
-        self._used: dict[int, float] = {}
+        self._limiters: dict[tuple[int, str], RateLimiter] = {}
+        self._used: dict[tuple[int, str], float] = {}
         self._next_prune = time.monotonic() + idle_after
 
-    def get(self, channel_id: int) -> RateLimiter:
+    def get(self, channel_id: int, kind: str = "edit") -> RateLimiter:
+        """The limiter for edits (default) or posts (`kind="post"`) in a channel."""
         now = time.monotonic()
         if now >= self._next_prune:
             self._prune(now)
-        limiter = self._limiters.get(channel_id)
+        key = (channel_id, kind)
+        limiter = self._limiters.get(key)
         if limiter is None:
-            limiter = self._limiters[channel_id] = RateLimiter(self._rate, self._per, self._burst)
-        self._used[channel_id] = now
+            limiter = self._limiters[key] = RateLimiter(self._rate, self._per, self._burst)
+        self._used[key] = now
         return limiter
+
+    def posts(self, channel_id: int) -> RateLimiter:
+        return self.get(channel_id, "post")
 
     def _prune(self, now: float) -> None:
         self._next_prune = now + self._idle_after
-        for channel_id, used in list(self._used.items()):
-            if now - used > self._idle_after and not self._limiters[channel_id].waiting:
-                del self._limiters[channel_id], self._used[channel_id]
+        for key, used in list(self._used.items()):
+            if now - used > self._idle_after and not self._limiters[key].waiting:
+                del self._limiters[key], self._used[key]
 
-    def pause(self, channel_id: int, seconds: float) -> None:
-        limiter = self._limiters.get(channel_id)
+    def pause(self, channel_id: int, kind: str, seconds: float) -> None:
+        limiter = self._limiters.get((channel_id, kind))
         if limiter is not None:
             limiter.pause(seconds)
-
-    def __len__(self) -> int:
-        return len(self._limiters)
 
 
 @dataclass
@@ -110,7 +115,8 @@ class RestObserver:
             headers.get("Retry-After")) or 1.0
         match = _MESSAGE_WRITE.search(params.url.path)
         if match and params.method in ("POST", "PATCH"):
-            self.limiters.pause(int(match.group(1)), wait)
+            kind = "post" if params.method == "POST" else "edit"
+            self.limiters.pause(int(match.group(1)), kind, wait)
         log.warning("Discord rate limit on %s %s: waiting %.2f s", params.method,
                     params.url.path, wait)
 
@@ -140,10 +146,12 @@ class DiscordSurface:
     limits = SurfaceLimits(max_chars=MAX_CONTENT, edit_interval=EDIT_INTERVAL)
 
     def __init__(self, channel: discord.abc.Messageable, channel_id: int,
-                 budget: RateLimiter, *, rest_timeout: float = REST_TIMEOUT) -> None:
+                 budget: RateLimiter, post_budget: RateLimiter | None = None, *,
+                 rest_timeout: float = REST_TIMEOUT) -> None:
         self.channel = channel
         self.channel_id = channel_id
-        self.budget = budget
+        self.budget = budget  # edits
+        self.post_budget = post_budget or budget  # new messages
         self.rest_timeout = rest_timeout
         self.posted: list[MessageRef] = []
 
@@ -170,7 +178,8 @@ class DiscordSurface:
                     return await method(**kwargs)
             except discord.RateLimited as exc:
                 # Longer than the client's max_ratelimit_timeout: wait once, in the open.
-                self.budget.pause(exc.retry_after)
+                limiter = self.post_budget if method == self.channel.send else self.budget
+                limiter.pause(exc.retry_after)
                 if attempt or exc.retry_after > LONG_RATE_LIMIT:
                     raise SurfaceError(
                         f"Discord asked to wait {exc.retry_after:.0f} s before writing here"

@@ -24,7 +24,15 @@ What a client sees for each reply:
   A client that gives up cancels the handler, as vLLM aborts a request whose client left;
   `stop()` cancels hanging and streaming handlers at once.
 
-Standalone: `python -m tests.fakes.openai_server --port 8000 --auto-steps 5 --chunk-delay 0.02`.
+Random faults: with `fault_rate` > 0 each chat request, with that probability (drawn from
+`random.Random(seed)`), fails in one of `fault_kinds` instead of being answered: `"500"` (a
+500), `"429"` (a 429 with `Retry-After: retry_after`), `"hang"` (silence for `hang_seconds`,
+past any sane client timeout, then the reply) or `"cut"` (the reply it would have given, cut at
+a random point of its stream). A faulted request never consumes a scripted reply: the retry gets
+it. `fake.faults` counts the faults by kind.
+
+Standalone: `python -m tests.fakes.openai_server --port 8000 --auto-steps 5 --chunk-delay 0.02`
+(`--fault-rate 0.2 --seed 1` for a flaky server).
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -122,6 +131,7 @@ class Stats:
 
 _DEFAULT_MODEL = "Qwen2.5-7B-Instruct"
 _STEP_FORMATS = ("json_schema", "json_object")
+FAULT_KINDS = ("500", "429", "hang", "cut")
 
 
 class FakeOpenAI:
@@ -131,9 +141,16 @@ class FakeOpenAI:
                  chunk_delay: float = 0.0, auto_steps: int = 3,
                  reject_json_schema: bool = False, reject_json_object: bool = False,
                  host: str = "127.0.0.1", port: int = 0, max_model_len: int = 32768,
-                 record: bool = True) -> None:
+                 record: bool = True, fault_rate: float = 0.0, seed: int | None = None,
+                 fault_kinds: tuple[str, ...] = FAULT_KINDS, hang_seconds: float = 30.0,
+                 retry_after: float = 0.1) -> None:
         if chunk_chars < 1:
             raise ValueError("chunk_chars must be at least 1")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError("fault_rate is a probability, between 0 and 1")
+        unknown = set(fault_kinds) - set(FAULT_KINDS)
+        if unknown or not fault_kinds:
+            raise ValueError(f"fault_kinds must be some of {FAULT_KINDS}, got {fault_kinds}")
         self.model = model
         self.chunk_chars = chunk_chars
         self.chunk_delay = chunk_delay
@@ -144,6 +161,12 @@ class FakeOpenAI:
         self.port = port
         self.max_model_len = max_model_len
         self.record = record  # off for long standalone runs
+        self.fault_rate = fault_rate  # may be changed while it runs
+        self.fault_kinds = tuple(fault_kinds)
+        self.hang_seconds = hang_seconds
+        self.retry_after = retry_after
+        self.faults: Counter[str] = Counter()  # random faults injected, by kind
+        self._random = random.Random(seed)
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
         self.stats = Stats()
@@ -249,7 +272,21 @@ class FakeOpenAI:
         tokens = _prompt_tokens(body["messages"])
         self.stats.prefix_queries += tokens
         self.stats.prefix_hits += max(0, tokens - _prompt_tokens(body["messages"][-1:]))
-        reply = self._queue.popleft() if self._queue else self._auto(body)
+        fault = self._draw_fault()
+        if fault == "500":
+            return self._error(500, "internal server error (injected fault)")
+        if fault == "429":
+            return self._error(429, "too many requests (injected fault)",
+                               {"Retry-After": f"{self.retry_after:g}"})
+        if fault == "hang":
+            await asyncio.sleep(self.hang_seconds)  # a client that gives up cancels this
+        if fault == "cut":
+            # The reply it would have given, cut short; the script keeps it for the retry.
+            reply = self._queue[0] if self._queue else self._auto(body)
+            if isinstance(reply, Fault | Hang):
+                return self._error(500, "internal server error (injected fault)")
+        else:
+            reply = self._queue.popleft() if self._queue else self._auto(body)
         if isinstance(reply, Fault):
             headers = {} if reply.retry_after is None else {"Retry-After": f"{reply.retry_after:g}"}
             return self._error(reply.status, reply.message, headers)
@@ -259,6 +296,8 @@ class FakeOpenAI:
         pieces = _pieces(reply, self.chunk_chars)
         finish = reply.finish_reason if isinstance(reply, Raw) else "stop"
         cut_at = reply.after_chars if isinstance(reply, Cut) else None
+        if fault == "cut":
+            cut_at = self._random.randrange(max(1, sum(len(text) for _, text in pieces)))
         self.stats.active += 1
         self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
         began = time.perf_counter()
@@ -269,6 +308,14 @@ class FakeOpenAI:
         finally:
             self.stats.active -= 1
             self.stats.model_seconds += time.perf_counter() - began
+
+    def _draw_fault(self) -> str | None:
+        """The random fault this request meets, if any (counted in `faults`)."""
+        if self.fault_rate <= 0.0 or self._random.random() >= self.fault_rate:
+            return None
+        kind = self._random.choice(self.fault_kinds)
+        self.faults[kind] += 1
+        return kind
 
     def _validate(self, body: dict[str, Any]) -> web.Response | None:
         model = body.get("model")
@@ -437,9 +484,12 @@ def _pieces(reply: Reply, size: int) -> list[tuple[str, str]]:
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeOpenAI(model=args.model, chunk_chars=args.chunk_chars,
                       chunk_delay=args.chunk_delay, auto_steps=args.auto_steps,
-                      host=args.host, port=args.port, record=False)
+                      host=args.host, port=args.port, record=False,
+                      fault_rate=args.fault_rate, seed=args.seed,
+                      hang_seconds=args.hang_seconds)
     await fake.start()
-    print(f"fake vLLM at {fake.base_url} (model {fake.model})", flush=True)
+    faults = f", {args.fault_rate:.0%} of requests fail" if args.fault_rate else ""
+    print(f"fake vLLM at {fake.base_url} (model {fake.model}{faults})", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -454,7 +504,14 @@ def main() -> None:
     parser.add_argument("--auto-steps", type=int, default=3)
     parser.add_argument("--chunk-chars", type=int, default=8)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="probability that a chat request fails (500, 429, hang or cut)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the random faults")
+    parser.add_argument("--hang-seconds", type=float, default=30.0,
+                        help="how long a hanging request says nothing")
     args = parser.parse_args()
+    if not 0.0 <= args.fault_rate <= 1.0:
+        parser.error("--fault-rate is a probability, between 0 and 1")
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
