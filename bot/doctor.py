@@ -20,22 +20,12 @@ from typing import Any, Literal
 import aiohttp
 
 from bot.config import Mode, Settings, SettingsError, load_settings
+from bot.llm import LLMClient, LLMError, StepResult, TextDelta
 from bot.model import detect_gpu
 
 Status = Literal["ok", "fail", "skip"]
 MARKS: dict[Status, str] = {"ok": "✓", "fail": "✗", "skip": "–"}
 
-# A tiny schema with a type and an enum a model cannot satisfy by accident: if the server
-# ignores response_format, free text comes back and fails to parse.
-PROBE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "answer": {"type": "integer"},
-        "sure": {"type": "string", "enum": ["yes", "no"]},
-    },
-    "required": ["answer", "sure"],
-    "additionalProperties": False,
-}
 _DISCORD_TOKEN = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
 
@@ -69,46 +59,40 @@ class Limits:
     completion: float = 60.0  # a model request (a CPU server's first one is slow)
 
 
-def _validate_probe(data: object) -> str | None:
-    """Why `data` breaks PROBE_SCHEMA, or None when it fits."""
-    if not isinstance(data, dict):
-        return f"not an object: {data!r:.80}"
-    if set(data) != {"answer", "sure"}:
-        return f"keys {sorted(data)} instead of ['answer', 'sure']"
-    if not isinstance(data["answer"], int) or isinstance(data["answer"], bool):
-        return f"answer is {data['answer']!r:.40}, not an integer"
-    if data["sure"] not in ("yes", "no"):
-        return f"sure is {data['sure']!r:.40}, not yes/no"
-    return None
+# Enough for one short step; a model that needs more to name 5 apples is rambling whitespace.
+STEP_PROBE_TOKENS = 256
 
 
 class _ModelProbe:
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession, limits: Limits) -> None:
+    """The model-server checks, asked through Ponder's own client as a chain would ask."""
+
+    def __init__(self, settings: Settings, limits: Limits) -> None:
         self.base = settings.openai_base_url.rstrip("/")
         self.settings = settings
-        self.http = http
-        self.limits = limits
-        self.headers = {"Authorization": f"Bearer {settings.openai_api_key.get_secret_value()}"}
+        # One try each; the client's probes wait twice connect_timeout, i.e. limits.http.
+        self.llm = LLMClient(settings.model_copy(update={
+            "connect_timeout": limits.http / 2, "request_timeout": limits.completion,
+            "max_attempts": 1, "temperature": 0.0,
+        }))
+
+    async def close(self) -> None:
+        await self.llm.close()
 
     async def models(self) -> tuple[Check, list[str] | None]:
         name = "model server"
         fix = ("start one with `ponder model serve` (CPU: `ponder model serve --demo`), "
                "or set OPENAI_BASE_URL to a running server")
         try:
-            async with self.http.get(
-                f"{self.base}/models", headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=self.limits.http),
-            ) as resp:
-                if resp.status in (401, 403):
-                    return Check(name, "fail", f"{self.base} refused the API key (HTTP "
-                                 f"{resp.status})", "set OPENAI_API_KEY to the server's key"), None
-                if resp.status != 200:
-                    return Check(name, "fail", f"{self.base}/models answered HTTP {resp.status}",
-                                 "check that OPENAI_BASE_URL ends in /v1"), None
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, ValueError) as exc:
-            return Check(name, "fail", f"no answer at {self.base} ({_why(exc)})", fix), None
-        ids = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+            ids = await self.llm.served_models()
+        except LLMError as exc:
+            if exc.status in (401, 403):
+                return Check(name, "fail", f"{self.base} refused the API key (HTTP "
+                             f"{exc.status})", "set OPENAI_API_KEY to the server's key"), None
+            if exc.status is None:
+                return Check(name, "fail", f"no answer at {self.base} ({exc.detail})", fix), None
+            what = f"HTTP {exc.status}" if exc.status >= 300 else exc.detail
+            return Check(name, "fail", f"{self.base}/models answered {what}",
+                         "check that OPENAI_BASE_URL ends in /v1"), None
         return Check(name, "ok", f"reachable at {self.base}"), ids
 
     def served(self, ids: list[str]) -> Check:
@@ -120,19 +104,6 @@ class _ModelProbe:
                      "set PONDER_MODEL to one of those, or serve it under this name "
                      "(`ponder model serve` uses PONDER_MODEL as --served-model-name)")
 
-    async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.http.post(
-            f"{self.base}/chat/completions", json=body, headers=self.headers,
-            timeout=aiohttp.ClientTimeout(total=self.limits.completion),
-        ) as resp:
-            if resp.status != 200:
-                text = (await resp.text())[:200].replace("\n", " ")
-                raise _HTTPStatus(resp.status, text)
-            data = await resp.json(content_type=None)
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise ValueError("an answer without choices")
-        return data
-
     async def structured(self) -> Check:
         name = "structured outputs"
         # Chain mode asks for every step with a JSON schema; native mode never does.
@@ -140,58 +111,51 @@ class _ModelProbe:
         fix = ("serve with vLLM ≥ 0.12 and `--structured-outputs-config "
                "'{\"backend\":\"xgrammar\",\"disable_any_whitespace\":true}'` "
                "(`ponder model serve` does)")
-        body = {
-            "model": self.settings.model,
-            "messages": [{"role": "user", "content":
-                          "I have 2 apples and buy 3 more. How many apples do I have? "
-                          "Reply in JSON with `answer` and `sure`."}],
-            "max_tokens": 128,
-            "temperature": 0,
-            "response_format": {"type": "json_schema", "json_schema": {
-                "name": "probe", "schema": PROBE_SCHEMA, "strict": True}},
-            # A thinking model (Qwen3) would spend the budget thinking before the JSON starts;
-            # templates without this switch ignore it.
-            "chat_template_kwargs": {"enable_thinking": False},
-        }
+        messages = [{"role": "user", "content":
+                     "I have 2 apples and buy 3 more. How many apples do I have? Reply with "
+                     "one short reasoning step in JSON: `title`, `content`, `next_action`."}]
+        step: StepResult | None = None
+        failure: LLMError | None = None
         try:
-            data = await self._complete(body)
-        except (aiohttp.ClientError, TimeoutError, ValueError, _HTTPStatus) as exc:
-            return Check(name, "fail", f"a json_schema request failed ({_why(exc)})", fix,
+            # A chain's own step request: when this passes, chains get parseable steps.
+            async for item in self.llm.stream_step(messages, chain_id="ponder-doctor",
+                                                   max_tokens=STEP_PROBE_TOKENS):
+                if isinstance(item, StepResult):
+                    step = item
+        except LLMError as exc:
+            failure = exc
+        fmt = self.llm.output_format
+        if fmt != "json_schema":
+            return Check(name, "fail", f"the server refused a json_schema request (chains fall "
+                         f"back to {fmt}: steps may not parse)", fix, required=required)
+        if failure is not None or step is None:
+            why = failure.detail if failure is not None else "no step came back"
+            return Check(name, "fail", f"a json_schema request failed ({why})", fix,
                          required=required)
-        choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
-        if choice.get("finish_reason") == "length":
-            return Check(name, "fail", "the JSON ran to max_tokens (whitespace?)", fix,
-                         required=required)
-        try:
-            # strict=False: control characters inside strings are legal output of the grammar.
-            parsed = json.loads(text, strict=False)
-        except json.JSONDecodeError:
-            return Check(name, "fail", f"response_format was ignored: {text[:60]!r}", fix,
-                         required=required)
-        problem = _validate_probe(parsed)
-        if problem:
-            return Check(name, "fail", f"the reply breaks the schema: {problem}", fix,
-                         required=required)
-        return Check(name, "ok", f"a json_schema request gave schema-valid JSON {text[:60]}")
+        if step.salvaged and not step.content:
+            return Check(name, "fail", "response_format was ignored: no JSON step in the reply",
+                         fix, required=required)
+        shown = json.dumps({"title": step.title, "content": step.content,
+                            "next_action": step.next_action},
+                           ensure_ascii=False, separators=(",", ":"))
+        if step.salvaged:
+            return Check(name, "fail", "the reply breaks the schema or ran to max_tokens "
+                         f"(whitespace?): {shown[:60]}", fix, required=required)
+        return Check(name, "ok", f"a json_schema request gave schema-valid JSON {shown[:60]}")
 
     async def reasoning(self) -> Check:
         name = "reasoning field"
         native = self.settings.mode == Mode.NATIVE
-        body = {
-            "model": self.settings.model,
-            "messages": [{"role": "user", "content": "What is 2 + 2?"}],
-            "max_tokens": 32,
-            "temperature": 0,
-        }
+        messages = [{"role": "user", "content": "What is 2 + 2?"}]
+        has = False
         try:
-            data = await self._complete(body)
-        except (aiohttp.ClientError, TimeoutError, ValueError, _HTTPStatus) as exc:
-            return Check(name, "fail", f"a plain request failed ({_why(exc)})",
+            async for item in self.llm.stream_text(messages, chain_id="ponder-doctor",
+                                                   max_tokens=32):
+                if isinstance(item, TextDelta) and item.reasoning:
+                    has = True
+        except LLMError as exc:
+            return Check(name, "fail", f"a plain request failed ({exc.detail})",
                          "look at the model server's log", required=native)
-        message = data["choices"][0].get("message") or {}
-        # vLLM ≥ 0.11 says `reasoning`; older servers `reasoning_content`.
-        has = bool(message.get("reasoning") or message.get("reasoning_content"))
         if has:
             return Check(name, "ok", "present: a reasoning model (PONDER_MODE=native can use it)")
         if native:
@@ -199,12 +163,6 @@ class _ModelProbe:
                          "serve a reasoning model with --reasoning-parser (e.g. qwen3), "
                          "or set PONDER_MODE=chain")
         return Check(name, "ok", "absent (fine for PONDER_MODE=chain)")
-
-
-class _HTTPStatus(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text}")
-        self.status = status
 
 
 def _why(exc: BaseException) -> str:
@@ -335,8 +293,8 @@ async def run_checks(
             _slack(settings, http, limits),
             (gpu_check or _gpu)(limits),
         )
+        probe = _ModelProbe(settings, limits)
         try:
-            probe = _ModelProbe(settings, http, limits)
             reach, ids = await probe.models()
             add(reach)
             if ids is None:
@@ -351,6 +309,7 @@ async def run_checks(
                     for name in ("structured outputs", "reasoning field"):
                         add(Check(name, "skip", "not checked: model not served", required=False))
         finally:
+            await probe.close()
             for check in await side:
                 add(check)
     return checks

@@ -175,7 +175,8 @@ class LLMClient:
 
     def _fit(self, messages: list[dict[str, str]], max_tokens: int) -> int:
         room = self.room(messages)
-        return max_tokens if room is None else max(32, min(max_tokens, room))
+        # The floor keeps a nearly full window answering; it never raises a smaller ask.
+        return max_tokens if room is None else min(max_tokens, max(32, room))
 
     async def ping(self) -> bool:
         """Whether the server answers with its model list, within the probe timeout."""
@@ -202,18 +203,20 @@ class LLMClient:
         try:
             response = await self._client.get("/models", cast_to=httpx2.Response,
                                               options={"timeout": self._probe_timeout})
-            body = response.json()
         except openai.APIStatusError as exc:
             raise self._final(self._classify(exc)) from None
         except openai.APIConnectionError as exc:
             raise self._final(_Retryable(_unreachable(exc))) from None
+        try:
+            body = response.json()
         except ValueError:
             body = None
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
-            detail = "the answer is not a model list"
-            raise LLMError("model_error", f"{self.base_url}/models: {detail} — check that "
-                           "OPENAI_BASE_URL ends in /v1", detail=detail)
+            detail = "something other than a model list"
+            raise LLMError("model_error", f"{self.base_url}/models answered {detail} — check "
+                           "that OPENAI_BASE_URL ends in /v1", detail=detail,
+                           status=response.status_code)
         return [entry for entry in data if isinstance(entry, dict)]
 
     # --- public streams ------------------------------------------------------------------

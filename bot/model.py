@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from bot.config import Settings, load_settings
+from bot.llm import LLMClient, LLMError
 
 DEFAULT_MODEL_ID = "qwen/Qwen2.5-7B-Instruct"
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -428,22 +427,16 @@ class ServerProcess:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + limit
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
+        llm = _llm(self.base_url, self.api_key, self.served_name, probe=2.0, request=limit)
+        try:
             while True:
                 if self._proc.returncode is not None:
                     raise ModelError(
                         f"the model server exited with code {self._proc.returncode} before it "
                         f"was ready{await self._log_tail()}"
                     )
-                try:
-                    async with http.get(
-                        f"{self.root_url}/health", timeout=aiohttp.ClientTimeout(total=2.0)
-                    ) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                if await llm.healthy():
+                    break
                 if loop.time() >= deadline:
                     raise ModelError(
                         f"the model server did not answer {self.root_url}/health within "
@@ -452,29 +445,23 @@ class ServerProcess:
                 await asyncio.sleep(poll)
             # /health answers before the first request has paid for warm-up (and grammar
             # compilation); one tiny completion makes "ready" mean ready.
-            body = {
-                "model": self.served_name,
-                "messages": [{"role": "user", "content": "Say OK."}],
-                "max_tokens": 1,
-                "temperature": 0,
-            }
             remaining = max(5.0, deadline - loop.time())
             try:
-                async with http.post(
-                    f"{self.base_url}/chat/completions",
-                    json=body,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
-                ) as resp:
-                    if resp.status != 200:
-                        text = (await resp.text())[:300]
-                        raise ModelError(
-                            f"the model server is up but a test completion failed "
-                            f"(HTTP {resp.status}): {text}"
-                        )
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                async with asyncio.timeout(remaining):
+                    async for _ in llm.stream_text([{"role": "user", "content": "Say OK."}],
+                                                   chain_id="ponder-ready", max_tokens=1):
+                        pass
+            except LLMError as exc:
                 raise ModelError(
-                    f"the model server is up but a test completion failed: {exc!r}"
+                    f"the model server is up but a test completion failed ({exc.detail})"
                 ) from None
+            except TimeoutError:
+                raise ModelError(
+                    f"the model server is up but a test completion failed (no answer within "
+                    f"{remaining:.0f} s)"
+                ) from None
+        finally:
+            await llm.close()
         return loop.time() - started
 
     async def stop(self, grace: float = 20.0) -> None:
@@ -515,16 +502,27 @@ class ServerProcess:
 # --- readiness of an existing server -----------------------------------------------------------
 
 
+def _llm(base_url: str, api_key: str, model: str | None = None, *, probe: float,
+         request: float) -> LLMClient:
+    """A one-try client for the server at `base_url`; `probe`: seconds for /health or /models."""
+    settings = load_settings(
+        openai_base_url=base_url, openai_api_key=api_key, temperature=0.0,
+        connect_timeout=probe / 2, request_timeout=request, max_attempts=1,
+        **({"model": model} if model else {}),
+    )
+    return LLMClient(settings)
+
+
 async def server_answers(base_url: str, api_key: str = "EMPTY", limit: float = 3.0) -> bool:
     """Whether anything answers HTTP at `base_url` (any status: it is there, even if it refuses)."""
+    llm = _llm(base_url, api_key, probe=limit, request=limit)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit)) as http:
-            async with http.get(
-                f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}
-            ):
-                return True
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
+        await llm.served_models()
+    except LLMError as exc:
+        return exc.status is not None
+    finally:
+        await llm.close()
+    return True
 
 
 def _is_local(base_url: str) -> bool:

@@ -83,6 +83,8 @@ _LABELS: dict[Language, dict[str, str]] = {
 }
 
 _RUNNING = " ⏳"
+# A final message the platform refused (after its own retries) is tried again after these.
+FINAL_POST_PAUSES = (1.0, 3.0)
 
 
 def seconds_text(seconds: float) -> str:
@@ -124,6 +126,25 @@ def failure_markdown(failure: ChainFailed, language: Language = "en") -> str:
     if failure.reason == "interrupted":
         return f"⏸️ {failure.message}"
     return f"⚠️ {failure.message}\n_{after}_"
+
+
+def still_running(shown: str) -> bool:
+    """Does a message as a platform shows it still say that Ponder is working on it?"""
+    return _RUNNING in shown or any(
+        shown.rstrip().endswith("\n" + labels["thinking"]) for labels in _LABELS.values())
+
+
+def interrupted_text(shown: str, language: Language = "en") -> str:
+    """A half-written message a dead process left (as the platform shows it, already rendered),
+    made to say it was cut short instead of "thinking…". Plain `_italic_` works on every
+    platform Ponder writes to."""
+    labels = _LABELS[language]
+    text = shown.replace(_RUNNING, "", 1).rstrip()
+    for any_labels in _LABELS.values():
+        placeholder = "\n" + any_labels["thinking"]
+        if text.endswith(placeholder):
+            text = text[: -len(placeholder)]
+    return f"{text}\n_{labels['cut_short']}_"
 
 
 # --- splitting -----------------------------------------------------------------------------
@@ -267,18 +288,32 @@ class ThreadPresenter:
                 self._want(slots[n], piece, final)
                 continue
             # New messages are posted at once and in order, so a thread reads top to bottom.
-            budget = getattr(self.surface, "post_budget", None) or self.surface.budget
-            await budget.acquire(urgent=True)
-            try:
-                handle = await self.surface.post(piece)
-            except SurfaceError:
-                log.exception("could not post a message; the chain goes on without it")
+            handle = await self._post(piece, final)
+            if handle is None:
                 return
             slot = _Slot(handle, piece, piece, time.monotonic(), final)
             slots.append(slot)
             self.outcome.handles.append(handle)
         for slot in slots[len(pieces):]:
             self._want(slot, "…", final)  # content shrank (a retried step): blank the leftovers
+
+    async def _post(self, piece: str, final: bool) -> object | None:
+        """Post one message; None when the platform would not take it. Text that is not final
+        is shown again by the next event, so one failure is enough; a final text (a finished
+        step, the answer, a failure) has nothing after it and is tried again a little later."""
+        budget = getattr(self.surface, "post_budget", None) or self.surface.budget
+        pauses = list(FINAL_POST_PAUSES) if final else []
+        while True:
+            await budget.acquire(urgent=True)
+            try:
+                return await self.surface.post(piece)
+            except SurfaceError:
+                if not pauses:
+                    log.exception("could not post a message; the chain goes on without it")
+                    return None
+                pause = pauses.pop(0)
+                log.warning("could not post a final message; trying again in %.0f s", pause)
+                await asyncio.sleep(pause)
 
     def _render_pieces(self, markdown: str) -> list[str]:
         limit = self.surface.limits.max_chars

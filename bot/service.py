@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -246,13 +245,13 @@ class Ponder:
         self._recent[(request.platform, request.asker)].append(time.monotonic())
         return self._launch(request, surface)
 
-    def _launch(self, request: ChainRequest, surface: Surface, resumed: bool = False
-                ) -> ChainHandle:
+    def _launch(self, request: ChainRequest, surface: Surface, resumed: bool = False,
+                earlier: Sequence[object] = ()) -> ChainHandle:
         key = (request.platform, request.asker)
         self._per_user[key] += 1
         CHAINS_STARTED.labels(request.platform).inc()
         CHAINS_RUNNING.inc()
-        task = asyncio.create_task(self._run(request, surface, resumed),
+        task = asyncio.create_task(self._run(request, surface, resumed, earlier),
                                    name=f"chain-{request.question.id}")
         handle = ChainHandle(request, task)
         self.running[handle.chain_id] = handle
@@ -269,7 +268,8 @@ class Ponder:
 
     # --- one chain -------------------------------------------------------------------------
 
-    async def _run(self, request: ChainRequest, surface: Surface, resumed: bool) -> Outcome:
+    async def _run(self, request: ChainRequest, surface: Surface, resumed: bool,
+                   earlier: Sequence[object] = ()) -> Outcome:
         q = request.question
         chain_id_var.set(q.id)  # this task's context: every log line names the chain
         log.info("chain started on %s by %s (%d chars)", request.platform, request.asker,
@@ -284,6 +284,7 @@ class Ponder:
         make = getattr(surface, "presenter", None)
         presenter: ThreadPresenter = make() if callable(make) else ThreadPresenter(surface)
         handle = self.running[q.id]
+        handles = _Handles(self.store, q.id, presenter, earlier)
         began = time.monotonic()
         try:
             if resumed:
@@ -300,19 +301,19 @@ class Ponder:
             async for event in self._recorded(q.id, _once(stopped)):
                 await presenter.handle(event)
             await presenter.finish()
+            await handles.save()
             return presenter.outcome
         mailbox = _Mailbox()
         handle.producer = asyncio.create_task(self._produce(q, mailbox),
                                               name=f"engine-{q.id}")
         try:
-            return await presenter.present(aiter(mailbox))
+            return await presenter.present(handles.saved_along(aiter(mailbox)))
         except asyncio.CancelledError:
             handle.producer.cancel()
             raise
         finally:
             await asyncio.gather(handle.producer, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self.store.set_handles(q.id, [_plain(h) for h in presenter.outcome.handles])
+            await handles.save()
 
     async def _produce(self, question: Question, mailbox: _Mailbox) -> None:
         began = time.monotonic()
@@ -397,13 +398,49 @@ class Ponder:
                                               reason="interrupted: thread unreachable")
                 continue
             steps = await self.store.steps(record.id)
+            settle = getattr(surface, "settle_leftovers", None)
+            if callable(settle) and record.handles:
+                # What the dead process left half-written must stop saying "thinking".
+                try:
+                    await settle(record.handles, steps)
+                except Exception:
+                    log.exception("chain %s: could not tidy its earlier messages", record.id)
             question = Question(record.question, id=record.id, history=tuple(record.history),
                                 mode=record.mode,
                                 done_steps=tuple((s.title, s.content) for s in steps))
             request = ChainRequest(platform, question, record.asker, record.channel,
                                    record.thread, record.workspace)
-            handles.append(self._launch(request, surface, resumed=True))
+            handles.append(self._launch(request, surface, resumed=True,
+                                        earlier=record.handles))
         return handles
+
+
+class _Handles:
+    """The platform handles of a chain's messages, written to the store as they are posted, so
+    a start after a crash can find (and tidy) what the dead process left half-written."""
+
+    def __init__(self, store: Store, chain_id: str, presenter: object,
+                 earlier: Sequence[object]) -> None:
+        self.store, self.chain_id, self.presenter = store, chain_id, presenter
+        self.earlier = [_plain(h) for h in earlier]  # a resumed chain's, from before
+        self.saved: list[object] = list(self.earlier)
+
+    async def save(self) -> None:
+        outcome = getattr(self.presenter, "outcome", None)
+        handles = [*self.earlier, *(_plain(h) for h in getattr(outcome, "handles", []))]
+        if handles == self.saved:
+            return
+        try:
+            await self.store.set_handles(self.chain_id, handles)
+            self.saved = handles
+        except Exception:
+            log.exception("could not record the chain's message handles")
+
+    async def saved_along(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            yield event
+            # The presenter asks for the next event once this one is shown (posted).
+            await self.save()
 
 
 async def _once(event: Event) -> AsyncIterator[Event]:

@@ -12,12 +12,13 @@ from bot.ratelimit import RateLimiter
 class RecordingSurface:
     def __init__(self, max_chars: int = 2000, edit_interval: float = 0.05,
                  budget: RateLimiter | None = None, fail_edits: int = 0,
-                 post_delay: float = 0.0) -> None:
+                 post_delay: float = 0.0, fail_posts: int = 0) -> None:
         self.limits = SurfaceLimits(max_chars=max_chars, edit_interval=edit_interval)
         self.budget = budget or RateLimiter(1000, 1.0)
         self.calls: list[tuple[str, int, str, float]] = []
         self.shown: dict[int, str] = {}
         self.fail_edits = fail_edits
+        self.fail_posts = fail_posts
         self.post_delay = post_delay  # a slow platform
 
     def render(self, markdown: str) -> str:
@@ -26,6 +27,9 @@ class RecordingSurface:
     async def post(self, text: str) -> object:
         if self.post_delay:
             await asyncio.sleep(self.post_delay)
+        if self.fail_posts:
+            self.fail_posts -= 1
+            raise SurfaceError("platform said no")
         handle = len(self.shown)
         self.shown[handle] = text
         self.calls.append(("post", handle, text, time.monotonic()))

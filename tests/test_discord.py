@@ -279,6 +279,16 @@ async def test_a_429_storm_slows_the_edits_but_the_answer_still_lands(h: Harness
     assert_no_pings(h.discord)
 
 
+async def test_a_discord_5xx_is_retried_and_the_step_still_appears(h: Harness) -> None:
+    h.discord.fail_next(1, 502, method="POST", path=r"^/channels/\d+/messages$")
+    h.llm.script(Step("Only", "the one step", "final_answer"), Text("fine"))
+    interaction = await h.ask("Flaky Discord?")
+    assert (await h.finished(interaction)).rsplit("\n", 1)[-1].startswith("✅")
+    texts = h.texts(h.thread_of(interaction))
+    assert step_header(1, "Only").match(texts[0]) and texts[-1].startswith("**Answer**\nfine")
+    assert len(h.discord.requests_to("POST", r"^/channels/\d+/messages$", status=502)) == 1
+
+
 async def test_a_5000_char_step_continues_in_the_next_messages(h: Harness) -> None:
     sentences = [f"Fact number {n} is written out in full here." for n in range(115)]
     long = " ".join(sentences)

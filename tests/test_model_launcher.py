@@ -25,6 +25,7 @@ from aiohttp import web
 
 from bot import doctor, model
 from bot.config import Settings, load_settings
+from bot.llm import STEP_SCHEMA, LLMClient, LLMError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,9 +75,15 @@ async def chat(request):
     status = int(os.environ.get("FAKE_COMPLETION_STATUS", "200"))
     if status != 200:
         return web.json_response({"error": {"message": "fake failure"}}, status=status)
-    return web.json_response({"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "OK"},
-         "finish_reason": "stop"}]})
+    if not body.get("stream"):
+        return web.json_response({"error": {"message": "this fake only streams"}}, status=400)
+    reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await reply.prepare(request)
+    chunk = {"id": "x", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}]}
+    await reply.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+    await reply.write_eof()
+    return reply
 
 async def main():
     app = web.Application()
@@ -254,7 +261,7 @@ async def test_wait_ready_waits_for_health_then_one_completion(
         kinds = [r["kind"] for r in fake.requests()]
         assert kinds[0] == "health" and "chat" in kinds
         chat = next(r["body"] for r in fake.requests() if r["kind"] == "chat")
-        assert chat["model"] == "fake" and chat["max_tokens"] == 1
+        assert chat["model"] == "fake" and chat["max_tokens"] == 1 and chat["stream"]
 
 
 async def test_wait_ready_reports_an_early_exit_with_the_log(fake: Fake, tmp_path: Path) -> None:
@@ -279,8 +286,12 @@ async def test_wait_ready_fails_when_the_test_completion_fails(
     fake: Fake, tmp_path: Path
 ) -> None:
     async with fake.server(tmp_path, FAKE_COMPLETION_STATUS="500") as server:
-        with pytest.raises(model.ModelError, match=r"test completion failed \(HTTP 500\)"):
+        started = time.monotonic()
+        with pytest.raises(model.ModelError,
+                           match=r"test completion failed \(HTTP 500: fake failure\)"):
             await server.wait_ready(limit=30, poll=0.1)
+        assert time.monotonic() - started < 10  # one try, no retries with backoff
+        assert [r["kind"] for r in fake.requests()].count("chat") == 1
 
 
 async def test_missing_interpreter_is_a_readable_error(tmp_path: Path) -> None:
@@ -492,11 +503,17 @@ DISCORD_TOKEN = (
 class FakeApis:
     """One aiohttp app that plays the model server, Discord's REST API and Slack's Web API."""
 
+    STEP = '{"title":"Adding","content":"2 + 3 = 5 apples.","next_action":"final_answer"}'
+
     def __init__(self) -> None:
         self.served = ["Qwen2.5-7B-Instruct"]
         self.honour_schema = True
+        self.reject_schema = False  # a server without structured outputs: 400 on json_schema
         self.reasoning: str | None = None
         self.models_delay = 0.0
+        self.models_status = 200
+        self.healthy = True
+        self.chats: list[dict[str, Any]] = []
         self.discord_token = DISCORD_TOKEN
         self.slack_token = "xoxb-good"
         self.seen: list[str] = []
@@ -507,6 +524,7 @@ class FakeApis:
         app = web.Application()
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/health", self.health)
         app.router.add_get("/discord/users/@me", self.discord_me)
         app.router.add_post("/slack/auth.test", self.slack_auth)
         return app
@@ -516,18 +534,38 @@ class FakeApis:
         if self.models_delay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.release.wait(), self.models_delay)
+        if self.models_status != 200:
+            return web.json_response({"error": {"message": "no"}}, status=self.models_status)
         return web.json_response({"data": [{"id": name} for name in self.served]})
 
-    async def chat(self, request: web.Request) -> web.Response:
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.healthy else 503)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen.append("chat")
-        if "response_format" in body and self.honour_schema:
-            content = '{"answer":5,"sure":"yes"}'
-        else:
-            content = "You have five apples."
-        message = {"role": "assistant", "content": content, "reasoning": self.reasoning}
-        return web.json_response(
-            {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        self.chats.append({"body": body, "headers": dict(request.headers)})
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema" and self.reject_schema:
+            return web.json_response(
+                {"error": {"message": "json_schema response_format is not supported"}},
+                status=400)
+        content = self.STEP if kind and self.honour_schema else "You have five apples."
+        # Streamed as vLLM streams: reasoning deltas (a reasoning parser's), then the content.
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if self.reasoning:
+            deltas.append({"reasoning": self.reasoning, "content": None})
+        deltas += [{"content": content[i:i + 16]} for i in range(0, len(content), 16)]
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        for n, delta in enumerate(deltas):
+            finish = "stop" if n == len(deltas) - 1 else None
+            chunk = {"object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await reply.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await reply.write(b"data: [DONE]\n\n")
+        await reply.write_eof()
+        return reply
 
     async def discord_me(self, request: web.Request) -> web.Response:
         self.seen.append("discord")
@@ -583,13 +621,71 @@ async def test_doctor_all_green(apis: FakeApis) -> None:
         "✓ settings: valid (model Qwen2.5-7B-Instruct, mode chain)",
         f"✓ model server: reachable at http://127.0.0.1:{apis.port}/v1",
         "✓ model name: Qwen2.5-7B-Instruct is served",
-        '✓ structured outputs: a json_schema request gave schema-valid JSON '
-        '{"answer":5,"sure":"yes"}',
+        "✓ structured outputs: a json_schema request gave schema-valid JSON "
+        + FakeApis.STEP[:60],
         "✓ reasoning field: absent (fine for PONDER_MODE=chain)",
         "✓ Discord: logged in as ponder (123456789012345678)",
         "✓ Slack: authenticated as ponder in Acme (Socket Mode)",
         "– GPU: none found",
     ]
+    # Both model requests went through Ponder's client: streamed, at temperature 0, and the
+    # structured one is exactly a chain's step request (the step schema, a session id).
+    step, plain = (chat["body"] for chat in apis.chats)
+    assert step["stream"] and plain["stream"]
+    assert step["temperature"] == plain["temperature"] == 0
+    assert step["response_format"]["json_schema"]["schema"] == STEP_SCHEMA
+    assert "response_format" not in plain
+    assert apis.chats[0]["headers"].get("x-session-id") == "ponder-doctor"
+
+
+async def test_doctor_fails_a_server_that_refuses_json_schema(apis: FakeApis) -> None:
+    # Ponder would fall back to json_object and go on; the doctor must still say it.
+    apis.reject_schema = True
+    checks = await doctor.run_checks(apis.settings(), gpu_check=no_gpu)
+    structured = next(c for c in checks if c.name == "structured outputs")
+    assert doctor.format_check(structured).startswith(
+        "✗ structured outputs: the server refused a json_schema request (chains fall back to "
+        "json_object")
+    assert not all(c.passed for c in checks)
+    # In native mode no step is ever asked for a schema: optional there.
+    checks = await doctor.run_checks(apis.settings(mode="native"), gpu_check=no_gpu)
+    structured = next(c for c in checks if c.name == "structured outputs")
+    assert structured.status == "fail" and not structured.required
+
+
+async def test_doctor_tells_a_refused_key_from_a_wrong_url(apis: FakeApis) -> None:
+    url = f"http://127.0.0.1:{apis.port}/v1"
+    apis.models_status = 401
+    lines = await run_doctor(apis.settings())
+    assert lines[1] == (f"✗ model server: {url} refused the API key (HTTP 401) → fix: "
+                        "set OPENAI_API_KEY to the server's key")
+    apis.models_status = 404
+    lines = await run_doctor(apis.settings())
+    assert lines[1] == (f"✗ model server: {url}/models answered HTTP 404 → fix: "
+                        "check that OPENAI_BASE_URL ends in /v1")
+    lines = await run_doctor(apis.settings(openai_base_url=f"http://127.0.0.1:{apis.port}"))
+    assert lines[1].startswith(f"✗ model server: http://127.0.0.1:{apis.port}/models answered")
+    lines = await run_doctor(apis.settings(openai_base_url=f"http://127.0.0.1:{free_port()}/v1"))
+    assert lines[1].startswith("✗ model server: no answer at ") and "(cannot connect)" in lines[1]
+
+
+async def test_client_probes_health_and_the_model_list(apis: FakeApis) -> None:
+    llm = LLMClient(apis.settings(connect_timeout=0.5))
+    try:
+        assert await llm.served_models() == ["Qwen2.5-7B-Instruct"]
+        assert await llm.healthy() and await llm.ping()
+        apis.healthy = False  # vLLM answers 503 while it loads
+        assert not await llm.healthy()
+        apis.models_status = 401
+        with pytest.raises(LLMError) as caught:
+            await llm.served_models()
+        assert caught.value.status == 401 and caught.value.detail.startswith("HTTP 401")
+        assert not await llm.ping()
+        # Refused, but there: a managed server must not be started on top of it.
+        assert await model.server_answers(llm.base_url)
+    finally:
+        await llm.close()
+    assert not await model.server_answers(f"http://127.0.0.1:{free_port()}/v1", limit=1)
 
 
 async def test_doctor_names_each_failure_and_its_fix(apis: FakeApis) -> None:

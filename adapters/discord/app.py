@@ -444,9 +444,7 @@ class DiscordBot:
                 await self._stopped_early(run)
                 return
             # Stopped by a shutdown: the service resumes it when Ponder is back.
-            link = f" · {run.where}" if run.where else ""
-            await self._quietly(run.opening.show(
-                f"↻ Interrupted by a restart; it picks up again when Ponder is back{link}"))
+            await self._quietly(run.opening.show(text.interrupted_line(run.where)))
             return
         except Exception as exc:
             log.exception("chain %s crashed", run.key)
@@ -566,7 +564,7 @@ class DiscordBot:
             return  # only threads Ponder started
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        asker = await self.ponder.store.is_ponder_thread(PLATFORM, str(thread.id))
+        asker = await self.ponder.thread_asker(PLATFORM, str(thread.id))
         if asker != str(message.author.id):
             return
         question = re.sub(rf"<@!?{client.user.id}>", "", message.content).strip()

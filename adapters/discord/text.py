@@ -68,6 +68,11 @@ def running_line(where: str | None) -> str:
     return f"Reasoning step by step in {where} …" if where else "Reasoning step by step …"
 
 
+def interrupted_line(where: str | None) -> str:
+    link = f" · {where}" if where else ""
+    return f"↻ Interrupted by a restart; it picks up again when Ponder is back{link}"
+
+
 def outcome_line(outcome: Outcome | None, error: str | None, language: Language,
                  where: str | None) -> str:
     """One line for the opening message once the chain is over."""
@@ -77,6 +82,8 @@ def outcome_line(outcome: Outcome | None, error: str | None, language: Language,
     if outcome is None:
         return f"⚠️ The chain ended without an answer.{link}"
     failure: ChainFailed | None = outcome.failure
+    if failure is not None and failure.reason == "interrupted":
+        return interrupted_line(where)
     if failure is not None and failure.reason == "cancelled":
         return f"⏹️ Stopped after {seconds_text(failure.total_seconds)} s{link}"
     if failure is not None:

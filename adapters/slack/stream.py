@@ -145,6 +145,10 @@ class _Stream:
         self.any_text = False
         self.step_sent: dict[int, str] = {}
         self.step_titles: dict[int, str] = {}
+        # Finished steps (title, content, seconds), and those Slack has taken as complete: a
+        # stream that breaks hands the others to the posts that take over.
+        self.finished: dict[int, tuple[str, str, float]] = {}
+        self.delivered: set[int] = set()
         self.task_state: dict[int, tuple[str, str]] = {}
         # Cards as the current streamed message shows them: id -> (title, status).
         self.stream_tasks: dict[str, tuple[str, str]] = {}
@@ -185,6 +189,10 @@ class _Stream:
         for chunk in chunks:
             if chunk["type"] == "task_update":
                 self.stream_tasks[chunk["id"]] = (chunk["title"], chunk["status"])
+                number = str(chunk["id"]).removeprefix("step-")
+                if chunk["status"] == "complete" and number.isdigit():
+                    # A call carries a step's text before its card completes: both landed.
+                    self.delivered.add(int(number))
 
     async def _append(self, chunks: list[dict[str, Any]]) -> None:
         if self._needs_rollover(chunks):
@@ -280,6 +288,7 @@ class _Stream:
                 self._set_task(i, self._title(i, title), "in_progress")
                 self._step_text(i, content)
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
+                self.finished[i] = (title, content, seconds)
                 self._step_text(i, content)
                 self._set_task(i, self._title(i, title, seconds), "complete")
                 self.open_step = None
@@ -418,6 +427,10 @@ class _Stream:
         self.pending = []
         presenter = ThreadPresenter(self.surface, self.language)
         self.fallback = presenter
+        for i in sorted(set(self.finished) - self.delivered):
+            # Finished while the stream was failing: never shown, so posted now.
+            title, content, seconds = self.finished[i]
+            await presenter.handle(StepFinished(i, title, content, seconds))
         if self.open_step is not None:
             i = self.open_step
             await presenter.handle(StepStarted(i))
