@@ -112,7 +112,7 @@ def step_markdown(index: int, title: str, content: str, language: Language = "en
 def answer_markdown(text: str, language: Language = "en", summary: str | None = None) -> str:
     labels = _LABELS[language]
     head = f"**{labels['answer']}**" + (_RUNNING if summary is None else "")
-    body = text.strip() or (labels["thinking"] if summary is None else "")
+    body = _fences_closed(text.strip()) or (labels["thinking"] if summary is None else "")
     out = f"{head}\n{body}".rstrip()
     return f"{out}\n\n_{summary}_" if summary is not None else out
 
@@ -178,6 +178,12 @@ def split_text(text: str, limit: int) -> list[str]:
             reopen = _FENCE + "\n"
         pieces.append(piece)
     return [p for p in pieces if p.strip()] or [""]
+
+
+def _fences_closed(shown: str) -> str:
+    """A message whose text leaves a code fence open (a model's unbalanced ```, or a code
+    block still streaming) gets it closed, so nothing after it is swallowed into code."""
+    return f"{shown}\n{_FENCE}" if shown.count(_FENCE) % 2 == 1 else shown
 
 
 def _cut_point(text: str, budget: int) -> int:
@@ -319,7 +325,7 @@ class ThreadPresenter:
         limit = self.surface.limits.max_chars
         budget = limit
         while True:
-            pieces = [self.surface.render(p) for p in split_text(markdown, budget)]
+            pieces = [_fences_closed(self.surface.render(p)) for p in split_text(markdown, budget)]
             longest = max(len(p) for p in pieces)
             if longest <= limit:
                 return pieces

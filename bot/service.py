@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -209,8 +210,10 @@ class Ponder:
         text = request.question.text.strip()
         if not self.accepting:
             return "Ponder is restarting; please ask again in a minute."
-        if not text:
-            return "Please include a question — for example `/reason question: Is 221 prime?`"
+        if not _visible(text):
+            if request.platform == "discord":
+                return "Please include a question — for example `/reason question: Is 221 prime?`"
+            return "Please include a question — for example: Is 221 prime?"
         if len(text) > s.max_question_chars:
             return (f"That question is {len(text):,} characters long; the limit is "
                     f"{s.max_question_chars:,}. Please shorten it.")
@@ -223,7 +226,8 @@ class Ponder:
             return "Sorry, Ponder is not enabled for this server or workspace."
         key = (request.platform, request.asker)
         if self._per_user[key] >= s.user_concurrency:
-            return (f"You already have {self._per_user[key]} questions being answered; "
+            n = self._per_user[key]
+            return (f"You already have {n} question{'' if n == 1 else 's'} being answered; "
                     "please wait for one to finish.")
         recent = self._recent[key]
         now = time.monotonic()
@@ -402,7 +406,7 @@ class Ponder:
             if callable(settle) and record.handles:
                 # What the dead process left half-written must stop saying "thinking".
                 try:
-                    await settle(record.handles, steps)
+                    await settle(record, steps)
                 except Exception:
                     log.exception("chain %s: could not tidy its earlier messages", record.id)
             question = Question(record.question, id=record.id, history=tuple(record.history),
@@ -441,6 +445,12 @@ class _Handles:
             yield event
             # The presenter asks for the next event once this one is shown (posted).
             await self.save()
+
+
+def _visible(text: str) -> str:
+    """What is left of `text` to read: without control and invisible formatting characters
+    (zero-width spaces and joiners, direction marks, BOMs), which alone make no question."""
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip()
 
 
 async def _once(event: Event) -> AsyncIterator[Event]:

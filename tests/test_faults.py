@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+from adapters.slack.app import LAST_WORDS
 from bot.service import Ponder
-from tests.fakes.openai_server import FAULT_KINDS, FakeOpenAI, Text
+from tests.fakes.discord_server import MESSAGE_FLAG_EPHEMERAL, FakeDiscord
+from tests.fakes.openai_server import FAULT_KINDS, FakeOpenAI, Step, Text
 from tests.fakes.slack_server import FakeSlack, Message
 from tests.slack_harness import (
     CHANNEL,
@@ -37,6 +39,10 @@ from tests.slack_harness import (
     stop_harness,
     three_steps,
 )
+from tests.test_discord import SUMMARY, assert_no_pings
+from tests.test_discord import start as discord_start
+from tests.test_discord import still_running as discord_still_running
+from tests.test_discord import stop as discord_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -287,17 +293,16 @@ def db_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 class PonderProcess:
-    """`python -m bot slack --http --port P` as a separate process, as it runs in production."""
+    """`python -m bot …` as a separate process, as it runs in production."""
 
-    def __init__(self, tmp_path: Path, slack: FakeSlack, llm: FakeOpenAI, **env: str) -> None:
-        self.port = free_port()
+    argv: tuple[str, ...] = ()
+
+    def __init__(self, tmp_path: Path, llm: FakeOpenAI, **env: str) -> None:
         self.db = tmp_path / "data" / "ponder.db"
         self.tmp_path = tmp_path
         self.env = {
             "PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-            "PYTHONPATH": str(ROOT),
-            "SLACK_BOT_TOKEN": slack.token, "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": slack.base_url, "OPENAI_BASE_URL": llm.base_url,
+            "PYTHONPATH": str(ROOT), "OPENAI_BASE_URL": llm.base_url,
             "PONDER_DB": str(self.db), "PONDER_MIN_STEPS": "4", "PONDER_MAX_STEPS": "4",
             "PONDER_REQUEST_TIMEOUT": "10", "PONDER_LOG_LEVEL": "INFO", **env,
         }
@@ -315,41 +320,18 @@ class PonderProcess:
         self.runs += 1
         with self.log.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "slack", "--http", "--port", str(self.port),
-                cwd=self.tmp_path, env=self.env, stdout=out, stderr=asyncio.subprocess.STDOUT)
-        async with aiohttp.ClientSession() as http:
-            async def ready() -> bool:
-                assert self.proc is not None
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"ponder exited {self.proc.returncode}:\n"
-                                         f"{self.log_tail()}")
-                try:
-                    async with http.get(f"http://127.0.0.1:{self.port}/healthz",
-                                        timeout=aiohttp.ClientTimeout(total=1)) as resp:
-                        return resp.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    return False
+                sys.executable, "-m", "bot", *self.argv, cwd=self.tmp_path, env=self.env,
+                stdout=out, stderr=asyncio.subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not await self.ready():
+            if self.proc.returncode is not None:
+                raise AssertionError(f"ponder exited {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ponder did not get ready:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
-            deadline = time.monotonic() + 20
-            while not await ready():
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"ponder never served /healthz:\n{self.log_tail()}")
-                await asyncio.sleep(0.05)
-
-    async def ask(self, slack: FakeSlack, text: str, user: str = "UASKER") -> Message:
-        question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> {text}", user=user)
-        body = envelope(slack, {"type": "app_mention", "user": user, "text": question.text,
-                                "ts": question.ts, "event_ts": question.ts, "channel": CHANNEL,
-                                "team": slack.team_id})
-        raw = json.dumps(body)
-        stamp = str(int(time.time()))
-        async with aiohttp.ClientSession() as http, http.post(
-                f"http://127.0.0.1:{self.port}/slack/events", data=raw,
-                timeout=aiohttp.ClientTimeout(total=10),
-                headers={"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
-                         "X-Slack-Signature": sign(raw, stamp)}) as resp:
-            assert resp.status == 200
-        return question
+    async def ready(self) -> bool:
+        raise NotImplementedError
 
     def steps_stored(self) -> int:
         rows = db_rows(self.db, "SELECT COUNT(*) FROM steps")
@@ -374,6 +356,39 @@ class PonderProcess:
             await self.proc.wait()
 
 
+class SlackProcess(PonderProcess):
+    """`python -m bot slack --http --port P` against the fake Slack."""
+
+    def __init__(self, tmp_path: Path, slack: FakeSlack, llm: FakeOpenAI, **env: str) -> None:
+        super().__init__(tmp_path, llm, SLACK_BOT_TOKEN=slack.token,
+                         SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack.base_url, **env)
+        self.port = free_port()
+        self.argv = ("slack", "--http", "--port", str(self.port))
+
+    async def ready(self) -> bool:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{self.port}/healthz",
+                    timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def ask(self, slack: FakeSlack, text: str, user: str = "UASKER") -> Message:
+        question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> {text}", user=user)
+        body = envelope(slack, {"type": "app_mention", "user": user, "text": question.text,
+                                "ts": question.ts, "event_ts": question.ts, "channel": CHANNEL,
+                                "team": slack.team_id})
+        raw = json.dumps(body)
+        stamp = str(int(time.time()))
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://127.0.0.1:{self.port}/slack/events", data=raw,
+                timeout=aiohttp.ClientTimeout(total=10),
+                headers={"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
+                         "X-Slack-Signature": sign(raw, stamp)}) as resp:
+            assert resp.status == 200
+        return question
+
 @pytest.fixture
 async def slow_llm() -> AsyncIterator[FakeOpenAI]:
     # About 0.5 s a step: time to kill a chain half-way through.
@@ -381,33 +396,43 @@ async def slow_llm() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.mark.parametrize("assistant_status", [True, False], ids=["status", "reactions"])
+def half_written(slack: FakeSlack) -> bool:
+    """A step is on screen, still in progress (a message with ⏳, or a card spinning)."""
+    return any("⏳" in m.text or any(t.status == "in_progress" for t in m.tasks.values())
+               for m in slack.bot_messages())
+
+
+@pytest.mark.parametrize("mode", ["reactions", "streaming"])
 async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
-        tmp_path: Path, slow_llm: FakeOpenAI, assistant_status: bool) -> None:
-    async with FakeSlack(streaming=False, update_limit=None,
-                         assistant_status=assistant_status) as slack:
-        ponder = PonderProcess(tmp_path, slack, slow_llm)
+        tmp_path: Path, slow_llm: FakeOpenAI, mode: str) -> None:
+    # "reactions": post + chat.update, and an ⏳ reaction on the question (the assistant
+    # status is cleared in the SIGTERM test below).
+    async with FakeSlack(streaming=mode == "streaming", update_limit=None,
+                         assistant_status=mode != "reactions") as slack:
+        ponder = SlackProcess(tmp_path, slack, slow_llm)
         try:
             await ponder.start()
             question = await ponder.ask(slack, "What is 17 times 23?")
-            await eventually(lambda: ponder.steps_stored() >= 1, 20, "a first stored step")
+            await eventually(lambda: ponder.steps_stored() >= 1 and half_written(slack), 20,
+                             "a stored step and the next one half-written")
             await ponder.kill()  # SIGKILL: no goodbye, no cleanup
             assert ponder.status() == "running"
             died_at = len(slack.thread(CHANNEL, question.ts))
             await ponder.start()
             await eventually(lambda: ponder.status() == "answered", 30, "the resumed answer")
-            await eventually(lambda: not any(
-                mark in m.text for m in slack.bot_messages() for mark in BUSY) and not any(
-                "hourglass_flowing_sand" in m.reactions for m in slack.messages.values()),
-                10, "nothing left thinking")
+            await eventually(lambda: "Thought for" in slack.thread(CHANNEL, question.ts)[-1].text
+                             and not half_written(slack), 10, "the answer, and nothing busy")
             replies = slack.thread(CHANNEL, question.ts)
-            later = "\n".join(r.text for r in replies[died_at:])
-            resumed_at = ponder.steps_stored()
-            assert "Ponder restarted — picking up again at step" in later, later
-            assert "Thought for" in replies[-1].text
-            assert resumed_at == 4
+            before, after = replies[:died_at], replies[died_at:]
+            assert after[0].text.startswith("↻ Ponder restarted — picking up again at step ")
+            assert ponder.steps_stored() == 4
+            if mode == "streaming":  # the dead process's stream was stopped, its card closed
+                assert before[0].stream_state == "stopped"
+                assert "continued below" in before[0].text
+            else:  # the step it was writing says it was cut short
+                assert any("_(cut short)_" in r.text for r in before), [r.text for r in before]
             nothing_still_thinking(slack)
-            if not assistant_status:
+            if mode == "reactions":
                 assert set(question.reactions) == {"white_check_mark"}
         finally:
             await ponder.kill()
@@ -416,14 +441,17 @@ async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
 async def test_sigterm_mid_chain_exits_in_time_and_the_restart_resumes_it(
         tmp_path: Path, slow_llm: FakeOpenAI) -> None:
     async with FakeSlack(streaming=False, update_limit=None) as slack:
-        ponder = PonderProcess(tmp_path, slack, slow_llm, PONDER_SHUTDOWN_GRACE="0.3")
+        ponder = SlackProcess(tmp_path, slack, slow_llm, PONDER_SHUTDOWN_GRACE="0.3")
         try:
             await ponder.start()
             question = await ponder.ask(slack, "What is 17 times 23?")
             await eventually(lambda: ponder.steps_stored() >= 1, 20, "a first stored step")
             assert ponder.proc is not None
             ponder.proc.send_signal(signal.SIGTERM)
+            began = time.monotonic()
             assert await ponder.wait(8) == 0, ponder.log_tail()
+            # In time: the grace, then a few seconds at most for the last words.
+            assert time.monotonic() - began < 0.3 + LAST_WORDS
             assert ponder.status() == "running"  # left for the next start to resume
             replies = slack.thread(CHANNEL, question.ts)
             assert "Ponder is restarting" in replies[-1].text, [r.text for r in replies]
@@ -437,3 +465,327 @@ async def test_sigterm_mid_chain_exits_in_time_and_the_restart_resumes_it(
             nothing_still_thinking(slack)
         finally:
             await ponder.kill()
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+async def test_questions_over_the_per_user_limit_get_a_polite_reply_in_thread(
+        tmp_path: Path, slow_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=False, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, slow_llm, user_concurrency=2, min_steps=2,
+                                max_steps=2)
+        try:
+            asked = []
+            for n in range(3):
+                question, body = h.ask(f"Question {n}?")
+                asked.append(question)
+                assert await h.post(body) == 200
+            other, body = h.ask("Someone else's question?", user="UOTHER")
+            assert await h.post(body) == 200
+            await h.settle(30)
+            ends = [thread_end(slack, q) for q in [*asked, other]]
+            assert ends == ["answered", "answered", "refused", "answered"], ends
+            refusal = h.replies(asked[2].ts)
+            assert len(refusal) == 1
+            assert refusal[0].text == ("🙅 You already have 2 questions being answered; please "
+                                       "wait for one to finish.")
+            records = await store_settled(h.ponder)
+            assert len(records) == 3 and {r.status for r in records} == {"answered"}
+            assert not any(r.thread.endswith(asked[2].ts) for r in records)
+            nothing_still_thinking(slack)
+            # Once those finished, the same person may ask again.
+            again, body = h.ask("Question 3?")
+            await h.post(body)
+            await h.settle(30)
+            assert thread_end(slack, again) == "answered"
+        finally:
+            await stop_harness(h)
+
+
+@pytest.mark.parametrize(("setting", "who", "said"), [
+    ({"allowed_users": ("UFRIEND",)}, {"user": "USTRANGER"},
+     "you are not on the list of people who may use Ponder here"),
+    ({"allowed_channels": ("C0ALLOWED",)}, {"channel": "C0ELSEWHERE"},
+     "Ponder does not answer in this channel"),
+    ({"allowed_teams": ("T0SOMEOTHER",)}, {}, "Ponder is not enabled for this server or workspace"),
+], ids=["user", "channel", "team"])
+async def test_allow_lists_refuse_with_one_clear_reply(
+        tmp_path: Path, fake_llm: FakeOpenAI, setting: dict[str, Any], who: dict[str, str],
+        said: str) -> None:
+    async with FakeSlack(streaming=False, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm, **setting)
+        try:
+            question, body = h.ask("What is 2+2?", **who)
+            assert await h.post(body) == 200
+            await h.settle()
+            replies = h.replies(question.ts, channel=question.channel)
+            assert [r.text for r in replies] == [f"🙅 Sorry, {said}."]
+            assert fake_llm.requests == []
+            assert await store_settled(h.ponder) == []
+            nothing_still_thinking(slack)
+            if "allowed_teams" not in setting:  # the allowed ones are answered
+                fake_llm.script(*three_steps())
+                allowed = {k: str(v[0]) for k, v in setting.items()}
+                ok, body = h.ask("What is 2+2?", channel=allowed.get("allowed_channels", CHANNEL),
+                                 user=allowed.get("allowed_users", "UASKER"))
+                await h.post(body)
+                await h.settle()
+                assert thread_end(slack, ok) == "answered"
+        finally:
+            await stop_harness(h)
+
+
+# --- hostile questions -------------------------------------------------------------------------
+
+FENCE_BREAKER = "```python\nprint('never closed')\n~~~\n`` ` ```` **bold _italic"
+HOSTILE = {
+    # name: (what the person writes after the mention, how it should end)
+    "empty": ("", "refused"),
+    "only-zero-width": ("\u200b\u200c\u200d\ufeff\u2060", "refused"),
+    "50kB": ("Why? " * 10_000, "refused"),
+    "control-characters": ("What is 2+2?\x00\x01\x07\x08\x1b[31mred\x1b[0m\x7f\x9b\r\n\t!",
+                           "answered"),
+    "zero-width-and-rtl": ("\u202eWhat is 2+2?\u202c \u200bab\u200dc \u2066\u05e9\u05dc\u05d5"
+                           "\u05dd\u2069 \u200f\u061c", "answered"),
+    "code-fences": (FENCE_BREAKER, "answered"),
+    "mass-mentions": ("@everyone @here <!channel> <!here> <!everyone> <!subteam^S0TEAM> "
+                      "<@U0BOSS> <#C0OTHER> hello all", "answered"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+async def test_a_hostile_question_gets_a_clear_reply_and_pings_nobody(
+        tmp_path: Path, fake_llm: FakeOpenAI, name: str) -> None:
+    text, expected = HOSTILE[name]
+    async with FakeSlack(streaming=False, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            # A model that repeats the question back (as models do), in every step and answer.
+            echo = text[:2000]
+            fake_llm.script(Step(echo[:50], echo, "continue"), Step("Again", echo, "continue"),
+                            Step("Done", f"{echo}\n{echo}", "final_answer"), Text(echo))
+            question, body = h.ask(text)
+            assert await h.post(body) == 200
+            await h.settle()
+            assert thread_end(slack, question) == expected
+            replies = h.replies(question.ts)
+            if expected == "refused":
+                assert len(replies) == 1 and fake_llm.requests == []
+                assert "/reason" not in replies[0].text  # a Slack reply speaks Slack
+            else:
+                assert len(fake_llm.requests) == 4
+                assert len(replies) == 4 and "Thought for" in replies[-1].text
+            for call in slack.calls:
+                if call.method not in ("chat.postMessage", "chat.update"):
+                    continue
+                sent = str(call.body.get("text", ""))
+                assert call.ok, (call.error, sent[:200])
+                for ping in ("<!", "<@", "<#"):  # Slack's mention syntax, unescaped
+                    assert ping not in sent, sent
+                assert not call.body.get("link_names"), call.body
+                assert len(sent) <= 4000
+                assert sent.count("```") % 2 == 0, sent  # every message renders on its own
+            records = await store_settled(h.ponder)
+            assert [r.status for r in records] == (["answered"] if expected == "answered"
+                                                   else [])
+            nothing_still_thinking(slack)
+        finally:
+            await stop_harness(h)
+
+
+async def test_a_fence_the_model_leaves_open_is_closed_before_the_summary() -> None:
+    from bot.events import FinalAnswer
+    from bot.presenter import ThreadPresenter
+    from tests.surfaces import RecordingSurface
+
+    surface = RecordingSurface()
+
+    async def events() -> AsyncIterator[Any]:
+        yield FinalAnswer("Run this:\n```python\nprint(1)", 1.0, 2.0, 3)
+
+    await ThreadPresenter(surface).present(events())
+    shown = surface.text()
+    assert shown.count("```") == 2
+    assert shown.index("print(1)") < shown.rindex("```") < shown.index("_Thought for 2.0 s")
+
+
+# --- Discord ---------------------------------------------------------------------------------
+
+
+class DiscordProcess(PonderProcess):
+    """`python -m bot discord` against the fake Discord (REST and gateway)."""
+
+    argv = ("discord",)
+
+    def __init__(self, tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI,
+                 **env: str) -> None:
+        super().__init__(tmp_path, llm, DISCORD_TOKEN=discord.token,
+                         DISCORD_API_URL=discord.api_url,
+                         DISCORD_GATEWAY_URL=discord.gateway_url,
+                         DISCORD_GUILD_IDS=str(discord.guild_id), **env)
+
+    async def ready(self) -> bool:
+        return self.log.exists() and "Discord: logged in as" in self.log.read_text(
+            errors="replace")
+
+
+def discord_texts(discord: FakeDiscord, thread_id: int) -> list[str]:
+    return [m["content"] for m in discord.channel_messages(thread_id)]
+
+
+def discord_busy(discord: FakeDiscord) -> list[str]:
+    """Messages that still show a step or answer in progress, anywhere."""
+    return [m["content"] for m in discord.messages.values()
+            if discord_still_running(m["content"])]
+
+
+class StillThinking(AssertionError):
+    """Messages still say Ponder is thinking about a chain that has ended."""
+
+
+@pytest.mark.xfail(raises=StillThinking, strict=True, reason=(
+    "DiscordSurface has no settle_leftovers(record, steps) yet: the step messages a killed "
+    "process left half-written keep their ⏳ after the chain resumes and answers"))
+async def test_a_discord_process_killed_mid_chain_resumes_it_after_a_restart(
+        tmp_path: Path, slow_llm: FakeOpenAI) -> None:
+    async with FakeDiscord() as discord:
+        ponder = DiscordProcess(tmp_path, discord, slow_llm, PONDER_MIN_STEPS="3",
+                                PONDER_MAX_STEPS="3")
+        try:
+            await ponder.start()
+            interaction = await discord.slash("reason", question="What is 17 times 23?")
+            await discord.wait_for(lambda: ponder.steps_stored() >= 1 and discord_busy(discord)
+                                   and discord.threads(), 20)
+            await ponder.kill()
+            assert ponder.status() == "running"
+            thread_id = int(discord.threads()[0]["id"])
+            died_at = len(discord_texts(discord, thread_id))
+            await ponder.start()
+            await discord.wait_for(lambda: ponder.status() == "answered", 30)
+            opening = await discord.wait_for(
+                lambda: (c := discord.messages[interaction.original_id or 0]["content"])
+                and c.rsplit("\n", 1)[-1].startswith("✅") and c, 15)
+            texts = discord_texts(discord, thread_id)
+            assert texts[died_at].startswith("↻ Ponder restarted — picking up again at step")
+            assert texts[-1].startswith("**Answer**") and SUMMARY.search(texts[-1])
+            assert f"<#{thread_id}>" in opening
+            if discord_busy(discord):
+                raise StillThinking(discord_busy(discord))
+        finally:
+            await ponder.kill()
+
+
+async def test_model_faults_on_discord_end_every_chain_answered_or_visibly_failed(
+        tmp_path: Path) -> None:
+    async with FakeDiscord() as discord, \
+            FakeOpenAI(fault_rate=0.3, seed=5, hang_seconds=5, retry_after=0.05,
+                       chunk_chars=24) as llm:
+        h = await discord_start(tmp_path, discord, llm, request_timeout=0.4, max_attempts=3,
+                                min_steps=2, max_steps=2, user_concurrency=10,
+                                user_rate_per_minute=100)
+        try:
+            interactions = [await h.ask(f"What is {n} squared?") for n in range(6)]
+            ends = []
+            for interaction in interactions:
+                opening = await h.finished(interaction, 40)
+                ends.append(opening.rsplit("\n", 1)[-1][:1])
+                texts = h.texts(h.thread_of(interaction))
+                assert not any(map(discord_still_running, texts)), texts
+                if ends[-1] == "⚠":
+                    assert texts[-1].startswith("⚠️ ") and "Gave up after" in texts[-1]
+                else:
+                    assert texts[-1].startswith("**Answer**") and SUMMARY.search(texts[-1])
+            assert set(ends) <= {"✅", "⚠"}, ends
+            assert ends.count("✅") >= 3, ends
+            records = await store_settled(h.ponder)
+            assert len(records) == 6
+            assert sum(llm.faults.values()) >= 3, llm.faults
+            assert_no_pings(discord)
+        finally:
+            await discord_stop(h)
+
+
+def ephemeral_answer(discord: FakeDiscord, interaction: Any) -> str:
+    (answer,) = discord.requests_to("POST", rf"^/interactions/{interaction.id}/")
+    assert answer.json["type"] == 4
+    assert answer.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
+    return str(answer.json["data"]["content"])
+
+
+async def test_discord_refusals_are_ephemeral_and_start_nothing(
+        tmp_path: Path, slow_llm: FakeOpenAI) -> None:
+    async with FakeDiscord() as discord:
+        other_channel = discord.add_text_channel("elsewhere")
+        h = await discord_start(tmp_path, discord, slow_llm, user_concurrency=1,
+                                allowed_users=(str(discord.alice["id"]),
+                                               str(discord.mod["id"])),
+                                allowed_channels=(str(discord.text_channel_id),),
+                                max_question_chars=4000)
+        try:
+            running = await h.ask("What is 17 times 23?")
+            await discord.wait_for(lambda: h.ponder.running, 10)
+            refused = {
+                "concurrency": (await h.ask("And another?"),
+                                "You already have 1 question being answered"),
+                "user": (await discord.slash("reason", question="Me too?", user=discord.bob),
+                         "you are not on the list of people who may use Ponder here"),
+                "channel": (await discord.slash("reason", question="Here?", user=discord.mod,
+                                                channel_id=other_channel),
+                            "Ponder does not answer in this channel"),
+                "empty": (await discord.slash("reason", question=" \u200b\u200f ",
+                                              user=discord.mod),
+                          "Please include a question — for example `/reason question:"),
+                "50kB": (await discord.slash("reason", question="Why? " * 10_000,
+                                             user=discord.mod),
+                         "characters long; the limit is 4,000"),
+            }
+            for name, (interaction, said) in refused.items():
+                await discord.wait_for(lambda i=interaction: i.response_type is not None, 10)
+                assert said in ephemeral_answer(discord, interaction), name
+            assert len(discord.threads()) == 1 and len(await h.ponder.store.chains_with_status(
+                "running")) == 1
+            await h.finished(running, 30)
+            await store_settled(h.ponder)
+        finally:
+            await discord_stop(h)
+
+
+async def test_discord_teams_allow_list_is_the_guild(tmp_path: Path,
+                                                     fake_llm: FakeOpenAI) -> None:
+    async with FakeDiscord() as discord:
+        h = await discord_start(tmp_path, discord, fake_llm, allowed_teams=("1234",))
+        try:
+            interaction = await h.ask("Allowed here?")
+            await discord.wait_for(lambda: interaction.response_type is not None, 10)
+            assert "not enabled for this server" in ephemeral_answer(discord, interaction)
+            assert fake_llm.requests == [] and not discord.threads()
+        finally:
+            await discord_stop(h)
+
+
+async def test_hostile_questions_on_discord_get_a_clear_reply_and_ping_nobody(
+        tmp_path: Path) -> None:
+    async with FakeDiscord() as discord, FakeOpenAI(echo=True) as echo_llm:
+        h = await discord_start(tmp_path, discord, echo_llm, min_steps=1, max_steps=2,
+                                user_concurrency=10)
+        try:
+            asked = {}
+            for name in ("control-characters", "zero-width-and-rtl", "code-fences",
+                         "mass-mentions"):
+                text = HOSTILE[name][0].replace("<!channel>", "@everyone").replace(
+                    "<!here>", "@here")
+                asked[name] = await h.ask(text)
+            for name, interaction in asked.items():
+                opening = await h.finished(interaction, 20)
+                assert opening.rsplit("\n", 1)[-1].startswith("✅"), (name, opening)
+                for shown in [opening, *h.texts(h.thread_of(interaction))]:
+                    assert "@everyone" not in shown and "@here" not in shown, shown
+                    assert shown.count("```") % 2 == 0, (name, shown)
+                    assert len(shown) <= 2000
+            assert_no_pings(discord)
+            records = await store_settled(h.ponder)
+            assert [r.status for r in records] == ["answered"] * 4
+            assert any("The question was: " in m["content"] for m in discord.messages.values())
+        finally:
+            await discord_stop(h)

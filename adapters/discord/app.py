@@ -57,10 +57,10 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
                  template=re.escape(STOP_PREFIX) + r"(?P<key>[0-9a-f]{1,64})"):
     """Stop on a running chain. Dynamic: it still answers after a restart (chain is gone)."""
 
-    def __init__(self, key: str, *, disabled: bool = False) -> None:
+    def __init__(self, key: str) -> None:
         super().__init__(discord.ui.Button(
             label="Stop", emoji="⏹️", style=discord.ButtonStyle.danger,
-            custom_id=f"{STOP_PREFIX}{key}", disabled=disabled))
+            custom_id=f"{STOP_PREFIX}{key}"))
         self.key = key
 
     @classmethod

@@ -53,6 +53,7 @@ THINKING, DONE, FAILED = "hourglass_flowing_sand", "white_check_mark", "x"
 INTERNAL_ERROR = ("⚠️ Something went wrong on Ponder's side while answering this. "
                   "Please try again in a moment.")
 DEDUP_SECONDS = 3600.0  # Slack retries for minutes; keep ids well beyond that
+LAST_WORDS = 5.0  # seconds a stopped chain gets, at shutdown, to write its last state
 
 
 # --- de-duplication ------------------------------------------------------------------------
@@ -192,6 +193,7 @@ class SlackBot:
         handles = await self.ponder.recover(PLATFORM, self._surface_for)
         for handle in handles:
             self._track(handle)
+            self.spawn(self._resumed(handle), name=f"slack-resumed-{handle.chain_id}")
         if handles:
             log.info("Slack: resumed %d interrupted chain(s)", len(handles))
         return handles
@@ -202,6 +204,19 @@ class SlackBot:
             return None
         return SlackSurface(self.client, self.workspace(record.workspace or self.team_id),
                             channel, thread_ts, asker=record.asker, streaming=self.streaming)
+
+    async def _resumed(self, handle: ChainHandle) -> None:
+        """A resumed chain shows "thinking" on its question again, and clears it at the end
+        (the dead process could not)."""
+        request = handle.request
+        channel, _, thread_ts = request.thread.partition(":")
+        message_ts = thread_ts
+        with contextlib.suppress(Exception):
+            message_ts = await self.ponder.store.get(_question_key(handle.chain_id)) or thread_ts
+        status = _Status(self.client, self.workspace(request.workspace or self.team_id),
+                         channel, thread_ts, message_ts)
+        await status.begin()
+        await self._until_done(handle, status, channel, thread_ts)
 
     def _track(self, handle: ChainHandle) -> None:
         self.chains[handle.chain_id] = handle
@@ -242,13 +257,16 @@ class SlackBot:
             await self._runner.cleanup()
             self._runner = None
         # A chain still running (cancelled by the service on shutdown) needs the client to
-        # show that it stopped; give it a moment before the connections go.
+        # show that it stopped, and its question's status cleared; give it a moment before
+        # the connections go. However short the grace, these last words get LAST_WORDS s:
+        # an edit may have to wait out the platform's edit interval.
+        last_words = max(grace, LAST_WORDS)
         running = [h.task for h in self.chains.values() if not h.done()]
         if running:
-            await asyncio.wait(running, timeout=grace)
+            await asyncio.wait(running, timeout=last_words)
         trackers = [t for t in self._tasks if not t.done()]
         if trackers:
-            await asyncio.wait(trackers, timeout=min(grace, 5.0))
+            await asyncio.wait(trackers, timeout=min(last_words, 5.0))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -369,15 +387,30 @@ class SlackBot:
             await self._say(channel, thread_ts, f"🙅 {refusal.message}")
             return
         self._track(handle)
+        if message_ts != thread_ts:
+            # A restart finds the question's status and reaction by this (else: thread_ts).
+            try:
+                await self.ponder.store.put(_question_key(handle.chain_id), message_ts)
+            except Exception:
+                log.exception("could not record where the question is")
         status = _Status(self.client, ws, channel, thread_ts, message_ts)
         await status.begin()
-        ok = False
+        await self._until_done(handle, status, channel, thread_ts)
+
+    async def _until_done(self, handle: ChainHandle, status: _Status, channel: str,
+                          thread_ts: str) -> None:
+        ok: bool | None = False
         try:
             outcome = await handle.wait()
             ok = outcome.answer is not None and outcome.failure is None
+            if handle.stopped_by == "shutdown" or (
+                    outcome.failure is not None and outcome.failure.reason == "interrupted"):
+                ok = None  # neither done nor failed: the next start picks it up again
         except asyncio.CancelledError:
             if not handle.task.cancelled():
                 raise  # this tracker is being stopped, not the chain
+            if handle.stopped_by == "shutdown":
+                ok = None
         except Exception:
             log.exception("chain %s crashed", handle.chain_id)
             await self._say(channel, thread_ts, INTERNAL_ERROR)
@@ -406,6 +439,7 @@ class _Status:
         self.mode: str | None = None
 
     async def begin(self) -> None:
+        """Show "thinking" (again, after a restart: an ⏳ already there is taken over)."""
         if self.ws.status_mode == "assistant":
             try:
                 await call("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
@@ -417,10 +451,11 @@ class _Status:
                 log.info("assistant status not available in %s (%s): using reactions",
                          self.ws.team_id, exc.error)
                 self.ws.status_mode = "reactions"
-        if await self._react("reactions.add", THINKING):
+        if await self._react("reactions.add", THINKING) in (None, "already_reacted"):
             self.mode = "reactions"
 
-    async def end(self, ok: bool) -> None:
+    async def end(self, ok: bool | None) -> None:
+        """✅ or ❌ for a chain that ended; `None` (stopped for a restart) only clears it."""
         if self.mode == "assistant":
             with contextlib.suppress(SlackCallError):
                 await call("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
@@ -428,18 +463,25 @@ class _Status:
                 ))
         elif self.mode == "reactions":
             await self._react("reactions.remove", THINKING)
-            await self._react("reactions.add", DONE if ok else FAILED)
+            if ok is not None:
+                await self._react("reactions.add", DONE if ok else FAILED)
 
-    async def _react(self, method: str, name: str) -> bool:
+    async def _react(self, method: str, name: str) -> str | None:
+        """None when done, else Slack's error code."""
         fn = self.client.reactions_add if method == "reactions.add" else \
             self.client.reactions_remove
         try:
             await call(method, fn(channel=self.channel, timestamp=self.message_ts, name=name))
-            return True
+            return None
         except SlackCallError as exc:
             if exc.error not in ("already_reacted", "no_reaction"):
                 log.info("%s %s failed: %s", method, name, exc.error)
-            return False
+            return exc.error
+
+
+def _question_key(chain_id: str) -> str:
+    """Where the store keeps a chain's question message ts (when it is not the thread's)."""
+    return f"slack:question:{chain_id}"
 
 
 def _from_a_bot(event: dict[str, Any]) -> bool:

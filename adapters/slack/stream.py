@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.models.messages.chunk import Chunk, MarkdownTextChunk, TaskUpdateChunk
@@ -49,6 +49,7 @@ from bot.presenter import (
 
 if TYPE_CHECKING:
     from adapters.slack.surface import SlackSurface
+    from bot.store import StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class _Stream:
         self.chars = _text_size(chunks or [])
         self.stream_tasks = {}
         self._shown(chunks or [])
-        self.outcome.handles.append(self.ts)
+        self.outcome.handles.append({"stream": self.ts})  # told apart from posted messages
 
     def _shown(self, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:
@@ -448,6 +449,33 @@ class _Stream:
         self.outcome.failure = inner.failure or self.outcome.failure
         self.outcome.steps = max(self.outcome.steps, inner.steps)
         self.outcome.total_seconds = inner.total_seconds or self.outcome.total_seconds
+
+
+async def stop_leftover_stream(surface: SlackSurface, ts: str, steps: Sequence[StepRecord],
+                               language: Language) -> None:
+    """Stop a stream a dead process left open: its last stored step's card complete, the one
+    it was thinking about marked as cut short, and a line saying the chain goes on below. A
+    stream that was stopped already (or has expired) refuses; that is fine."""
+    def title(i: int, name: str, seconds: float | None = None) -> str:
+        head = step_markdown(i, name, "", language, seconds).split("\n", 1)[0]
+        return head.replace("**", "").replace(" ⏳", "").strip()[:250]
+
+    chunks: list[dict[str, Any]] = []
+    if steps:
+        last = steps[-1]
+        chunks.append(_task(last.index, title(last.index, last.title, last.seconds), "complete"))
+    nxt = steps[-1].index + 1 if steps else 1
+    chunks.append(_task(nxt, f"{title(nxt, '')} · {_LABELS_CUT[language]}", "error"))
+    chunks.append({"type": "markdown_text", "text": _CONTINUED})
+    try:
+        await call("chat.stopStream", surface.client.chat_stopStream(
+            channel=surface.channel, ts=ts, chunks=_chunks(chunks, surface.workspace.limits
+                                                           .markdown_chunk)))
+    except SlackCallError as exc:
+        log.info("leftover stream %s not stopped (%s)", ts, exc.error)
+
+
+_LABELS_CUT: dict[Language, str] = {"en": "cut short by a restart", "zh": "因重启中断"}
 
 
 def _task(i: int, title: str, status: str) -> dict[str, Any]:

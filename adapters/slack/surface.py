@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,8 +29,10 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import to_mrkdwn
-from bot.presenter import SurfaceError, SurfaceLimits
+from bot.presenter import SurfaceError, SurfaceLimits, interrupted_text, still_running
+from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
+from bot.store import ChainRecord, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +319,35 @@ class SlackSurface:
         await call("chat.update", self.client.chat_update(
             channel=self.channel, ts=str(handle), text=text,
         ))
+
+    async def settle_leftovers(self, record: ChainRecord, steps: Sequence[StepRecord]) -> None:
+        """Before a chain a dead process left running is resumed here: its streams are
+        stopped, and its messages that still say "thinking" say they were cut short."""
+        from adapters.slack.stream import stop_leftover_stream
+
+        language = detect_language(record.question)
+        posted: set[str] = set()
+        for handle in record.handles:
+            if isinstance(handle, dict) and handle.get("stream"):
+                await stop_leftover_stream(self, str(handle["stream"]), steps, language)
+            elif isinstance(handle, str):
+                posted.add(handle)
+        if not posted:
+            return
+        try:
+            replies = await call("conversations.replies", self.client.conversations_replies(
+                channel=self.channel, ts=self.thread_ts, limit=200))
+        except SlackCallError as exc:
+            log.warning("could not read thread %s to tidy it: %s", self.thread_ts, exc.error)
+            return
+        for message in replies.get("messages") or []:
+            ts, text = str(message.get("ts", "")), str(message.get("text") or "")
+            if ts in posted and still_running(text):
+                await self.budget.acquire(urgent=True)
+                try:
+                    await self.edit(ts, interrupted_text(text, language))
+                except SlackCallError as exc:
+                    log.warning("could not tidy message %s: %s", ts, exc.error)
 
     def presenter(self) -> Any:
         """The presenter the service should use for this thread (streaming where offered)."""

@@ -143,7 +143,7 @@ class FakeOpenAI:
                  host: str = "127.0.0.1", port: int = 0, max_model_len: int = 32768,
                  record: bool = True, fault_rate: float = 0.0, seed: int | None = None,
                  fault_kinds: tuple[str, ...] = FAULT_KINDS, hang_seconds: float = 30.0,
-                 retry_after: float = 0.1) -> None:
+                 retry_after: float = 0.1, echo: bool = False) -> None:
         if chunk_chars < 1:
             raise ValueError("chunk_chars must be at least 1")
         if not 0.0 <= fault_rate <= 1.0:
@@ -166,6 +166,7 @@ class FakeOpenAI:
         self.hang_seconds = hang_seconds
         self.retry_after = retry_after
         self.faults: Counter[str] = Counter()  # random faults injected, by kind
+        self.echo = echo  # auto answers repeat the question (as models do, hostile or not)
         self._random = random.Random(seed)
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
@@ -347,8 +348,10 @@ class FakeOpenAI:
 
     def _auto(self, body: dict[str, Any]) -> Reply:
         fmt = (body.get("response_format") or {}).get("type")
+        question = next((m.get("content") for m in body["messages"] if isinstance(m, dict)
+                         and m.get("role") == "user" and isinstance(m.get("content"), str)), "")
         if fmt not in _STEP_FORMATS and not body.get("structured_outputs"):
-            return Text("The answer is 42.")
+            return Text(f"The answer to {question}" if self.echo else "The answer is 42.")
         done = 0
         for message in body["messages"]:
             if not isinstance(message, dict) or message.get("role") != "assistant":
@@ -363,6 +366,8 @@ class FakeOpenAI:
         n = done + 1
         action = "final_answer" if n >= self.auto_steps else "continue"
         content = (f"Thinking about part {n} of the problem. " * 5).strip()  # ~190 characters
+        if self.echo:
+            return Step(f"Step {n}: {question[:40]}", f"The question was: {question}", action)
         return Step(f"Step {n}", content, action)
 
     # --- answers -----------------------------------------------------------------------------
