@@ -47,6 +47,7 @@ RESUMING = "↻ Ponder restarted — picking up again at step {n}."
 WAITING = "⏳ The model server is not answering; retrying for up to {s} s."
 WAITED = "✓ The model server is answering again."
 GAVE_UP_WAITING = "The model server did not answer for {s} s; trying once more."
+WAITING_STOPPED = "The model server was not answering."
 INTERNAL = "Ponder hit an internal error on this question; please ask again."
 
 
@@ -76,17 +77,18 @@ class ChainHandle:
         self.chain_id = request.question.id
         self.task = task
         self.stopped_by: str | None = None
+        self.stop_requested = asyncio.Event()
         self.producer: asyncio.Task[None] | None = None
 
     def cancel(self, by: str = "user") -> None:
-        """Stop the chain's thinking; its thread still gets a last word (stopped/restarting)."""
+        """Stop the chain's thinking; its thread still gets a last word (stopped/restarting).
+        The chain's own task is never cancelled, so that last word is always written."""
         if self.task.done() or self.stopped_by is not None:
             return
         self.stopped_by = by
+        self.stop_requested.set()
         if self.producer is not None:
             self.producer.cancel()  # the engine ends with `chain_failed: cancelled`
-        else:
-            self.task.cancel()  # not thinking yet (waiting for the model server)
 
     def done(self) -> bool:
         return self.task.done()
@@ -275,6 +277,8 @@ class Ponder:
     async def _run(self, request: ChainRequest, surface: Surface, resumed: bool,
                    earlier: Sequence[object] = ()) -> Outcome:
         q = request.question
+        handle = self.running[q.id]
+        began = time.monotonic()
         chain_id_var.set(q.id)  # this task's context: every log line names the chain
         log.info("chain started on %s by %s (%d chars)", request.platform, request.asker,
                  len(q.text))
@@ -287,20 +291,12 @@ class Ponder:
         # A surface may bring its own presenter (Slack's native streaming); else the shared one.
         make = getattr(surface, "presenter", None)
         presenter: ThreadPresenter = make() if callable(make) else ThreadPresenter(surface)
-        handle = self.running[q.id]
         handles = _Handles(self.store, q.id, presenter, earlier)
-        began = time.monotonic()
-        try:
-            if resumed:
-                await presenter.notice(RESUMING.format(n=len(q.done_steps) + 1))
-            if not self.model_up.is_set():
-                await self._wait_for_model(presenter)
-        except asyncio.CancelledError:
-            if handle.stopped_by is None:
-                raise  # torn down from outside: nothing left to show anything with
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()  # a Stop (or shutdown) before thinking began ends only the chain
+        if resumed:
+            await presenter.notice(RESUMING.format(n=len(q.done_steps) + 1))
+        if not self.model_up.is_set() and not handle.stop_requested.is_set():
+            await self._wait_for_model(presenter, handle.stop_requested)
+        if handle.stop_requested.is_set():  # stopped before thinking began
             stopped = ChainFailed("cancelled", "stopped", time.monotonic() - began)
             async for event in self._recorded(q.id, _once(stopped)):
                 await presenter.handle(event)
@@ -335,19 +331,26 @@ class Ponder:
         finally:
             mailbox.close()
 
-    async def _wait_for_model(self, presenter: ThreadPresenter) -> None:
+    async def _wait_for_model(self, presenter: ThreadPresenter, stop: asyncio.Event) -> None:
         wait = self.settings.model_wait
         await presenter.notice(WAITING.format(s=int(wait)), key="model-wait")
         QUEUED.inc()
+        up = asyncio.create_task(self.model_up.wait())
+        stopped = asyncio.create_task(stop.wait())
         try:
-            # If it stays down, the engine's own attempts fail with a readable message.
-            await asyncio.wait_for(self.model_up.wait(), wait)
+            await asyncio.wait((up, stopped), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            stopped.cancel()
+            QUEUED.dec()
+        if self.model_up.is_set():
             await presenter.notice(WAITED, key="model-wait")
-        except TimeoutError:
+        elif not stop.is_set():
+            # It stays down: the engine's own attempts end with a readable message.
             log.warning("model server still down after %.0f s; trying anyway", wait)
             await presenter.notice(GAVE_UP_WAITING.format(s=int(wait)), key="model-wait")
-        finally:
-            QUEUED.dec()
+        else:
+            await presenter.notice(WAITING_STOPPED, key="model-wait")
 
     async def _recorded(self, chain_id: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         platform = ""

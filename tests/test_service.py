@@ -187,3 +187,22 @@ async def test_stop_while_the_platform_is_slow_still_says_stopped(tmp_path: Path
         await ponder.close()
     assert outcome.failure is not None and outcome.failure.reason == "cancelled"
     assert "⏹️ Stopped after" in surface.text()
+
+
+async def test_stop_before_thinking_began_is_shown_and_recorded(tmp_path: Path) -> None:
+    ponder = Ponder(make_settings("http://127.0.0.1:9/v1", tmp_path, model_wait=30,
+                                  health_interval=0.1))
+    await ponder.start()
+    for _ in range(50):
+        if not ponder.model_up.is_set():
+            break
+        await asyncio.sleep(0.05)
+    surface = RecordingSurface()
+    handle = ponder.submit(request(), surface)
+    handle.cancel()  # before its task even ran
+    outcome = await asyncio.wait_for(handle.wait(), 5)
+    assert outcome.failure is not None and outcome.failure.reason == "cancelled"
+    assert "⏹️ Stopped after" in surface.text()
+    record = await ponder.store.chain(handle.chain_id)
+    assert record is not None and record.status == "cancelled"
+    await ponder.close()
