@@ -242,8 +242,10 @@ class ThreadPresenter:
         match event:
             case ChainStarted(language=language):
                 self.language = language
-            case StepStarted(index=i):
-                await self._show(("step", i), step_markdown(i, "", "", self.language))
+            case StepStarted():
+                # Nothing to post yet: the message appears with the step's first words, and a
+                # step that finishes before then is posted once, already final (no edit spent).
+                pass
             case StepDelta(index=i, title=title, content=content):
                 await self._show(("step", i), step_markdown(i, title, content, self.language))
             case StepFinished(index=i, title=title, content=content, seconds=seconds):

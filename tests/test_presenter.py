@@ -186,4 +186,22 @@ async def test_a_step_that_never_got_content_does_not_say_thinking_after_failure
     items: list[Event] = [ChainStarted("c", "q", "chain", "en"), StepStarted(1),
                           ChainFailed("model_unavailable", "down", 1.0)]
     await ThreadPresenter(surface).present(events_of(items))
-    assert "thinking" not in surface.shown[0] and "(cut short)" in surface.shown[0]
+    assert "thinking" not in surface.text() and "⏳" not in surface.text()
+    assert surface.shown[0].startswith("⚠️ down")
+
+
+async def test_a_step_that_starts_with_content_costs_one_post_and_no_edit() -> None:
+    surface = RecordingSurface()
+    items = [ChainStarted("c", "q", "chain", "en"), StepStarted(1),
+             StepFinished(1, "Quick", "done at once", 0.1), FinalAnswer("ok", 0.1, 0.2, 1)]
+    await ThreadPresenter(surface).present(events_of(items))
+    assert [c[0] for c in surface.calls] == ["post", "post"]
+    assert surface.shown[0].startswith("**Step 1 · Quick** · 0.1 s")
+
+
+async def test_a_cut_short_step_says_so() -> None:
+    surface = RecordingSurface()
+    items: list[Event] = [ChainStarted("c", "q", "chain", "en"), StepStarted(1),
+                          StepDelta(1, "Half", ""), ChainFailed("model_unavailable", "down", 1.0)]
+    await ThreadPresenter(surface).present(events_of(items))
+    assert "(cut short)" in surface.shown[0] and "thinking" not in surface.text()
