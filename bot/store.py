@@ -235,3 +235,6 @@ class Store:
     async def put(self, key: str, value: str) -> None:
         await self._call(self._conn.execute,
                          "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._conn.execute, "DELETE FROM kv WHERE key=?", (key,))

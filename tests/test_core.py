@@ -90,6 +90,8 @@ async def test_store_keeps_chains_steps_history_and_dedup(tmp_path: Path) -> Non
     assert await reopened.first_sight("Ev1") is False
     await reopened.put("k", "v")
     assert await reopened.get("k") == "v"
+    await reopened.delete("k")
+    assert await reopened.get("k") is None
     await reopened.close()
 
 

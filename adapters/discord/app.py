@@ -435,24 +435,20 @@ class DiscordBot:
         error: str | None = None
         try:
             outcome = await run.handle.wait()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # we are being stopped ourselves; `_settle` already waited
-            if run.handle.stopped_by == "user":
-                # Stopped before its task ever ran: nothing was shown in the thread yet.
-                await self._stopped_early(run)
-                return
-            # Stopped by a shutdown: the service resumes it when Ponder is back.
-            await self._quietly(run.opening.show(text.interrupted_line(run.where)))
-            return
         except Exception as exc:
             log.exception("chain %s crashed", run.key)
             error = f"Something went wrong while thinking: {_describe(exc)}"
         finally:
             self.runs.pop(run.key, None)
+        if outcome is not None and outcome.failure is not None and (
+                outcome.failure.reason == "interrupted"):
+            # Stopped by a shutdown: the service resumes it when Ponder is back.
+            await self._quietly(run.opening.show(text.interrupted_line(run.where)))
+            return
         line = text.outcome_line(outcome, error, run.language, run.where)
         await self._quietly(run.opening.show(line))
+        with contextlib.suppress(Exception):
+            await self.ponder.store.delete(_opening_key(run.key))  # only a resume needs it
 
     async def _stopped_early(self, run: Run) -> None:
         seconds = time.monotonic() - run.created
