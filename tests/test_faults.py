@@ -198,6 +198,8 @@ async def test_a_slack_429_storm_and_5xx_still_land_every_answer(tmp_path: Path)
                 questions.append(question)
                 assert await h.post(body) == 200
             await h.settle(60)
+            t0 = slack.calls[0].at
+            print([(c.method[5:], c.status, round(c.at - t0, 2)) for c in slack.calls])
             assert slack.count("chat.postMessage", 503) == 5 and slack.rate_limited == 6
             for question in questions:
                 assert thread_end(slack, question) == "answered"
@@ -750,6 +752,7 @@ async def test_discord_refusals_are_ephemeral_and_start_nothing(
                 "running")) == 1
             assert running.response_type == 5  # the one that runs was deferred, not refused
         finally:
+            await h.ponder.drain(0)
             await discord_stop(h)
 
 

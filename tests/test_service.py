@@ -206,3 +206,26 @@ async def test_stop_before_thinking_began_is_shown_and_recorded(tmp_path: Path) 
     record = await ponder.store.chain(handle.chain_id)
     assert record is not None and record.status == "cancelled"
     await ponder.close()
+
+
+async def test_metrics_and_health_are_served(tmp_path: Path) -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with FakeOpenAI(auto_steps=2) as fake:
+        ponder = await started(fake, tmp_path, metrics_port=port)
+        await ponder.submit(request(), RecordingSurface()).wait()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                body = await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                health = (resp.status, await resp.json())
+        await ponder.close()
+    assert 'ponder_chains_finished_total{outcome="answered",platform="test"}' in body
+    assert "ponder_step_seconds_bucket" in body and "ponder_model_call_seconds_count" in body
+    assert "ponder_chains_running 0.0" in body
+    assert health == (200, {"ok": True})

@@ -23,6 +23,7 @@ import aiohttp
 import discord
 
 from adapters.discord.text import MAX_CONTENT, render
+from bot.metrics import PLATFORM_429, PLATFORM_CALLS
 from bot.presenter import SurfaceError, SurfaceLimits
 from bot.ratelimit import RateLimiter
 
@@ -107,9 +108,11 @@ class RestObserver:
                       params: aiohttp.TraceRequestEndParams) -> None:
         status = params.response.status
         self.calls[f"{params.method} {status}"] += 1
+        PLATFORM_CALLS.labels("discord", params.method).inc()
         if status != 429:
             return
         self.rate_limited += 1
+        PLATFORM_429.labels("discord").inc()
         headers = params.response.headers
         wait = _seconds(headers.get("X-RateLimit-Reset-After")) or _seconds(
             headers.get("Retry-After")) or 1.0

@@ -29,6 +29,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import to_mrkdwn
+from bot.metrics import PLATFORM_429, PLATFORM_CALLS
 from bot.presenter import SurfaceError, SurfaceLimits, interrupted_text, still_running
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
@@ -243,7 +244,22 @@ def new_session(limits: SlackLimits) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=limits.request_timeout, connect=10),
         connector=aiohttp.TCPConnector(limit=64),
+        trace_configs=[_metrics_trace()],
     )
+
+
+def _metrics_trace() -> aiohttp.TraceConfig:
+    """Every Web API call and every 429 counted, by method (`chat.update`, ...)."""
+    async def on_end(session: aiohttp.ClientSession, context: object,
+                     params: aiohttp.TraceRequestEndParams) -> None:
+        method = params.url.path.rsplit("/", 1)[-1]
+        PLATFORM_CALLS.labels("slack", method).inc()
+        if params.response.status == 429:
+            PLATFORM_429.labels("slack").inc()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    return trace
 
 
 def slack_error(exc: BaseException) -> str:
