@@ -42,7 +42,10 @@ class SurfaceLimits:
 class Surface(Protocol):
     """What a platform provides. Optional extras, looked up by name:
     `post_budget` (a RateLimiter for new messages when the platform limits posts apart from
-    edits) and `presenter()` (a presenter of its own, e.g. for a platform's native streaming).
+    edits), `presenter()` (a presenter of its own, e.g. for a platform's native streaming) and
+    `async settle_leftovers(record, steps)` (called by `Ponder.recover` before a chain a dead
+    process left running is resumed on this surface: make the messages whose handles the store
+    kept (`record.handles`) stop saying "thinking"; `interrupted_text` words them).
     """
 
     limits: SurfaceLimits

@@ -69,18 +69,25 @@ def thread_end(slack: FakeSlack, question: Message) -> str:
     return f"unclear: {replies[-1].text[:200]!r}"
 
 
-def nothing_still_thinking(slack: FakeSlack) -> None:
-    """No message, status or reaction anywhere still says Ponder is thinking."""
+def still_thinking(slack: FakeSlack) -> list[str]:
+    """Whatever still says Ponder is thinking: a message, a streamed card, a status, an ⏳."""
+    busy = []
     for msg in slack.bot_messages():
-        assert not any(mark in msg.text for mark in BUSY), msg.text
-        assert msg.stream_state in (None, "stopped"), msg.text
-        assert all(task.status != "in_progress" for task in msg.tasks.values()), msg.tasks
+        if any(mark in msg.text for mark in BUSY) or msg.stream_state == "streaming" or any(
+                task.status == "in_progress" for task in msg.tasks.values()):
+            busy.append(f"message {msg.ts}: {msg.text[-200:]!r} {msg.stream_state} {msg.tasks}")
     last: dict[tuple[str, str], str] = {}
     for channel, thread_ts, status in slack.statuses:
         last[(channel, thread_ts)] = status
-    assert all(status == "" for status in last.values()), last
-    for msg in slack.messages.values():
-        assert "hourglass_flowing_sand" not in msg.reactions, msg.text
+    busy += [f"status of {where}: {status!r}" for where, status in last.items() if status]
+    busy += [f"⏳ on {msg.ts}" for msg in slack.messages.values()
+             if "hourglass_flowing_sand" in msg.reactions]
+    return busy
+
+
+def nothing_still_thinking(slack: FakeSlack) -> None:
+    """No message, status or reaction anywhere still says Ponder is thinking."""
+    assert still_thinking(slack) == []
 
 
 async def store_settled(ponder: Ponder) -> list[Any]:
@@ -198,8 +205,6 @@ async def test_a_slack_429_storm_and_5xx_still_land_every_answer(tmp_path: Path)
                 questions.append(question)
                 assert await h.post(body) == 200
             await h.settle(60)
-            t0 = slack.calls[0].at
-            print([(c.method[5:], c.status, round(c.at - t0, 2)) for c in slack.calls])
             assert slack.count("chat.postMessage", 503) == 5 and slack.rate_limited == 6
             for question in questions:
                 assert thread_end(slack, question) == "answered"
@@ -265,7 +270,7 @@ async def test_a_final_message_the_platform_refuses_is_posted_again(
 
 
 async def eventually(check: Callable[[], T | None], seconds: float, what: str,
-                     interval: float = 0.05) -> T:
+                     interval: float = 0.05, explain: Callable[[], object] | None = None) -> T:
     """Poll `check` until it returns something truthy, or fail after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
@@ -273,7 +278,8 @@ async def eventually(check: Callable[[], T | None], seconds: float, what: str,
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+            seen = f": {explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}{seen}")
         await asyncio.sleep(interval)
 
 
@@ -423,7 +429,9 @@ async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
             await ponder.start()
             await eventually(lambda: ponder.status() == "answered", 30, "the resumed answer")
             await eventually(lambda: "Thought for" in slack.thread(CHANNEL, question.ts)[-1].text
-                             and not half_written(slack), 10, "the answer, and nothing busy")
+                             and not still_thinking(slack), 10, "the answer, and nothing busy",
+                             explain=lambda: (still_thinking(slack), [
+                                 r.text[:60] for r in slack.thread(CHANNEL, question.ts)]))
             replies = slack.thread(CHANNEL, question.ts)
             before, after = replies[:died_at], replies[died_at:]
             assert after[0].text.startswith("↻ Ponder restarted — picking up again at step ")
@@ -460,8 +468,8 @@ async def test_sigterm_mid_chain_exits_in_time_and_the_restart_resumes_it(
             nothing_still_thinking(slack)
             await ponder.start()
             await eventually(lambda: ponder.status() == "answered", 30, "the resumed answer")
-            await eventually(lambda: "Thought for" in slack.thread(CHANNEL, question.ts)[-1].text,
-                             10, "the answer in the thread")
+            await eventually(lambda: "Thought for" in slack.thread(CHANNEL, question.ts)[-1].text
+                             and not still_thinking(slack), 10, "the answer, and nothing busy")
             shown = "\n".join(r.text for r in slack.thread(CHANNEL, question.ts))
             assert "picking up again at step" in shown
             nothing_still_thinking(slack)
@@ -794,3 +802,33 @@ async def test_hostile_questions_on_discord_get_a_clear_reply_and_ping_nobody(
             assert any("The question was: " in m["content"] for m in discord.messages.values())
         finally:
             await discord_stop(h)
+
+
+async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    """The ⏳ a dead process left is on the question, not on the thread's first message:
+    where the question was is kept in the store, and a restart finds it there."""
+    from adapters.slack.app import _question_key
+    from bot.store import ChainRecord
+
+    async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack:
+        parent = slack.add_user_message(CHANNEL, "Let's talk numbers", user="UOTHER")
+        question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> What is 2+2?",
+                                          thread_ts=parent.ts)
+        question.reactions["hourglass_flowing_sand"] = {slack.bot_user_id}  # left by the dead
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            await h.ponder.store.start_chain(ChainRecord(
+                id="c1", platform="slack", question="What is 2+2?", mode="chain",
+                workspace=slack.team_id, channel=CHANNEL, thread=f"{CHANNEL}:{parent.ts}",
+                asker="UASKER"))
+            await h.ponder.store.put(_question_key("c1"), question.ts)
+            fake_llm.script(*three_steps())
+            (handle,) = await h.bot.recover()
+            await h.settle()
+            assert (await handle.wait()).answer == "**4**"
+            assert set(question.reactions) == {"white_check_mark"}
+            assert parent.reactions == {}
+            nothing_still_thinking(slack)
+        finally:
+            await stop_harness(h)
