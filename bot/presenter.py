@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -148,6 +149,15 @@ def interrupted_text(shown: str, language: Language = "en") -> str:
         if text.endswith(placeholder):
             text = text[: -len(placeholder)]
     return f"{text}\n_{labels['cut_short']}_"
+
+
+_STEP_HEAD = re.compile(r"^\*{1,2}(?:Step (\d+)|第 (\d+) 步)(?: · |\*)")
+
+
+def shown_step(shown: str) -> int | None:
+    """The step a message (as a platform shows it: `**` or Slack's `*` bold) begins, if any."""
+    match = _STEP_HEAD.match(shown)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 # --- splitting -----------------------------------------------------------------------------

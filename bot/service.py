@@ -390,8 +390,11 @@ class Ponder:
                       surface_for: Callable[[ChainRecord], Awaitable[Surface | None]]
                       ) -> list[ChainHandle]:
         """Chains of `platform` left running by a dead process: resumed from their last stored
-        step where the thread can still be written, else closed with a visible message there."""
-        handles = []
+        step where the thread can still be written, else closed with a visible message there.
+
+        All of them are tidied first (`settle_leftovers`, where the surface has it), then all
+        resumed: while a surface tidies, nothing of this process writes to its thread yet."""
+        ready: list[tuple[ChainRecord, Surface, list[StepRecord]]] = []
         for record in await self.store.chains_with_status("running"):
             if record.platform != platform or record.id in self.running:
                 continue
@@ -406,12 +409,15 @@ class Ponder:
                 continue
             steps = await self.store.steps(record.id)
             settle = getattr(surface, "settle_leftovers", None)
-            if callable(settle) and record.handles:
+            if callable(settle):
                 # What the dead process left half-written must stop saying "thinking".
                 try:
                     await settle(record, steps)
                 except Exception:
                     log.exception("chain %s: could not tidy its earlier messages", record.id)
+            ready.append((record, surface, steps))
+        handles = []
+        for record, surface, steps in ready:
             question = Question(record.question, id=record.id, history=tuple(record.history),
                                 mode=record.mode,
                                 done_steps=tuple((s.title, s.content) for s in steps))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -426,6 +427,7 @@ async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
             await ponder.kill()  # SIGKILL: no goodbye, no cleanup
             assert ponder.status() == "running"
             died_at = len(slack.thread(CHANNEL, question.ts))
+            left_busy = [m for m in slack.thread(CHANNEL, question.ts) if "⏳" in m.text]
             await ponder.start()
             await eventually(lambda: ponder.status() == "answered", 30, "the resumed answer")
             await eventually(lambda: "Thought for" in slack.thread(CHANNEL, question.ts)[-1].text
@@ -439,8 +441,11 @@ async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
             if mode == "streaming":  # the dead process's stream was stopped, its card closed
                 assert before[0].stream_state == "stopped"
                 assert "continued below" in before[0].text
-            else:  # the step it was writing says it was cut short
-                assert any("_(cut short)_" in r.text for r in before), [r.text for r in before]
+            else:  # what it left half-written shows its stored step, or says it was cut short
+                assert left_busy
+                for msg in left_busy:
+                    assert msg.text.endswith("_(cut short)_") or re.match(
+                        r"\*Step \d+ · [^*]+\* · \d+\.\d s\n", msg.text), msg.text
             nothing_still_thinking(slack)
             if mode == "reactions":
                 assert set(question.reactions) == {"white_check_mark"}
@@ -830,5 +835,46 @@ async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
             assert set(question.reactions) == {"white_check_mark"}
             assert parent.reactions == {}
             nothing_still_thinking(slack)
+        finally:
+            await stop_harness(h)
+
+
+async def test_a_restart_tidies_a_message_posted_just_before_the_crash(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    """A process killed between posting a message and recording its handle: the message is
+    still found (the bot's, in the thread, after the chain's first one) and tidied."""
+    from bot.store import ChainRecord, StepRecord
+
+    async with FakeSlack(streaming=False, update_limit=None) as slack:
+        question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> What is 2+2?")
+        mine = []
+        for text in ("*Step 1 · Restate* ⏳\nWe need", "*Step 2* ⏳\nthinking…"):
+            msg = Message(CHANNEL, slack.next_ts(), question.ts, text, bot_id=slack.bot_id,
+                          texts=[text])
+            slack.messages[(CHANNEL, msg.ts)] = msg
+            mine.append(msg)
+        other = slack.add_user_message(CHANNEL, "I am waiting ⏳", user="UOTHER",
+                                       thread_ts=question.ts)
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            store = h.ponder.store
+            await store.start_chain(ChainRecord(
+                id="c1", platform="slack", question="What is 2+2?", mode="chain",
+                workspace=slack.team_id, channel=CHANNEL, thread=f"{CHANNEL}:{question.ts}",
+                asker="UASKER", handles=[mine[0].ts]))  # the second was never recorded
+            await store.add_step("c1", StepRecord(1, "Restate", "We need 2+2.", 1.0))
+            fake_llm.script(Step("Add", "2+2 is 4.", "continue"),
+                            Step("Check", "4-2 is 2.", "final_answer"), Text("4"))
+            (handle,) = await h.bot.recover()
+            await h.settle()
+            assert (await handle.wait()).answer == "4"
+            # Step 1 was stored: its message gets its whole text; step 2 was cut short.
+            assert mine[0].text == "*Step 1 · Restate* · 1.0 s\nWe need 2+2."
+            assert mine[1].text == "*Step 2*\n_(cut short)_"
+            assert other.text == "I am waiting ⏳"  # a person's message is not Ponder's to edit
+            nothing_still_thinking(slack)
+            record = await store.chain("c1")
+            assert record is not None and record.status == "answered"
+            assert record.handles[0] == mine[0].ts and len(record.handles) > 1  # old + new
         finally:
             await stop_harness(h)

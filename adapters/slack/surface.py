@@ -30,7 +30,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import to_mrkdwn
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.presenter import SurfaceError, SurfaceLimits, interrupted_text, still_running
+from bot.presenter import (
+    SurfaceError,
+    SurfaceLimits,
+    interrupted_text,
+    shown_step,
+    step_markdown,
+    still_running,
+)
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
 from bot.store import ChainRecord, StepRecord
@@ -155,6 +162,15 @@ class Workspace:
             self.append_budget.pause(seconds)
         elif method in ("chat.startStream", "chat.stopStream"):
             self.stream_starts.pause(seconds)
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    """A Slack `ts` ("1700000000.000100") in time order (floats would round it)."""
+    whole, _, frac = ts.partition(".")
+    try:
+        return int(whole), int(frac or 0)
+    except ValueError:
+        return 0, 0
 
 
 def channel_kind(channel: str) -> str:
@@ -338,7 +354,11 @@ class SlackSurface:
 
     async def settle_leftovers(self, record: ChainRecord, steps: Sequence[StepRecord]) -> None:
         """Before a chain a dead process left running is resumed here: its streams are
-        stopped, and its messages that still say "thinking" say they were cut short."""
+        stopped, and its messages that still say "thinking" say they were cut short.
+
+        Its messages are the handles the store kept, and any bot message in the thread after
+        the first of them that still says "thinking" (a post the process died before it could
+        record). Nothing of this process writes to the thread yet (`Ponder.recover`)."""
         from adapters.slack.stream import stop_leftover_stream
 
         language = detect_language(record.question)
@@ -346,24 +366,33 @@ class SlackSurface:
         for handle in record.handles:
             if isinstance(handle, dict) and handle.get("stream"):
                 await stop_leftover_stream(self, str(handle["stream"]), steps, language)
+                posted.add(str(handle["stream"]))
             elif isinstance(handle, str):
                 posted.add(handle)
-        if not posted:
-            return
+        first = min((_ts_key(ts) for ts in posted), default=(0, 0))
         try:
             replies = await call("conversations.replies", self.client.conversations_replies(
                 channel=self.channel, ts=self.thread_ts, limit=200))
         except SlackCallError as exc:
             log.warning("could not read thread %s to tidy it: %s", self.thread_ts, exc.error)
             return
+        finished = {s.index: s for s in steps}
         for message in replies.get("messages") or []:
             ts, text = str(message.get("ts", "")), str(message.get("text") or "")
-            if ts in posted and still_running(text):
-                await self.budget.acquire(urgent=True)
-                try:
-                    await self.edit(ts, interrupted_text(text, language))
-                except SlackCallError as exc:
-                    log.warning("could not tidy message %s: %s", ts, exc.error)
+            ours = ts in posted or (bool(message.get("bot_id")) and _ts_key(ts) > first)
+            if not ours or not still_running(text):
+                continue
+            tidy = interrupted_text(text, language)
+            step = finished.get(shown_step(text) or 0)
+            if step is not None:  # it finished (it is stored) before its last edit was made
+                whole = self.render(step_markdown(step.index, step.title, step.content,
+                                                  language, step.seconds))
+                tidy = whole if len(whole) <= self.limits.max_chars else tidy
+            await self.budget.acquire(urgent=True)
+            try:
+                await self.edit(ts, tidy)
+            except SlackCallError as exc:  # e.g. another app's message: not ours to edit
+                log.warning("could not tidy message %s: %s", ts, exc.error)
 
     def presenter(self) -> Any:
         """The presenter the service should use for this thread (streaming where offered)."""
