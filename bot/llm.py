@@ -44,6 +44,9 @@ STEP_SCHEMA: dict[str, Any] = {
 RAW_STREAM = ("X-Stainless-Raw-Response", "stream")
 
 # Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
+# Live progress of a step is re-parsed at most this often (seconds): nobody redraws faster.
+PROGRESS_INTERVAL = 0.05
+
 _NO_SERVER = "cannot connect"
 _TIMED_OUT = "timed out"
 
@@ -231,6 +234,7 @@ class LLMClient:
             raw = ""
             shown = StepProgress("", "")
             finish: str | None = None
+            parsed_at = 0.0
             async for item in self._retrying(messages, chain_id, budget, structured=True):
                 if isinstance(item, Restart):
                     raw, shown = "", StepProgress("", "")
@@ -240,6 +244,10 @@ class LLMClient:
                     finish = item.finish_reason
                     break
                 raw += item.content
+                now = time.monotonic()
+                if now - parsed_at < PROGRESS_INTERVAL:
+                    continue  # nobody redraws faster than this; the result carries the rest
+                parsed_at = now
                 partial = parse_step(raw, complete=False)
                 if partial is not None:
                     progress = StepProgress(_text(partial.get("title")),
@@ -338,9 +346,12 @@ class LLMClient:
             # token, which at hundreds of concurrent chains costs more than everything else.
             response = await self._client.post(
                 "/chat/completions",
-                body=body,
+                # Serialised here: the SDK's own body handling copies and walks the whole
+                # growing conversation on every request.
+                content=json.dumps(body, ensure_ascii=False).encode(),
                 cast_to=httpx2.Response,
                 options={"headers": {RAW_STREAM[0]: RAW_STREAM[1],
+                                     "Content-Type": "application/json",
                                      self.settings.session_header: chain_id}},
             )
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
@@ -353,11 +364,8 @@ class LLMClient:
         except openai.APIConnectionError as exc:
             raise _Retryable(_unreachable(exc)) from None
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for data in _sse_data(response):
+                if data == b"[DONE]":
                     return
                 event = json.loads(data)
                 if "error" in event:
@@ -418,6 +426,20 @@ class LLMClient:
         hint = " — check PONDER_MODEL" if exc.status_code == 404 else ""
         return (f"the model server refused the request (HTTP {exc.status_code}: "
                 f"{_error_text(exc)}){hint}")
+
+
+async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a Server-Sent Events body, split from raw bytes (the text and
+    line layers above them cost more than the JSON parsing at many tokens a second)."""
+    pending = b""
+    async for block in response.aiter_bytes():  # decoded, should a proxy compress
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
 
 
 # --- parsing ---------------------------------------------------------------------------------

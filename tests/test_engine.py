@@ -32,6 +32,7 @@ def final(events: list[object]) -> FinalAnswer:
 
 
 async def test_a_chain_streams_steps_then_a_final_answer(fake_llm: FakeOpenAI) -> None:
+    fake_llm.chunk_delay = 0.02  # tokens at a model's pace, so the step visibly grows
     fake_llm.script(Step("Restate", "We need 2+2.", "continue"),
                     Step("Add", "2+2 is 4.", "continue"),
                     Step("Check", "4-2 is 2, so 4 is right.", "final_answer"),

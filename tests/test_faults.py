@@ -835,6 +835,7 @@ async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
             assert set(question.reactions) == {"white_check_mark"}
             assert parent.reactions == {}
             nothing_still_thinking(slack)
+            assert await h.ponder.store.get(_question_key("c1")) is None  # not kept forever
         finally:
             await stop_harness(h)
 

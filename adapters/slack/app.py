@@ -416,6 +416,10 @@ class SlackBot:
             await self._say(channel, thread_ts, INTERNAL_ERROR)
         if handle.done():
             await status.end(ok)
+            if ok is not None and status.message_ts != thread_ts:
+                # Over for good: where its question was is not needed by any restart.
+                with contextlib.suppress(Exception):
+                    await self.ponder.store.delete(_question_key(handle.chain_id))
 
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
         """One plain reply in the thread (refusals, errors); failures are only logged."""
