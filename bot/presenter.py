@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from bot.events import (
     StepStarted,
 )
 from bot.ratelimit import RateLimiter
+from bot.store import StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,23 @@ def interrupted_text(shown: str, language: Language = "en") -> str:
 
 
 _STEP_HEAD = re.compile(r"^\*{1,2}(?:Step (\d+)|第 (\d+) 步)(?: · |\*)")
+
+
+def settled_text(shown: str, steps: Sequence[StepRecord], language: Language,
+                 render: Callable[[str], str], max_chars: int) -> str | None:
+    """What a message a dead process left should say now, or None when it is not unfinished:
+    the step's stored final text when that step was finished (its last edit was lost), else
+    the half-written text marked as cut short."""
+    if not still_running(shown):
+        return None
+    number = shown_step(shown)
+    for step in steps:
+        if step.index == number:
+            whole = render(step_markdown(step.index, step.title, step.content, language,
+                                         step.seconds))
+            if len(whole) <= max_chars:
+                return whole
+    return interrupted_text(shown, language)
 
 
 def shown_step(shown: str) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import unicodedata
@@ -467,4 +468,7 @@ async def _once(event: Event) -> AsyncIterator[Event]:
 
 
 def _plain(handle: object) -> object:
+    """A platform handle as the store can keep it (JSON)."""
+    if dataclasses.is_dataclass(handle) and not isinstance(handle, type):
+        return dataclasses.asdict(handle)
     return handle if isinstance(handle, str | int | float | list | dict) else str(handle)

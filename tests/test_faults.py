@@ -659,9 +659,6 @@ class StillThinking(AssertionError):
     """Messages still say Ponder is thinking about a chain that has ended."""
 
 
-@pytest.mark.xfail(raises=StillThinking, strict=True, reason=(
-    "DiscordSurface has no settle_leftovers(record, steps) yet: the step messages a killed "
-    "process left half-written keep their ⏳ after the chain resumes and answers"))
 async def test_a_discord_process_killed_mid_chain_resumes_it_after_a_restart(
         tmp_path: Path, slow_llm: FakeOpenAI) -> None:
     async with FakeDiscord() as discord:

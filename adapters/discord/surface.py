@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -24,8 +25,10 @@ import discord
 
 from adapters.discord.text import MAX_CONTENT, render
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.presenter import SurfaceError, SurfaceLimits
+from bot.presenter import SurfaceError, SurfaceLimits, settled_text
+from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
+from bot.store import ChainRecord, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,29 @@ class DiscordSurface:
         partial = discord.PartialMessage(channel=self.channel, id=handle.message_id)  # type: ignore[arg-type]
         await self._call(partial.edit, content=text)
 
+    async def settle_leftovers(self, record: ChainRecord, steps: Sequence[StepRecord]) -> None:
+        """Before a chain a dead process left running is resumed: its messages that still say
+        "thinking" show the step's stored final text, or say they were cut short."""
+        language = detect_language(record.question)
+        for handle in record.handles:
+            ref = _message_ref(handle)
+            if ref is None or ref.channel_id != self.channel_id:
+                continue
+            try:
+                message = await self._call(lambda r=ref: self.channel.fetch_message(r.message_id))
+            except SurfaceError as exc:
+                log.warning("could not read message %s to tidy it: %s", ref.message_id, exc)
+                continue
+            tidy = settled_text(message.content, steps, language, self.render,
+                                self.limits.max_chars)
+            if tidy is None:
+                continue
+            await self.budget.acquire(urgent=True)
+            try:
+                await self.edit(ref, tidy)
+            except SurfaceError as exc:
+                log.warning("could not tidy message %s: %s", ref.message_id, exc)
+
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         """One write, with discord.py's retries, a deadline, and one wait on a long 429."""
         for attempt in range(2):
@@ -195,3 +221,13 @@ class DiscordSurface:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise SurfaceError(f"Discord did not answer: {exc!r}") from exc
         raise SurfaceError("unreachable")
+
+
+def _message_ref(handle: object) -> MessageRef | None:
+    """A handle as the store kept it (`{"channel_id": …, "message_id": …}`)."""
+    if isinstance(handle, dict):
+        try:
+            return MessageRef(int(handle["channel_id"]), int(handle["message_id"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None

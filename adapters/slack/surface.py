@@ -33,10 +33,7 @@ from bot.metrics import PLATFORM_429, PLATFORM_CALLS
 from bot.presenter import (
     SurfaceError,
     SurfaceLimits,
-    interrupted_text,
-    shown_step,
-    step_markdown,
-    still_running,
+    settled_text,
 )
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
@@ -376,18 +373,12 @@ class SlackSurface:
         except SlackCallError as exc:
             log.warning("could not read thread %s to tidy it: %s", self.thread_ts, exc.error)
             return
-        finished = {s.index: s for s in steps}
         for message in replies.get("messages") or []:
             ts, text = str(message.get("ts", "")), str(message.get("text") or "")
             ours = ts in posted or (bool(message.get("bot_id")) and _ts_key(ts) > first)
-            if not ours or not still_running(text):
+            tidy = settled_text(text, steps, language, self.render, self.limits.max_chars)
+            if not ours or tidy is None:
                 continue
-            tidy = interrupted_text(text, language)
-            step = finished.get(shown_step(text) or 0)
-            if step is not None:  # it finished (it is stored) before its last edit was made
-                whole = self.render(step_markdown(step.index, step.title, step.content,
-                                                  language, step.seconds))
-                tidy = whole if len(whole) <= self.limits.max_chars else tidy
             await self.budget.acquire(urgent=True)
             try:
                 await self.edit(ts, tidy)
