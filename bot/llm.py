@@ -414,11 +414,14 @@ class LLMClient:
         return min(base + random.uniform(0, base / 2), 20.0)
 
     def _unavailable(self, detail: str) -> str:
-        if detail in (_NO_SERVER, _TIMED_OUT):
-            what = ("no model server answers" if detail == _NO_SERVER
-                    else "the model server timed out")
-            return (f"{what} at {self.base_url} — start one with `ponder model serve` "
-                    "or set OPENAI_BASE_URL")
+        if detail == _NO_SERVER:
+            return (f"no model server answers at {self.base_url} — start one with "
+                    "`ponder model serve` or set OPENAI_BASE_URL")
+        if detail == _TIMED_OUT:
+            # It accepted the connection: it is there, but too slow or overloaded.
+            return (f"the model server at {self.base_url} did not answer within "
+                    f"{self.settings.request_timeout:g} s — check its load, or raise "
+                    "PONDER_REQUEST_TIMEOUT")
         return (f"the model server at {self.base_url} kept failing ({detail}) — "
                 "check its logs; retried with backoff")
 

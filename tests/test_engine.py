@@ -300,3 +300,15 @@ async def test_budgets_are_clamped_to_the_context_window_and_the_chain_stops_in_
     for request in fake.requests:
         prompt_chars = sum(len(m["content"]) for m in request.body["messages"])
         assert request.body["max_tokens"] <= 1500 - prompt_chars // 3
+
+
+async def test_a_server_that_hangs_is_reported_as_slow_not_missing(fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(Hang(3), Hang(3))
+    engine, llm = make_engine(make_settings(fake_llm.base_url, request_timeout=0.3,
+                                            max_attempts=2))
+    events = await collect(engine, "q")
+    await llm.close()
+    failure = events[-1]
+    assert isinstance(failure, ChainFailed) and failure.reason == "model_unavailable"
+    assert "did not answer within 0.3 s" in failure.message
+    assert "PONDER_REQUEST_TIMEOUT" in failure.message
