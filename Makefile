@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# No GPU and no model server answering: the CPU demo model is prepared first (once).
 run: $(STAMP)
+	@url=$$($(PY) -c 'from bot.config import load_settings; print(load_settings().openai_base_url)' 2>/dev/null); \
+	command -v nvidia-smi >/dev/null 2>&1 || curl -sf -m 3 "$$url/models" >/dev/null \
+	  || $(MAKE) --no-print-directory demo-deps
 	$(VENV)/bin/ponder run
 
 lint: $(STAMP)

@@ -71,7 +71,7 @@ class Engine:
         ]
         last_content = ""
         count = len(question.done_steps)
-        empty_in_a_row = 0
+        empty_in_a_row = repeats = 0
         for n, (title, content) in enumerate(question.done_steps, start=1):
             messages.append(_step_message(title, content, "continue"))
             messages.append({"role": "user", "content": prompts.next_step(language, n + 1)})
@@ -96,7 +96,11 @@ class Engine:
             yield StepFinished(index, result.title, content, time.monotonic() - began)
             messages.append(_step_message(result.title, content, result.next_action))
             if result.content:
+                # A model that only repeats itself has nothing more to add: stop asking.
+                repeats = repeats + 1 if _same(result.content, last_content) else 0
                 last_content, empty_in_a_row = result.content, 0
+                if repeats >= 2:
+                    break
             else:
                 empty_in_a_row += 1
                 if empty_in_a_row >= 2:
@@ -182,6 +186,10 @@ def _history(question: Question) -> Messages:
         messages.append({"role": "user", "content": turn.question})
         messages.append({"role": "assistant", "content": turn.answer})
     return messages
+
+
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
 
 def _plain_answer(text: str) -> str:

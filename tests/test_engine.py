@@ -312,3 +312,13 @@ async def test_a_server_that_hangs_is_reported_as_slow_not_missing(fake_llm: Fak
     assert isinstance(failure, ChainFailed) and failure.reason == "model_unavailable"
     assert "did not answer within 0.3 s" in failure.message
     assert "PONDER_REQUEST_TIMEOUT" in failure.message
+
+
+async def test_a_model_repeating_itself_is_asked_for_its_answer(fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(Step("A", "first thought"), Step("B", "The answer is 4."),
+                    Step("B", "The answer is  4."), Step("B", "the answer is 4."), Text("4"))
+    engine, llm = make_engine(make_settings(fake_llm.base_url, max_steps=25))
+    events = await collect(engine, "2+2?")
+    await llm.close()
+    assert len(finished(events)) == 4  # two repeats of step 2, then the answer
+    assert final(events).text == "4"
