@@ -6,7 +6,8 @@ Run: `.venv/bin/python bench/engine.py [--chains 500] [--steps 5] [--chunk-delay
 - scale: N chains at once in this process ÷ one chain alone, and peak RSS.
 The model server is the fake vLLM (`tests/fakes/openai_server.py`), streaming `--chunk-chars`
 characters every `--chunk-delay` seconds — about 40 tokens/s, a 7B model's pace on a GPU. For
-the scale run it lives in a subprocess, so the figures measure Ponder's process only.
+the scale run it lives in a subprocess, so the figures measure Ponder's process only, with the
+collector tuned as the long-running commands tune it (`bot.runner.tune_gc`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bot.config import load_settings  # noqa: E402
 from bot.engine import Engine  # noqa: E402
 from bot.events import FinalAnswer, Question  # noqa: E402
 from bot.llm import LLMClient  # noqa: E402
+from bot.runner import tune_gc  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
 
@@ -80,6 +82,7 @@ async def scale(args: argparse.Namespace) -> tuple[float, float]:
                                  request_timeout=300)
         llm = LLMClient(settings)
         engine = Engine(llm, settings)
+        tune_gc()  # as `ponder run`, `ponder discord` and `ponder slack` do at start
         await one_chain(engine, 0)
         single = await one_chain(engine, 1)
         began = time.perf_counter()

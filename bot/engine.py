@@ -154,8 +154,8 @@ class Engine:
                     index, step_began = 1, time.monotonic()
                     yield StepStarted(index)
                 thought += item.reasoning
-                cut = _paragraph_cut(thought) if index < s.max_steps else -1
-                if cut > 0:
+                # One delta can carry several paragraphs (a network read's worth of tokens).
+                while index < s.max_steps and (cut := _paragraph_cut(thought)) > 0:
                     done, thought = thought[:cut].strip(), thought[cut:].lstrip()
                     now = time.monotonic()
                     yield StepFinished(index, _title_of(done), done, now - step_began)
@@ -203,8 +203,9 @@ def _plain_answer(text: str) -> str:
 
 
 def _paragraph_cut(thought: str) -> int:
-    at = thought.rfind("\n\n")
-    return at + 2 if at >= _NATIVE_MIN_STEP_CHARS else -1
+    """Where the first paragraph long enough to be a step ends, or -1."""
+    at = thought.find("\n\n", _NATIVE_MIN_STEP_CHARS)
+    return at + 2 if at >= 0 else -1
 
 
 _MARKUP = re.compile(r"[*_`#>]+")

@@ -364,20 +364,37 @@ class LLMClient:
         except openai.APIConnectionError as exc:
             raise _Retryable(_unreachable(exc)) from None
         try:
-            async for data in _sse_data(response):
-                if data == b"[DONE]":
+            # One chunk per network read, not per SSE event: under load a read carries several
+            # events, and every layer above pays per item.
+            async for batch in _sse_batches(response):
+                reasoning: list[str] = []
+                content: list[str] = []
+                finish: str | None = None
+                done = False
+                for data in batch:
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    event = jiter.from_json(data)
+                    if not isinstance(event, dict):
+                        continue
+                    if "error" in event:
+                        raise _Retryable(f"server error mid-stream: {_message_of(event)}")
+                    choices = event.get("choices")
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    # vLLM's reasoning parsers name it `reasoning` (older: reasoning_content).
+                    reasoning.append(delta.get("reasoning") or delta.get("reasoning_content")
+                                     or "")
+                    content.append(delta.get("content") or "")
+                    finish = finish or choice.get("finish_reason")
+                chunk = _Chunk("".join(reasoning), "".join(content), finish)
+                if chunk.reasoning or chunk.content or finish is not None:
+                    yield chunk
+                if done:
                     return
-                event = json.loads(data)
-                if "error" in event:
-                    raise _Retryable(f"server error mid-stream: {_message_of(event)}")
-                choices = event.get("choices")
-                if not choices:
-                    continue
-                choice = choices[0]
-                delta = choice.get("delta") or {}
-                # vLLM's reasoning parsers name the field `reasoning` (older: reasoning_content).
-                reasoning = delta.get("reasoning") or delta.get("reasoning_content") or ""
-                yield _Chunk(reasoning, delta.get("content") or "", choice.get("finish_reason"))
         except (httpx2.HTTPError, aiohttp.ClientError, ValueError) as exc:
             raise _Retryable(f"stream broke: {type(exc).__name__}") from None
         finally:
@@ -431,18 +448,21 @@ class LLMClient:
                 f"{_error_text(exc)}){hint}")
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The `data:` payloads of a Server-Sent Events body, split from raw bytes (the text and
-    line layers above them cost more than the JSON parsing at many tokens a second)."""
+async def _sse_batches(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of a Server-Sent Events body, a list per network read, split from
+    raw bytes (the SDK's text and line layers cost more than the JSON at many tokens a second)."""
     pending = b""
-    async for block in response.aiter_bytes():  # decoded, should a proxy compress
+    # vLLM never compresses; a proxy might, and then the decoding layer is needed.
+    blocks = response.aiter_bytes() if "content-encoding" in response.headers else (
+        response.aiter_raw())
+    async for block in blocks:
         pending += block
         *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                yield line[5:].strip()
+        batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        if batch:
+            yield batch
     if pending.startswith(b"data:"):
-        yield pending[5:].strip()
+        yield [pending[5:].strip()]
 
 
 # --- parsing ---------------------------------------------------------------------------------

@@ -411,9 +411,14 @@ class FakeOpenAI:
         try:
             await response.write(chunk({"role": "assistant", "content": ""}))
             sent = 0
+            # Paced against a deadline, like a GPU's decode steps: this server's own event-loop
+            # lag under hundreds of streams must not slow the "model" down.
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             for n, (kind, text) in enumerate(pieces):
                 if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                    due += self.chunk_delay
+                    await asyncio.sleep(max(0.0, due - loop.time()))
                 if cut_at is not None and sent + len(text) > cut_at:
                     if cut_at > sent:
                         await response.write(chunk({"content": text[: cut_at - sent]}))
