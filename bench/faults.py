@@ -75,6 +75,7 @@ class Result:
     lost_why: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)  # model faults injected
     platform_429: int = 0
+    rate_limited_routes: Counter[str] = field(default_factory=Counter)
     wall: float = 0.0
 
     def add(self, end: str, latency: float | None, why: str = "") -> None:
@@ -250,6 +251,8 @@ async def discord_run(args: argparse.Namespace, faulty: bool) -> Result:
                     result.add("lost", None, f"discord {thread}: {end} {texts[-1:]!r}")
             result.faults = Counter(llm.faults)
             result.platform_429 = discord.count(429)
+            result.rate_limited_routes = Counter(f"{r.route} ({r.scope})" for r in
+                                                 discord.requests if r.status == 429)
     return result
 
 
@@ -337,6 +340,11 @@ def report(faulty: list[Result], clean: list[Result], args: argparse.Namespace) 
                       "platform_429": good.platform_429},
             "p95_extra_s": round(extra, 3), "p95_ratio": round(ratio, 2),
         }
+    for result in [*faulty, *clean]:
+        if result.rate_limited_routes:
+            routes = ", ".join(f"{route} {n}" for route, n in
+                               result.rate_limited_routes.most_common())
+            print(f"  {result.platform} 429s by route: {routes}")
     total_bad = combined(faulty)
     for why in total_bad.lost_why[:10]:
         print(f"  lost: {why}")

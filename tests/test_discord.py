@@ -21,6 +21,7 @@ from adapters.discord.sync import commands_hash
 from adapters.discord.text import render, thread_name
 from bot.config import Settings
 from bot.llm import LLMClient
+from bot.ratelimit import RateLimiter
 from bot.service import Ponder
 from tests.conftest import make_settings
 from tests.fakes.discord_server import (
@@ -279,6 +280,27 @@ async def test_a_429_storm_slows_the_edits_but_the_answer_still_lands(h: Harness
                  and r.path.startswith(f"/channels/{channel}/messages")]
         assert later and later[0].at - hit.at >= 0.45
     assert_no_pings(h.discord)
+
+
+async def test_chains_at_once_stay_under_the_bots_global_limit(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    # No per-route buckets: only the bot-wide limit (20 a second here) can refuse anything.
+    async with FakeDiscord(rate_limits={}, global_limit=20) as discord:
+        h = await start(tmp_path, discord, fake_llm, user_concurrency=10,
+                        user_rate_per_minute=60)
+        try:
+            assert h.bot is not None
+            h.bot.observer.bot = RateLimiter(16, burst=2)  # at most 18 in any second
+            asked = await asyncio.gather(*(h.ask(f"Question {n}?") for n in range(6)))
+            for interaction in asked:
+                opening = await h.finished(interaction)
+                assert opening.rsplit("\n", 1)[-1].startswith("✅")
+                assert SUMMARY.search(h.texts(h.thread_of(interaction))[-1])
+            assert [r.scope for r in discord.requests if r.status == 429] == []
+            callbacks = [r for r in discord.requests if r.path.endswith("/callback")]
+            assert len(callbacks) == 6 and all(r.status < 300 for r in callbacks)
+        finally:
+            await stop(h)
 
 
 async def test_a_discord_5xx_is_retried_and_the_step_still_appears(h: Harness) -> None:

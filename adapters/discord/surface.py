@@ -6,6 +6,10 @@ writing there: `budget` for edits and `post_budget` for new messages (the presen
 latter for posts). discord.py retries 429s and 5xx itself; the `RestObserver` sees every
 response on the way and pauses the matching limiter on a 429, so the other chains in that
 channel wait too instead of piling into the same bucket.
+
+Above the channels sits Discord's global limit, 50 requests a second per bot. discord.py only
+learns of it from a 429 (and global 429s count toward the invalid-request ban), so every
+request waits for the `RestObserver`'s bot-wide limiter before it leaves.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 # then sleeps inside the request until the window resets, ~2 s late; measured, bench/discord.py).
 CHANNEL_RATE = (5.0, 5.0)
 CHANNEL_BURST = 1
+# 40 a second with 10 saved up puts at most 50 into any one-second window.
+GLOBAL_RATE = 40.0
+GLOBAL_BURST = 10
 EDIT_INTERVAL = 1.0
 REST_TIMEOUT = 30.0  # one REST call, discord.py's own 429/5xx retries included
 LONG_RATE_LIMIT = 120.0  # a longer Retry-After than this gives up instead of waiting
@@ -93,12 +100,14 @@ class RestObserver:
     """An aiohttp trace on discord.py's session: counts calls and feeds 429s to the limiters."""
 
     limiters: LimiterRegistry
+    bot: RateLimiter = field(default_factory=lambda: RateLimiter(GLOBAL_RATE, burst=GLOBAL_BURST))
     calls: Counter[str] = field(default_factory=Counter)  # "METHOD status" -> count
     rate_limited: int = 0
     errors: int = 0
 
     def trace_config(self) -> aiohttp.TraceConfig:
         trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(self._on_start)
         trace.on_request_end.append(self._on_end)
         trace.on_request_exception.append(self._on_exception)
         return trace
@@ -106,6 +115,12 @@ class RestObserver:
     @property
     def total(self) -> int:
         return sum(self.calls.values())
+
+    async def _on_start(self, session: aiohttp.ClientSession, context: SimpleNamespace,
+                        params: aiohttp.TraceRequestStartParams) -> None:
+        # Interaction callbacks are outside the global limit, and due within 3 s.
+        if "/interactions/" not in params.url.path:
+            await self.bot.acquire()
 
     async def _on_end(self, session: aiohttp.ClientSession, context: SimpleNamespace,
                       params: aiohttp.TraceRequestEndParams) -> None:
@@ -119,6 +134,8 @@ class RestObserver:
         headers = params.response.headers
         wait = _seconds(headers.get("X-RateLimit-Reset-After")) or _seconds(
             headers.get("Retry-After")) or 1.0
+        if headers.get("X-RateLimit-Global") or headers.get("X-RateLimit-Scope") == "global":
+            self.bot.pause(wait)
         match = _MESSAGE_WRITE.search(params.url.path)
         if match and params.method in ("POST", "PATCH"):
             kind = "post" if params.method == "POST" else "edit"

@@ -108,6 +108,7 @@ class RecordedRequest:
     at: float  # time.monotonic() when it arrived
     status: int = 0
     route: str = ""  # the template it matched, e.g. "PATCH /channels/{channel_id}/messages/{id}"
+    scope: str = ""  # a 429's X-RateLimit-Scope: "user" (a route's bucket) or "global"
 
     @property
     def json(self) -> dict[str, Any]:
@@ -607,6 +608,7 @@ class FakeDiscord:
         except _Reply as reply:
             response = reply.response
         record.status = response.status
+        record.scope = response.headers.get("X-RateLimit-Scope", "")
         await self._notify()
         return response
 
