@@ -50,6 +50,7 @@ WAITED = "✓ The model server is answering again."
 GAVE_UP_WAITING = "The model server did not answer for {s} s; trying once more."
 WAITING_STOPPED = "The model server was not answering."
 INTERNAL = "Ponder hit an internal error on this question; please ask again."
+RESTARTING = "Ponder is restarting; please ask again in a minute."
 
 
 class Refused(Exception):
@@ -58,6 +59,26 @@ class Refused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Admission:
+    """A question admitted before its chain starts. It counts against its asker's limits from
+    the moment it is admitted, because a platform may take seconds to open a thread and a
+    second question in those seconds must be refused too. `submit` takes it over; `release`
+    gives the slot back when the chain never starts."""
+
+    def __init__(self, counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+        self._counts, self._key = counts, key
+        self.open = True
+
+    def take(self) -> None:
+        """The chain has started: its slot is the chain's now."""
+        self.open = False
+
+    def release(self) -> None:
+        if self.open:
+            self.open = False
+            self._counts[self._key] -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +233,7 @@ class Ponder:
         s = self.settings
         text = request.question.text.strip()
         if not self.accepting:
-            return "Ponder is restarting; please ask again in a minute."
+            return RESTARTING
         if not _visible(text):
             if request.platform == "discord":
                 return "Please include a question — for example `/reason question: Is 221 prime?`"
@@ -242,20 +263,34 @@ class Ponder:
                    f"please try again in {wait} s."
         return None
 
-    def submit(self, request: ChainRequest, surface: Surface) -> ChainHandle:
-        """Start the chain as an owned task. Raises `Refused` with a reason to show."""
+    def admit(self, request: ChainRequest) -> Admission:
+        """Count the question against its asker's limits now, or raise `Refused`."""
         reason = self.refusal(request)
         if reason is not None:
             REFUSED.labels(request.platform).inc()
             log.info("refused a question from %s: %s", request.asker, reason)
             raise Refused(reason)
-        self._recent[(request.platform, request.asker)].append(time.monotonic())
-        return self._launch(request, surface)
+        key = (request.platform, request.asker)
+        self._recent[key].append(time.monotonic())
+        self._per_user[key] += 1
+        return Admission(self._per_user, key)
+
+    def submit(self, request: ChainRequest, surface: Surface,
+               admission: Admission | None = None) -> ChainHandle:
+        """Start the chain as an owned task. Raises `Refused` with a reason to show."""
+        if admission is None or not admission.open:
+            admission = self.admit(request)
+        elif not self.accepting:
+            admission.release()
+            raise Refused(RESTARTING)
+        admission.take()
+        return self._launch(request, surface, counted=True)
 
     def _launch(self, request: ChainRequest, surface: Surface, resumed: bool = False,
-                earlier: Sequence[object] = ()) -> ChainHandle:
+                earlier: Sequence[object] = (), counted: bool = False) -> ChainHandle:
         key = (request.platform, request.asker)
-        self._per_user[key] += 1
+        if not counted:
+            self._per_user[key] += 1
         CHAINS_STARTED.labels(request.platform).inc()
         CHAINS_RUNNING.inc()
         task = asyncio.create_task(self._run(request, surface, resumed, earlier),

@@ -570,6 +570,26 @@ async def test_a_refused_question_is_answered_privately(
         await stop(h)
 
 
+async def test_a_second_question_while_the_first_thread_opens_is_refused_privately(
+        tmp_path: Path, discord: FakeDiscord, fake_llm: FakeOpenAI) -> None:
+    h = await start(tmp_path, discord, fake_llm, user_concurrency=1)
+    try:
+        first, second = await asyncio.gather(h.ask("What is 2+2?"), h.ask("And 3+3?"))
+        await discord.wait_for(lambda: second.response_type is not None)
+        (answer,) = discord.requests_to("POST", rf"^/interactions/{second.id}/")
+        assert answer.json["type"] == 4
+        assert answer.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
+        assert "already have 1 question being answered" in answer.json["data"]["content"]
+        opening = await h.finished(first)
+        assert opening.rsplit("\n", 1)[-1].startswith("✅")
+        assert len(discord.threads()) == 1
+        # The slot was the chain's, and is free again once it answered.
+        third = await h.ask("And 4+4?")
+        assert (await h.finished(third)).rsplit("\n", 1)[-1].startswith("✅")
+    finally:
+        await stop(h)
+
+
 # --- safety, start-up and shutdown ---------------------------------------------------------
 
 

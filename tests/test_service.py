@@ -63,6 +63,30 @@ async def test_per_user_concurrency_and_rate_limits_refuse_politely(tmp_path: Pa
         await ponder.close()
 
 
+async def test_an_admitted_question_holds_its_askers_slot_until_it_runs_or_is_released(
+        tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.05) as fake:
+        ponder = await started(fake, tmp_path, user_concurrency=1)
+        admitted = ponder.admit(request())  # e.g. while a thread is being opened
+        with pytest.raises(Refused, match="already have 1 question"):
+            ponder.admit(request())
+        admitted.release()
+        admitted.release()  # twice is harmless
+        again = ponder.admit(request())
+        handle = ponder.submit(request(), RecordingSurface(), again)
+        again.release()  # the slot is the chain's now: this gives nothing back
+        with pytest.raises(Refused, match="already have 1 question"):
+            ponder.submit(request(), RecordingSurface())
+        handle.cancel()
+        await asyncio.gather(handle.task, return_exceptions=True)
+        late = ponder.admit(request())
+        await ponder.drain(grace=0)
+        with pytest.raises(Refused, match="restarting"):
+            ponder.submit(request(), RecordingSurface(), late)
+        assert ponder.refusal(request()) is not None and not late.open
+        await ponder.close()
+
+
 async def test_stop_cancels_the_chain_and_says_so(tmp_path: Path) -> None:
     async with FakeOpenAI(chunk_delay=0.03, chunk_chars=2) as fake:
         ponder = await started(fake, tmp_path)

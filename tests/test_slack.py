@@ -19,7 +19,7 @@ from adapters.slack.mrkdwn import to_mrkdwn
 from bot.service import Ponder
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
-from tests.fakes.slack_server import FakeSlack
+from tests.fakes.slack_server import FakeSlack, Message
 from tests.slack_harness import (
     ASKER,
     CHANNEL,
@@ -572,43 +572,39 @@ async def test_a_long_stream_continues_in_a_new_one(tmp_path: Path, who_ends_it:
             await stop_harness(h)
 
 
-async def test_a_stream_that_breaks_half_way_is_finished_with_posts(
-        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+async def replies_when_failing(tmp_path: Path, fake_llm: FakeOpenAI,
+                               method: str) -> list[Message]:
+    """The thread's replies after a chain whose every `method` call fails."""
     async with FakeSlack(streaming=True, update_limit=None) as slack:
         h = await start_harness(tmp_path, slack, fake_llm)
         try:
-            slack.inject("chat.appendStream", error="fatal_error", times=100)
+            slack.inject(method, error="fatal_error", times=100)
             fake_llm.script(*three_steps())
             question, body = h.ask("What is 2+2?")
             await h.post(body)
             await h.settle()
-            replies = h.replies(question.ts)
-            assert replies[0].stream_state == "stopped"  # closed, not left streaming
-            posted = [r for r in replies if r.stream_state is None]
-            shown = "\n".join(r.text for r in posted)
-            for part in ("We need 2+2.", "2+2 is 4.", "4-2 is 2", "*4*", "Thought for"):
-                assert part in shown
-            assert all("⏳" not in r.text for r in posted)
+            return h.replies(question.ts)
         finally:
             await stop_harness(h)
+
+
+async def test_a_stream_that_breaks_half_way_is_finished_with_posts(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    replies = await replies_when_failing(tmp_path, fake_llm, "chat.appendStream")
+    assert replies[0].stream_state == "stopped"  # closed, not left streaming
+    posted = [r for r in replies if r.stream_state is None]
+    shown = "\n".join(r.text for r in posted)
+    for part in ("We need 2+2.", "2+2 is 4.", "4-2 is 2", "*4*", "Thought for"):
+        assert part in shown
+    assert all("⏳" not in r.text for r in posted)
 
 
 async def test_a_stream_that_cannot_be_stopped_still_shows_the_answer(
         tmp_path: Path, fake_llm: FakeOpenAI) -> None:
-    async with FakeSlack(streaming=True, update_limit=None) as slack:
-        h = await start_harness(tmp_path, slack, fake_llm)
-        try:
-            slack.inject("chat.stopStream", error="fatal_error", times=100)
-            fake_llm.script(*three_steps())
-            question, body = h.ask("What is 2+2?")
-            await h.post(body)
-            await h.settle()
-            replies = h.replies(question.ts)
-            assert replies[-1].stream_state is None
-            assert replies[-1].text.startswith("*Answer*\n*4*")
-            assert "Thought for" in replies[-1].text
-        finally:
-            await stop_harness(h)
+    replies = await replies_when_failing(tmp_path, fake_llm, "chat.stopStream")
+    assert replies[-1].stream_state is None
+    assert replies[-1].text.startswith("*Answer*\n*4*")
+    assert "Thought for" in replies[-1].text
 
 
 async def test_slack_5xx_is_retried(h: Harness) -> None:

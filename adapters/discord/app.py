@@ -31,7 +31,7 @@ from bot.events import ChainFailed, Language, Question
 from bot.presenter import Outcome, SurfaceError, failure_markdown
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
-from bot.service import ChainHandle, ChainRequest, Ponder, Refused
+from bot.service import Admission, ChainHandle, ChainRequest, Ponder, Refused
 from bot.store import ChainRecord
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class Run:
     stop_requested: bool = False  # Stop pressed before the chain was submitted
     surface: DiscordSurface | None = None
     created: float = field(default_factory=time.monotonic)
+    admission: Admission | None = None  # the asker's slot, held while the thread opens
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -295,30 +296,40 @@ class DiscordBot:
         q = Question(question.strip(), mode=mode)
         probe = ChainRequest(PLATFORM, q, str(user.id), channel=str(_parent_id(interaction)),
                              workspace=str(interaction.guild_id or ""))
-        reason = self.ponder.refusal(probe)
-        if reason is not None:
-            await _rest(interaction.response.send_message(f"⚠️ {reason}", ephemeral=True))
+        try:
+            # Counted now: a second /reason while this one's thread opens is refused privately.
+            admission = self.ponder.admit(probe)
+        except Refused as exc:
+            await _rest(interaction.response.send_message(f"⚠️ {exc.message}", ephemeral=True))
             return
-        # Within 3 s of the interaction: everything after this may take its time.
-        await _rest(interaction.response.defer(thinking=True))
-        self._spawn(self._start(interaction, q, received), name=f"discord-reason-{q.id}")
+        try:
+            # Within 3 s of the interaction: everything after this may take its time.
+            await _rest(interaction.response.defer(thinking=True))
+        except BaseException:
+            admission.release()
+            raise
+        self._spawn(self._start(interaction, q, received, admission),
+                    name=f"discord-reason-{q.id}")
 
     async def _start(self, interaction: discord.Interaction[Any], q: Question,
-                     received: float) -> None:
+                     received: float, admission: Admission) -> None:
         opening = Opening(text.opening(q.text, interaction.user.mention),
                           interaction=interaction, received=received)
         # Registered before the Stop button is shown, so an early press is not lost.
         run = self.runs[q.id] = Run(q.id, interaction.user.id, 0, None, opening,
-                                    detect_language(q.text))
+                                    detect_language(q.text), admission=admission)
         try:
-            surface, request = await self._place(interaction, q, run)
-        except Exception as exc:
-            self.runs.pop(q.id, None)
-            log.exception("could not start a chain for /reason")
-            with contextlib.suppress(Exception):
-                await opening.show(f"⚠️ Could not start: {_describe(exc)}")
-            return
-        await self._run(run, surface, request)
+            try:
+                surface, request = await self._place(interaction, q, run)
+            except Exception as exc:
+                self.runs.pop(q.id, None)
+                log.exception("could not start a chain for /reason")
+                with contextlib.suppress(Exception):
+                    await opening.show(f"⚠️ Could not start: {_describe(exc)}")
+                return
+            await self._run(run, surface, request)
+        finally:
+            admission.release()  # a no-op once the chain has started
 
     async def _place(self, interaction: discord.Interaction[Any], q: Question,
                      run: Run) -> tuple[DiscordSurface, ChainRequest]:
@@ -419,7 +430,7 @@ class DiscordBot:
             await self._stopped_early(run)
             return
         try:
-            run.handle = self.ponder.submit(request, surface)
+            run.handle = self.ponder.submit(request, surface, run.admission)
         except Refused as exc:
             self.runs.pop(run.key, None)
             await self._quietly(run.opening.show(f"⚠️ {exc.message}"))
