@@ -43,10 +43,10 @@ STEP_SCHEMA: dict[str, Any] = {
 # Asks the SDK for the undecoded, unread response (its `with_streaming_response` marker).
 RAW_STREAM = ("X-Stainless-Raw-Response", "stream")
 
-# Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
 # Live progress of a step is re-parsed at most this often (seconds): nobody redraws faster.
 PROGRESS_INTERVAL = 0.05
 
+# Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
 _NO_SERVER = "cannot connect"
 _TIMED_OUT = "timed out"
 

@@ -140,9 +140,9 @@ def still_running(shown: str) -> bool:
 
 
 def interrupted_text(shown: str, language: Language = "en") -> str:
-    """A half-written message a dead process left (as the platform shows it, already rendered),
-    made to say it was cut short instead of "thinking…". Plain `_italic_` works on every
-    platform Ponder writes to."""
+    """A half-written message (its Markdown, or as a platform shows it after a dead process
+    left it) made to say it was cut short instead of "thinking…". Plain `_italic_` reads the
+    same in Markdown and on every platform Ponder writes to."""
     labels = _LABELS[language]
     text = shown.replace(_RUNNING, "", 1).rstrip()
     for any_labels in _LABELS.values():
@@ -309,14 +309,10 @@ class ThreadPresenter:
 
     async def _settle_open_blocks(self) -> None:
         # Nothing may keep showing "thinking…" once the chain is over.
-        labels = _LABELS[self.language]
         for key, slots in list(self._blocks.items()):
             if slots and not slots[-1].final:
-                text = self._texts[key].replace(_RUNNING, "", 1)
-                placeholder = "\n" + labels["thinking"]
-                if text.endswith(placeholder):
-                    text = text[: -len(placeholder)] + "\n_" + labels["cut_short"] + "_"
-                await self._show(key, text, final=True)
+                await self._show(key, interrupted_text(self._texts[key], self.language),
+                                 final=True)
 
     async def _show(self, key: object, markdown: str, final: bool = False) -> None:
         self._texts[key] = markdown

@@ -199,9 +199,13 @@ async def test_a_step_that_starts_with_content_costs_one_post_and_no_edit() -> N
     assert surface.shown[0].startswith("**Step 1 · Quick** · 0.1 s")
 
 
-async def test_a_cut_short_step_says_so() -> None:
+@pytest.mark.parametrize("content", ["", "Half of a thought"])
+async def test_a_cut_short_step_says_so(content: str) -> None:
     surface = RecordingSurface()
     items: list[Event] = [ChainStarted("c", "q", "chain", "en"), StepStarted(1),
-                          StepDelta(1, "Half", ""), ChainFailed("model_unavailable", "down", 1.0)]
+                          StepDelta(1, "Half", content),
+                          ChainFailed("model_unavailable", "down", 1.0)]
     await ThreadPresenter(surface).present(events_of(items))
-    assert "(cut short)" in surface.shown[0] and "thinking" not in surface.text()
+    assert surface.shown[0] == f"**Step 1 · Half**\n{content}\n_(cut short)_".replace(
+        "\n\n", "\n")
+    assert "thinking" not in surface.text() and "⏳" not in surface.text()
