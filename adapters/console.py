@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -29,12 +29,13 @@ from bot.events import (
     Turn,
     event_to_dict,
 )
-from bot.presenter import seconds_text, summary_line
+from bot.logs import chain_id
+from bot.presenter import interrupted_text, seconds_text, summary_line
 
 
 async def ask_json(engine: Engine, question: Question, out: TextIO = sys.stdout) -> int:
     """Print each event as one JSON object per line. Exit code: 0 answered, 1 failed."""
-    return _exit_code(await _drive(engine.run(question), lambda ev: _print_json(ev, out)))
+    return _exit_code(await _drive(engine, question, lambda ev: _print_json(ev, out)))
 
 
 def _print_json(event: Event, out: TextIO) -> None:
@@ -56,13 +57,17 @@ async def _show_live(engine: Engine, question: Question, console: Console
         def update(event: Event) -> None:
             view.apply(event)
             live.update(view.render())
-        return await _drive(engine.run(question), update)
+        end = await _drive(engine, question, update)
+    if not console.is_terminal:
+        console.line()  # piped, rich leaves the last line open
+    return end
 
 
-async def _drive(events: AsyncIterator[Event], on_event: Callable[[Event], None]
+async def _drive(engine: Engine, question: Question, on_event: Callable[[Event], None]
                  ) -> FinalAnswer | ChainFailed | None:
+    chain_id.set(question.id)  # the model client's retry warnings name the chain
     end: FinalAnswer | ChainFailed | None = None
-    async for event in events:
+    async for event in engine.run(question):
         on_event(event)
         if isinstance(event, FinalAnswer | ChainFailed):
             end = event
@@ -83,6 +88,7 @@ class _LiveView:
         self.steps: dict[int, tuple[str, str, float | None]] = {}
         self.answer = ""
         self.footer = ""
+        self.failed = False
 
     def apply(self, event: Event) -> None:
         match event:
@@ -101,20 +107,25 @@ class _LiveView:
                 self.footer = summary_line(total, n, self.language)
             case ChainFailed(message=message, total_seconds=total):
                 self.footer = f"{message} ({seconds_text(total)} s)"
+                self.failed = True
 
     def render(self) -> Group:
         parts: list[object] = []
         for i, (title, content, secs) in sorted(self.steps.items()):
             name = f"Step {i}" + (f" · {title}" if title else "")
-            state = "⏳" if secs is None else f"{seconds_text(secs)} s"
-            parts.append(Panel(Markdown(content or "…"), title=name, subtitle=state,
-                               title_align="left", subtitle_align="right",
-                               border_style="dim" if secs is not None else "cyan"))
+            if secs is not None:
+                body, state, border = content, f"{seconds_text(secs)} s", "dim"
+            elif self.failed:  # the chain is over: nothing may still look like it is thinking
+                body, state, border = interrupted_text(content, self.language), "✗", "red"
+            else:
+                body, state, border = content or "…", "⏳", "cyan"
+            parts.append(Panel(Markdown(body), title=name, subtitle=state, title_align="left",
+                               subtitle_align="right", border_style=border))
         if self.answer:
             parts.append(Panel(Markdown(self.answer), title="Answer", title_align="left",
                                border_style="green"))
         if self.footer:
-            parts.append(Text(self.footer, style="bold"))
+            parts.append(Text(self.footer, style="bold red" if self.failed else "bold"))
         return Group(*parts)  # type: ignore[arg-type]
 
 
@@ -133,8 +144,6 @@ async def repl(engine: Engine) -> int:
         if not line.strip():
             return 0
         question = Question(line.strip(), history=tuple(turns))
-        end = await _show_live(engine, question, console)
+        end = await _show_live(engine, question, console)  # a failure shows in its footer
         if isinstance(end, FinalAnswer):
             turns.append(Turn(question.text, end.text))  # the next line is a follow-up
-        elif end is not None:
-            console.print(f"[red]{end.message}[/red]")

@@ -67,11 +67,18 @@ async def test_no_server_exits_1_with_one_readable_line() -> None:
     assert json.loads(out.splitlines()[-1])["event"] == "chain_failed"
 
 
-async def test_a_server_error_is_exit_1(fake_llm: FakeOpenAI) -> None:
-    fake_llm.script(Fault(500), Fault(500), Fault(500))
-    code, _, err = await ponder("ask", "q", env={"OPENAI_BASE_URL": fake_llm.base_url,
-                                                 "PONDER_MAX_ATTEMPTS": "1"})
+async def test_a_server_error_mid_chain_is_exit_1_and_nothing_looks_busy(
+        fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(Step("Look", "Half way there.", "continue"), Fault(500))
+    code, out, err = await ponder("ask", "q", env={"OPENAI_BASE_URL": fake_llm.base_url,
+                                                   "PONDER_MAX_ATTEMPTS": "1",
+                                                   "PONDER_MIN_STEPS": "2", "COLUMNS": "100"})
     assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("ponder: the model server at ")
+    # Step 1 stays as it finished; step 2, asked for when the server failed, says it was cut
+    # short; the failure is the last line, ended like any other.
+    assert "Half way there." in out and "(cut short)" in out and "⏳" not in out
+    assert out.endswith(" s)\n") and "kept failing (HTTP 500)" in out
 
 
 async def test_empty_question_is_a_usage_error() -> None:
