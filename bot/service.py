@@ -50,7 +50,7 @@ WAITED = "✓ The model server is answering again."
 GAVE_UP_WAITING = "The model server did not answer for {s} s; trying once more."
 WAITING_STOPPED = "The model server was not answering."
 INTERNAL = "Ponder hit an internal error on this question; please ask again."
-RESTARTING = "Ponder is restarting; please ask again in a minute."
+NOT_ACCEPTING = "Ponder is restarting; please ask again in a minute."
 
 
 class Refused(Exception):
@@ -233,7 +233,7 @@ class Ponder:
         s = self.settings
         text = request.question.text.strip()
         if not self.accepting:
-            return RESTARTING
+            return NOT_ACCEPTING
         if not _visible(text):
             if request.platform == "discord":
                 return "Please include a question — for example `/reason question: Is 221 prime?`"
@@ -282,7 +282,7 @@ class Ponder:
             admission = self.admit(request)
         elif not self.accepting:
             admission.release()
-            raise Refused(RESTARTING)
+            raise Refused(NOT_ACCEPTING)
         admission.take()
         return self._launch(request, surface, counted=True)
 

@@ -470,7 +470,8 @@ async def test_sigterm_mid_chain_exits_in_time_and_the_restart_resumes_it(
             assert time.monotonic() - began < 0.3 + LAST_WORDS
             assert ponder.status() == "running"  # left for the next start to resume
             replies = slack.thread(CHANNEL, question.ts)
-            assert "Ponder is restarting" in replies[-1].text, [r.text for r in replies]
+            assert "this chain will pick up where it stopped" in replies[-1].text, [
+                r.text for r in replies]
             nothing_still_thinking(slack)
             await ponder.start()
             await eventually(lambda: ponder.status() == "answered", 30, "the resumed answer")
