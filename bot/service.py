@@ -110,7 +110,10 @@ class ChainHandle:
         self.stopped_by = by
         self.stop_requested.set()
         if self.producer is not None:
-            self.producer.cancel()  # the engine ends with `chain_failed: cancelled`
+            # Deferred a turn: a task cancelled before its first step never runs its body, and
+            # the engine must start to end with `chain_failed: cancelled`. The producer's first
+            # step is already queued, so it always goes before this.
+            asyncio.get_running_loop().call_soon(self.producer.cancel)
 
     def done(self) -> bool:
         return self.task.done()
@@ -342,6 +345,8 @@ class Ponder:
         mailbox = _Mailbox()
         handle.producer = asyncio.create_task(self._produce(q, mailbox),
                                               name=f"engine-{q.id}")
+        # However the producer ends, the presenter must not wait for more.
+        handle.producer.add_done_callback(lambda _: mailbox.close())
         try:
             return await presenter.present(handles.saved_along(aiter(mailbox)))
         except asyncio.CancelledError:
@@ -356,16 +361,12 @@ class Ponder:
         try:
             async for event in self._recorded(question.id, self.engine.run(question)):
                 mailbox.put(event)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             # A bug must not leave a thread saying "thinking…" forever.
             log.exception("chain crashed")
             failure = ChainFailed("internal", INTERNAL, time.monotonic() - began)
             async for event in self._recorded(question.id, _once(failure)):
                 mailbox.put(event)
-        finally:
-            mailbox.close()
 
     async def _wait_for_model(self, presenter: ThreadPresenter, stop: asyncio.Event) -> None:
         wait = self.settings.model_wait
@@ -394,8 +395,9 @@ class Ponder:
         if handle is not None:
             platform = handle.request.platform
         async for event in events:
-            log.info("event=%s%s", event.name,
-                     f" step={event.index}" if isinstance(event, StepFinished) else "")
+            if not isinstance(event, StepDelta | AnswerDelta):  # not a line per token
+                log.info("event=%s%s", event.name,
+                         f" step={event.index}" if isinstance(event, StepFinished) else "")
             match event:
                 case StepFinished(index=i, title=title, content=content, seconds=secs):
                     STEP_SECONDS.observe(secs)

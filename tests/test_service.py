@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ async def test_a_chain_is_shown_recorded_and_its_answer_becomes_history(tmp_path
         history = await ponder.history("test", "T1")
         assert [t.answer for t in history] == ["The answer is 42."]
         await ponder.close()
+
+
+async def test_events_are_logged_once_each_not_once_per_token(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeOpenAI(auto_steps=2, chunk_chars=2) as fake:
+        ponder = await started(fake, tmp_path)
+        with caplog.at_level(logging.INFO, logger="bot.service"):
+            await ponder.submit(request(), RecordingSurface()).wait()
+        await ponder.close()
+    events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=")]
+    assert events == ["event=chain_started", "event=step_started", "event=step_finished step=1",
+                      "event=step_started", "event=step_finished step=2", "event=final_answer"]
 
 
 async def test_per_user_concurrency_and_rate_limits_refuse_politely(tmp_path: Path) -> None:
@@ -98,6 +111,24 @@ async def test_stop_cancels_the_chain_and_says_so(tmp_path: Path) -> None:
         assert outcome.failure is not None and outcome.failure.reason == "cancelled"
         assert "⏹️ Stopped after" in surface.text()
         assert "⏳" not in surface.text()
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.status == "cancelled"
+        await ponder.close()
+
+
+async def test_stop_pressed_as_thinking_starts_still_ends_the_chain(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.03) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface()
+        handle = ponder.submit(request(), surface)
+        for _ in range(1000):  # until the engine's task exists, before it has run at all
+            if handle.producer is not None:
+                break
+            await asyncio.sleep(0)
+        handle.cancel()
+        outcome = await asyncio.wait_for(handle.wait(), 5)
+        assert outcome.failure is not None and outcome.failure.reason == "cancelled"
+        assert "⏹️ Stopped after" in surface.text()
         record = await ponder.store.chain(handle.chain_id)
         assert record is not None and record.status == "cancelled"
         await ponder.close()
