@@ -23,8 +23,11 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
+    # An empty value means "not set": `.env.example` copied as it is must leave Discord and
+    # Slack off, not switch them on with blank tokens.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True,
+        env_ignore_empty=True,
     )
 
     # Model server

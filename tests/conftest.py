@@ -15,11 +15,10 @@ from tests.fakes.openai_server import FakeOpenAI
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Tests never read a developer's .env or real tokens.
-    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PONDER_MODEL", "PONDER_MODE",
-                 "PONDER_MAX_STEPS", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                 "SLACK_SIGNING_SECRET", "PONDER_DB"):
-        monkeypatch.delenv(name, raising=False)
+    # Tests never read a developer's .env, settings or real tokens.
+    for field in Settings.model_fields.values():
+        if isinstance(field.validation_alias, str):
+            monkeypatch.delenv(field.validation_alias, raising=False)
     monkeypatch.chdir(tmp_path)
 
 

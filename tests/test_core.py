@@ -11,6 +11,7 @@ import pytest
 from bot.config import Mode, SettingsError, load_settings
 from bot.events import Question, Turn
 from bot.ratelimit import RateLimiter
+from bot.runner import configured_platforms
 from bot.service import ChainRequest, Ponder, Refused
 from bot.store import ChainRecord, StepRecord, Store
 from tests.conftest import make_settings
@@ -30,6 +31,15 @@ def test_settings_come_from_env_and_dotenv(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PONDER_MODE", "native")
     s = load_settings()
     assert s.max_steps == 7 and s.mode is Mode.NATIVE and s.discord_guild_ids == ("1", "2")
+
+
+def test_env_example_copied_as_it_is_leaves_every_platform_off(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    s = load_settings()
+    assert configured_platforms(s) == []  # blank tokens are unset, not empty secrets
+    assert s.discord_token is None and s.slack_bot_token is None and s.vllm_python is None
+    assert s.openai_base_url == "http://localhost:8000/v1" and s.allowed_users == ()
 
 
 @pytest.mark.parametrize(("name", "value"), [
