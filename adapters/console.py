@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -129,19 +130,53 @@ class _LiveView:
         return Group(*parts)  # type: ignore[arg-type]
 
 
-async def repl(engine: Engine) -> int:
+class _Lines:
+    """Lines from a file descriptor, read when the event loop says it is readable.
+
+    Not input() on a worker thread: a thread blocked in input() cannot be cancelled, so
+    Ctrl-C at the prompt would wait for Enter (asyncio.run joins its executor) or, with a
+    daemon thread, abort the interpreter on its stdin lock at exit.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending = b""
+        self._eof = False
+
+    async def readline(self) -> str | None:
+        """The next line without its newline; None at end of input."""
+        while b"\n" not in self._pending and not self._eof:
+            loop = asyncio.get_running_loop()
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self.fd, _settle, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(self.fd)
+            block = os.read(self.fd, 65536)
+            self._pending += block
+            self._eof = not block
+        if not self._pending:
+            return None
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def repl(engine: Engine, stdin: int | None = None) -> int:
     """`ponder run` with no platform credentials: ask questions in the terminal."""
     console = Console()
     console.print("[bold]Ponder[/bold] — ask a question (empty line or Ctrl-D to quit).")
-    loop = asyncio.get_running_loop()
+    lines = _Lines(sys.stdin.fileno() if stdin is None else stdin)
     turns: list[Turn] = []
     while True:
-        try:
-            # input() blocks, so it waits on a worker thread instead of the event loop.
-            line = await loop.run_in_executor(None, input, "? ")
-        except EOFError:
-            return 0
-        if not line.strip():
+        console.print("? ", end="")
+        line = await lines.readline()
+        if line is None or not line.strip():
             return 0
         question = Question(line.strip(), history=tuple(turns))
         end = await _show_live(engine, question, console)  # a failure shows in its footer

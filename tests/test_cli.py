@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -97,3 +98,36 @@ async def test_a_bad_setting_is_one_line_naming_it() -> None:
 async def test_a_question_over_the_limit_is_refused() -> None:
     code, _, err = await ponder("ask", "x" * 50, env={"PONDER_MAX_QUESTION_CHARS": "10"})
     assert code == 2 and "limit is 10" in err
+
+
+async def test_the_terminal_prompt_asks_follow_ups_with_their_history(
+        fake_llm: FakeOpenAI) -> None:
+    # `ponder run` with no platform credentials: one question per line.
+    env = {"OPENAI_BASE_URL": fake_llm.base_url, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"What is 2+2?\nAnd twice that?\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().count("Thought for") == 2
+    last = fake_llm.requests[-1].body["messages"]
+    assert {"role": "user", "content": "What is 2+2?"} in last
+    assert {"role": "assistant", "content": "The answer is 42."} in last
+
+
+async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI) -> None:
+    env = {"OPENAI_BASE_URL": fake_llm.base_url, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    seen = b""
+    while b"? " not in seen:  # the prompt, waiting for a line that never comes
+        seen += await asyncio.wait_for(proc.stdout.read(256), 30)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.wait(), 5)
+    err = (await proc.stderr.read()).decode()
+    assert "Traceback" not in err and "Fatal Python error" not in err, err
+    assert proc.returncode in (0, 130, -signal.SIGINT)
