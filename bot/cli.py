@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=_ask)
 
     discord = sub.add_parser("discord", help="serve the Discord bot (/reason)")
-    discord.set_defaults(func=_platforms, platforms=("discord",))
+    discord.set_defaults(func=_platforms, platforms=("discord",), http=False, port=3000)
 
     slack = sub.add_parser("slack", help="serve the Slack bot (mentions and DMs)")
     slack.add_argument("--http", action="store_true",
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="every platform with credentials (the console if none), "
                                      "with a model server started when none answers")
-    run.set_defaults(func=_run, http=False, port=3000)
+    run.set_defaults(func=_run)
 
     for name in _PLUGGED:
         importlib.import_module(name).register_commands(sub)
@@ -106,8 +106,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
 def _platforms(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runner import serve
 
-    return asyncio.run(serve(settings, args.platforms, http=args.http if "http" in args else False,
-                             port=getattr(args, "port", 3000)))
+    return asyncio.run(serve(settings, args.platforms, http=args.http, port=args.port))
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

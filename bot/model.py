@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.config import Settings, load_settings
+from bot.demo_model import is_prepared
 from bot.llm import LLMClient, LLMError
 
 DEFAULT_MODEL_ID = "qwen/Qwen2.5-7B-Instruct"
@@ -40,7 +41,6 @@ STRUCTURED_OUTPUTS_CONFIG = json.dumps(
     {"backend": "xgrammar", "disable_any_whitespace": True}, separators=(",", ":")
 )
 DOWNLOAD_STAMP = ".ponder-download-complete"
-DEMO_STAMP = ".ponder-demo-model"  # written by bot.demo_model
 SERVE_HINT = "install with pip install 'ponder[serve]'"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -177,7 +177,7 @@ async def download_model(
 async def prepare_demo_model(cache: Path, python: str, *, out: Out = _stderr) -> Path:
     """The SmolLM2-135M-Instruct folder, converted once by `bot.demo_model` in the vLLM venv."""
     target = demo_model_dir(cache)
-    if (target / DEMO_STAMP).is_file():
+    if is_prepared(target):
         return target
     out(f"preparing the demo model {DEMO_MODEL_NAME} in {target} (once) …")
     env = dict(os.environ)
@@ -364,10 +364,6 @@ class ServerProcess:
         self.log_path = log_path
         self.api_key = api_key
         self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     @property
     def returncode(self) -> int | None:

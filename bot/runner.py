@@ -37,10 +37,8 @@ def _runner(name: str, *, http: bool, port: int) -> PlatformRunner:
         return run_discord
     from adapters.slack import run_slack
 
-    use_http = http or False
-
     async def slack(ponder: Ponder, settings: Settings) -> None:
-        await run_slack(ponder, settings, http=use_http or settings.slack_app_token is None,
+        await run_slack(ponder, settings, http=http or settings.slack_app_token is None,
                         port=port)
 
     return slack

@@ -227,7 +227,7 @@ class Ponder:
 
     async def thread_asker(self, platform: str, thread: str) -> str | None:
         """Who started Ponder's chains in `thread` (None: not a Ponder thread)."""
-        return await self.store.is_ponder_thread(platform, thread)
+        return await self.store.thread_asker(platform, thread)
 
     # --- admission -------------------------------------------------------------------------
 
@@ -238,16 +238,13 @@ class Ponder:
         if not self.accepting:
             return NOT_ACCEPTING
         if not _visible(text):
-            if request.platform == "discord":
-                return "Please include a question — for example `/reason question: Is 221 prime?`"
             return "Please include a question — for example: Is 221 prime?"
         if len(text) > s.max_question_chars:
             return (f"That question is {len(text):,} characters long; the limit is "
                     f"{s.max_question_chars:,}. Please shorten it.")
         if s.allowed_users and request.asker not in s.allowed_users:
             return "Sorry, you are not on the list of people who may use Ponder here."
-        allowed_places = s.allowed_channels
-        if allowed_places and request.channel not in allowed_places:
+        if s.allowed_channels and request.channel not in s.allowed_channels:
             return "Sorry, Ponder does not answer in this channel."
         if s.allowed_teams and request.workspace not in s.allowed_teams:
             return "Sorry, Ponder is not enabled for this server or workspace."
@@ -287,13 +284,12 @@ class Ponder:
             admission.release()
             raise Refused(NOT_ACCEPTING)
         admission.take()
-        return self._launch(request, surface, counted=True)
+        return self._launch(request, surface)
 
     def _launch(self, request: ChainRequest, surface: Surface, resumed: bool = False,
-                earlier: Sequence[object] = (), counted: bool = False) -> ChainHandle:
+                earlier: Sequence[object] = ()) -> ChainHandle:
+        """Start the chain; its asker's slot is already counted (by `admit`, or `recover`)."""
         key = (request.platform, request.asker)
-        if not counted:
-            self._per_user[key] += 1
         CHAINS_STARTED.labels(request.platform).inc()
         CHAINS_RUNNING.inc()
         task = asyncio.create_task(self._run(request, surface, resumed, earlier),
@@ -461,6 +457,7 @@ class Ponder:
                                 done_steps=tuple((s.title, s.content) for s in steps))
             request = ChainRequest(platform, question, record.asker, record.channel,
                                    record.thread, record.workspace)
+            self._per_user[(platform, record.asker)] += 1  # resumed: not admitted again
             handles.append(self._launch(request, surface, resumed=True,
                                         earlier=record.handles))
         return handles

@@ -157,10 +157,6 @@ class Store:
             (status, answer, reason, total_seconds, time.time(), chain_id),
         )
 
-    async def set_status(self, chain_id: str, status: str) -> None:
-        await self._call(self._conn.execute, "UPDATE chains SET status=? WHERE id=?",
-                         (status, chain_id))
-
     async def set_handles(self, chain_id: str, handles: list[Any]) -> None:
         await self._call(self._conn.execute, "UPDATE chains SET handles=? WHERE id=?",
                          (json.dumps(handles), chain_id))
@@ -191,7 +187,7 @@ class Store:
             return tuple(Turn(q, a) for q, a in rows)
         return await self._call(read)
 
-    async def is_ponder_thread(self, platform: str, thread: str) -> str | None:
+    async def thread_asker(self, platform: str, thread: str) -> str | None:
         """The asker of the thread's first chain, when Ponder runs chains in that thread."""
         def read() -> str | None:
             row = self._conn.execute(

@@ -91,7 +91,7 @@ async def test_store_keeps_chains_steps_history_and_dedup(tmp_path: Path) -> Non
     assert [r.id for r in await store.chains_with_status("running")] == ["c2"]
     assert (await store.chain("c2")).history == [Turn("What is 2+2?", "4")]  # type: ignore[union-attr]
     assert await store.steps("c1") == [StepRecord(1, "Add", "4", 0.5)]
-    assert await store.is_ponder_thread("slack", "T1") == "U1"
+    assert await store.thread_asker("slack", "T1") == "U1"
     assert await store.first_sight("Ev1") is True
     assert await store.first_sight("Ev1") is False
     await store.close()

@@ -752,7 +752,7 @@ async def test_discord_refusals_are_ephemeral_and_start_nothing(
                             "Ponder does not answer in this channel"),
                 "empty": (await discord.slash("reason", question=" \u200b\u200f ",
                                               user=discord.mod),
-                          "Please include a question — for example `/reason question:"),
+                          "Please include a question — for example: Is 221 prime?"),
                 "50kB": (await discord.slash("reason", question="Why? " * 10_000,
                                              user=discord.mod),
                          "characters long; the limit is 4,000"),

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot import doctor, model
+from bot import demo_model, doctor, model
 from bot.config import Settings, load_settings
 from bot.llm import STEP_SCHEMA, LLMClient, LLMError
 
@@ -207,10 +207,16 @@ def test_optional_flags_are_left_out() -> None:
         assert flag not in args
 
 
+def pretend_prepared(folder: Path) -> None:
+    """What `bot.demo_model` leaves behind, without converting anything."""
+    (folder / demo_model.STAMP).write_text("prepared\n")
+    (folder / "config.json").write_text("{}\n")
+
+
 async def test_demo_spec_is_the_cpu_demo_model(tmp_path: Path) -> None:
     folder = model.demo_model_dir(tmp_path)
     folder.mkdir(parents=True)
-    (folder / model.DEMO_STAMP).write_text("prepared\n")
+    pretend_prepared(folder)
     settings = load_settings(model="Qwen2.5-7B-Instruct")
     spec = await model.server_spec(
         settings, cache=tmp_path, python="py", port=8001, host="0.0.0.0", demo=True,
@@ -420,7 +426,7 @@ async def test_managed_server_starts_the_demo_model_without_a_gpu(
     cache = tmp_path / "cache"
     demo = model.demo_model_dir(cache)
     demo.mkdir(parents=True)
-    (demo / model.DEMO_STAMP).write_text("prepared\n")
+    pretend_prepared(demo)
     monkeypatch.setenv("PONDER_CACHE_DIR", str(cache))
     monkeypatch.setenv("PONDER_VLLM_PYTHON", str(fake.python))
     monkeypatch.setenv("FAKE_STATE", str(fake.state))
