@@ -36,6 +36,14 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
         self._tokens = 0.0
 
+    def try_acquire(self) -> bool:
+        """Take a token now if one is free, else say no at once (never waits).
+
+        For callers that have something else to do when the budget is spent (a Slack chain
+        posts instead of opening a stream). Nobody waiting is jumped.
+        """
+        return self.waiting == 0 and self._take()
+
     async def acquire(self, urgent: bool = False) -> None:
         if not self._waiters and self._take():
             return

@@ -78,6 +78,25 @@ async def test_rate_limiter_pause_holds_everyone() -> None:
     assert time.monotonic() - began >= 0.29
 
 
+async def test_rate_limiter_try_acquire_never_waits_nor_jumps_the_queue() -> None:
+    limiter = RateLimiter(rate=100, per=1.0, burst=2)
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()  # the burst is spent: no, at once
+    await asyncio.sleep(0.03)
+    assert limiter.try_acquire()  # refilled
+    limiter.pause(0.1)
+    assert not limiter.try_acquire()  # paused: nothing handed out
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    assert limiter.waiting == 1
+    # Blocking on purpose: the pause ends and tokens are due, but the limiter's queue has had
+    # no turn to hand one to the waiter yet.
+    time.sleep(0.15)  # noqa: ASYNC251
+    assert not limiter.try_acquire()  # a token is free, but the waiter comes first
+    await asyncio.wait_for(waiter, 1)
+    assert limiter.try_acquire()
+
+
 async def test_store_keeps_chains_steps_history_and_dedup(tmp_path: Path) -> None:
     store = Store(tmp_path / "p.db")
     await store.open()

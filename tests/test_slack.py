@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -285,14 +286,21 @@ async def test_url_verification_challenge_is_answered(h: Harness) -> None:
         assert "abc123" in await resp.text()
 
 
-async def test_socket_mode_events_are_acked_and_answered(
-        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
-    cfg = make_settings(fake_llm.base_url, tmp_path, slack_bot_token=slack.token,
+async def started_socket_mode_ponder(tmp_path: Path, slack: FakeSlack,
+                                     llm: FakeOpenAI) -> Ponder:
+    """A started `Ponder` whose settings serve Slack over Socket Mode (the caller closes it)."""
+    cfg = make_settings(llm.base_url, tmp_path, slack_bot_token=slack.token,
                         slack_app_token=slack.app_token, slack_api_url=slack.base_url,
                         min_steps=3, max_steps=6)
     ponder = Ponder(cfg)
     await ponder.start()
-    bot = SlackBot(ponder, cfg, limits=FAST, seen=MemorySeenEvents())
+    return ponder
+
+
+async def test_socket_mode_events_are_acked_and_answered(
+        tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
+    ponder = await started_socket_mode_ponder(tmp_path, slack, fake_llm)
+    bot = SlackBot(ponder, ponder.settings, limits=FAST, seen=MemorySeenEvents())
     await bot.start()
     await bot.serve_socket()
     try:
@@ -597,6 +605,10 @@ async def test_a_stream_that_breaks_half_way_is_finished_with_posts(
     for part in ("We need 2+2.", "2+2 is 4.", "4-2 is 2", "*4*", "Thought for"):
         assert part in shown
     assert all("⏳" not in r.text for r in posted)
+    # The posts that take over title a step by the model's title, not the stream card's.
+    card_as_title = re.compile(r"Step \d+ · Step")
+    shown_ever = [text for r in replies for text in r.texts]
+    assert not [text for text in shown_ever if card_as_title.search(text)], shown_ever
 
 
 async def test_a_stream_that_cannot_be_stopped_still_shows_the_answer(
@@ -668,15 +680,11 @@ async def test_run_slack_serves_socket_mode_until_cancelled(
         tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
     from adapters.slack import run_slack
 
-    cfg = make_settings(fake_llm.base_url, tmp_path, slack_bot_token=slack.token,
-                        slack_app_token=slack.app_token, slack_api_url=slack.base_url,
-                        min_steps=3, max_steps=6)
-    ponder = Ponder(cfg)
-    await ponder.start()
+    ponder = await started_socket_mode_ponder(tmp_path, slack, fake_llm)
     answered = asyncio.Event()
     slack.on_call(lambda c: answered.set() if "Thought for" in str(c.body.get("text")) and c.ok
                   else None)
-    task = asyncio.create_task(run_slack(ponder, cfg))
+    task = asyncio.create_task(run_slack(ponder, ponder.settings))
     try:
         async with asyncio.timeout(10):
             await slack.socket_connected.wait()

@@ -140,9 +140,9 @@ class SlackBot:
         self.limits = limits or SlackLimits()
         self.streaming = streaming
         self.seen: SeenEvents = seen or StoreSeenEvents(ponder)
-        self.token = settings.slack_bot_token.get_secret_value()
         self.client: AsyncWebClient = make_client(
-            self.token, settings.slack_api_url, self.limits, self._rate_limited
+            settings.slack_bot_token.get_secret_value(), settings.slack_api_url, self.limits,
+            self._rate_limited,
         )
         secret = settings.slack_signing_secret
         self.app = AsyncApp(
@@ -203,7 +203,7 @@ class SlackBot:
         if not channel or not thread_ts:
             return None
         return SlackSurface(self.client, self.workspace(record.workspace or self.team_id),
-                            channel, thread_ts, asker=record.asker, streaming=self.streaming)
+                            channel, thread_ts, asker=record.asker)
 
     async def _resumed(self, handle: ChainHandle) -> None:
         """A resumed chain shows "thinking" on its question again, and clears it at the end
@@ -232,9 +232,8 @@ class SlackBot:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self._runner.addresses  # port=0 binds a free port: this says which
+        self.http_port = int(addresses[0][1]) if addresses else port
         log.info("Slack events served at http://%s:%s%s", host, self.http_port, EVENTS_PATH)
 
     async def serve_socket(self) -> None:
@@ -266,7 +265,7 @@ class SlackBot:
             await asyncio.wait(running, timeout=last_words)
         trackers = [t for t in self._tasks if not t.done()]
         if trackers:
-            await asyncio.wait(trackers, timeout=min(last_words, 5.0))
+            await asyncio.wait(trackers, timeout=LAST_WORDS)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -379,8 +378,7 @@ class SlackBot:
         question = Question(question_text(text, self.bot_user_id), history=history)
         request = ChainRequest(PLATFORM, question, asker=user, channel=channel, thread=key,
                                workspace=team)
-        surface = SlackSurface(self.client, ws, channel, thread_ts, asker=user,
-                               streaming=self.streaming)
+        surface = SlackSurface(self.client, ws, channel, thread_ts, asker=user)
         try:
             handle = self.ponder.submit(request, surface)
         except Refused as refusal:

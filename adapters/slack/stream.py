@@ -79,7 +79,6 @@ class SlackPresenter:
         self.surface = surface
         self.language: Language = language
         self.outcome = Outcome()
-        self.mode: str = "edit"  # "stream" once a stream was opened
         self._classic: ThreadPresenter | None = None
 
     def _thread_presenter(self) -> ThreadPresenter:
@@ -98,7 +97,7 @@ class SlackPresenter:
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
         surface, ws = self.surface, self.surface.workspace
-        if surface.streaming and ws.may_stream(surface.channel) and ws.stream_starts.take():
+        if ws.may_stream(surface.channel) and ws.stream_starts.try_acquire():
             stream = _Stream(surface, self.language)
             if self._classic is not None:
                 stream.outcome.handles.extend(self._classic.outcome.handles)
@@ -109,7 +108,6 @@ class SlackPresenter:
             except SurfaceError as exc:
                 log.warning("could not open a stream (%s): posting and editing instead", exc)
             else:
-                self.mode = "stream"
                 self.outcome = stream.outcome
                 self.outcome = await stream.present(events)
                 return self.outcome
@@ -145,6 +143,8 @@ class _Stream:
         self.pending: list[dict[str, Any]] = []
         self.any_text = False
         self.step_sent: dict[int, str] = {}
+        # The model's own titles (not the cards' "Step 2 · Add"): posts that take over a
+        # broken stream title the steps themselves.
         self.step_titles: dict[int, str] = {}
         # Finished steps (title, content, seconds), and those Slack has taken as complete: a
         # stream that breaks hands the others to the posts that take over.
@@ -286,10 +286,12 @@ class _Stream:
                 self.step_sent[i] = ""
                 self._set_task(i, self._title(i, ""), "in_progress")
             case StepDelta(index=i, title=title, content=content):
+                self.step_titles[i] = title
                 self._set_task(i, self._title(i, title), "in_progress")
                 self._step_text(i, content)
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
                 self.finished[i] = (title, content, seconds)
+                self.step_titles[i] = title
                 self._step_text(i, content)
                 self._set_task(i, self._title(i, title, seconds), "complete")
                 self.open_step = None
@@ -306,9 +308,9 @@ class _Stream:
                 self.outcome.failure, self.outcome.total_seconds = event, total
                 if self.open_step is not None:
                     i = self.open_step
-                    self._set_task(i, self.step_titles.get(i, self._title(i, "")), "error")
+                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
-                self._queue_text("\n\n" + _md(failure_markdown(event, self.language)))
+                self._queue_text("\n\n" + escape(failure_markdown(event, self.language)))
         if not (isinstance(event, FinalAnswer | ChainFailed)):
             self._schedule()
 
@@ -321,7 +323,6 @@ class _Stream:
         if self.task_state.get(i) == (title, status):
             return  # nothing new to say about the card
         self.task_state[i] = (title, status)
-        self.step_titles[i] = title
         chunk = _task(i, title, status)
         for queued in self.pending:
             if queued["type"] == "task_update" and queued["id"] == chunk["id"]:
@@ -338,7 +339,7 @@ class _Stream:
             sent = ""
         if delta:
             lead = "\n\n" if (not sent and self.any_text) else ""
-            self._queue_text(lead + _md(delta))
+            self._queue_text(lead + escape(delta))
         self.step_sent[i] = new
 
     def _answer_text(self, text: str, final: bool) -> None:
@@ -352,7 +353,7 @@ class _Stream:
         delta, restarted = _delta(self.answer_sent, clean)
         if restarted:
             self._queue_text("\n\n↻\n")
-        self._queue_text(_md(delta))
+        self._queue_text(escape(delta))
         self.answer_sent = clean.rstrip()
 
     def _queue_text(self, text: str) -> None:
@@ -404,7 +405,7 @@ class _Stream:
                 # Ended without a final event (the task was cancelled): close what is open.
                 if self.open_step is not None:
                     i = self.open_step
-                    self._set_task(i, self.step_titles.get(i, self._title(i, "")), "error")
+                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
             try:
                 await self._stop(self.pending)
@@ -492,11 +493,6 @@ def _delta(sent: str, new: str) -> tuple[str, bool]:
     if new.startswith(sent):
         return new[len(sent):], False
     return new, True
-
-
-def _md(text: str) -> str:
-    """Model text for a stream's markdown: Slack's control characters escaped."""
-    return escape(text)
 
 
 def _text_size(chunks: list[dict[str, Any]]) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,37 +76,6 @@ class SlackLimits:
     max_5xx_retries: int = 3
 
 
-class Allowance:
-    """A token bucket that never waits: `take()` says yes or no now.
-
-    Used for streams: when none may be opened now, a chain uses post + `chat.update` instead
-    of queueing behind others (Slack's stream methods are in a tight tier).
-    """
-
-    def __init__(self, rate: float, per: float, burst: int) -> None:
-        self._interval = per / rate
-        self._burst = float(max(1, burst))
-        self._tokens = self._burst
-        self._stamp = time.monotonic()
-        self._paused_until = 0.0
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        if now < self._paused_until:
-            return False
-        start = max(self._stamp, self._paused_until)
-        self._tokens = min(self._burst, self._tokens + (now - start) / self._interval)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-        self._tokens = 0.0
-
-
 StatusMode = Literal["assistant", "reactions"]
 
 
@@ -119,9 +87,12 @@ class Workspace:
     limits: SlackLimits
     update_budget: RateLimiter = field(init=False)
     append_budget: RateLimiter = field(init=False)
-    stream_starts: Allowance = field(init=False)
+    # Never waited on: when no stream may be opened now, a chain posts and edits instead of
+    # queueing behind others (start + stop are in a tight tier).
+    stream_starts: RateLimiter = field(init=False)
     post_budgets: dict[str, RateLimiter] = field(default_factory=dict)
-    # What the workspace supports, learnt from its answers.
+    # What the workspace supports, learnt from its answers. `streaming` starts as the bot was
+    # configured (`SlackBot(streaming=...)`) and is the only switch for it.
     streaming: bool = True
     no_stream_kinds: set[str] = field(default_factory=set)  # channel kinds: "C", "G", "D"
     status_mode: StatusMode = "assistant"
@@ -130,7 +101,7 @@ class Workspace:
         lim = self.limits
         self.update_budget = RateLimiter(lim.update_rate, lim.update_per, lim.update_burst)
         self.append_budget = RateLimiter(lim.append_rate, lim.append_per, lim.append_burst)
-        self.stream_starts = Allowance(lim.stream_starts, lim.stream_per, lim.stream_burst)
+        self.stream_starts = RateLimiter(lim.stream_starts, lim.stream_per, lim.stream_burst)
 
     def post_budget(self, channel: str) -> RateLimiter:
         budget = self.post_budgets.get(channel)
@@ -321,14 +292,12 @@ class SlackSurface:
         thread_ts: str,
         *,
         asker: str = "",
-        streaming: bool = False,
     ) -> None:
         self.client = client
         self.workspace = workspace
         self.channel = channel
         self.thread_ts = thread_ts
         self.asker = asker
-        self.streaming = streaming
         lim = workspace.limits
         self.limits = SurfaceLimits(max_chars=lim.max_chars, edit_interval=lim.edit_interval)
         self.budget = workspace.update_budget

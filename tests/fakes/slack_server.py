@@ -3,8 +3,8 @@
 Serve it with `async with FakeSlack() as slack:` and hand `slack.base_url`
 (`http://127.0.0.1:PORT/api/`) to slack_sdk as `base_url`. It speaks the shapes slack_sdk 3.47
 sends: JSON bodies for `chat.*` and `assistant.threads.setStatus`, form bodies for
-`reactions.*` and `auth.test`, query strings for `conversations.replies` and `users.info`, the
-bot token as `Authorization: Bearer ...`.
+`reactions.*` and `auth.test`, query strings for `conversations.replies`, the bot token as
+`Authorization: Bearer ...`.
 
 What it keeps:
 - every request (`slack.calls`, `slack.calls_to("chat.update")`) with its parsed body, headers,
@@ -81,8 +81,6 @@ class Task:
     id: str
     title: str
     status: str
-    details: str = ""
-    output: str = ""
 
 
 @dataclass
@@ -99,7 +97,6 @@ class Message:
     stream_state: Literal["streaming", "stopped"] | None = None
     stream_started: float = 0.0
     tasks: dict[str, Task] = field(default_factory=dict)
-    chunks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def edits(self) -> int:
@@ -170,7 +167,6 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
-        self.users: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._limits: dict[str, _Limit] = {}
         if update_limit is not None:
@@ -202,10 +198,7 @@ class FakeSlack:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self._port = sockets[0].getsockname()[1]
+        self._port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
         for ws in list(self._sockets):
@@ -250,9 +243,6 @@ class FakeSlack:
     ) -> None:
         """At most `calls` accepted calls of `method` in any `window` seconds, else 429."""
         self._limits[method] = _Limit(calls, window, per)
-
-    def unlimit(self, method: str) -> None:
-        self._limits.pop(method, None)
 
     def on_call(self, listener: Callable[[Call], None]) -> None:
         """Call `listener(call)` after every answered request (benchmarks time with it)."""
@@ -320,9 +310,6 @@ class FakeSlack:
         return sorted(
             (m for m in self.messages.values() if m.is_bot), key=lambda m: _ts_key(m.ts)
         )
-
-    def message(self, channel: str, ts: str) -> Message:
-        return self.messages[(channel, ts)]
 
     # --- the server ------------------------------------------------------------------------
 
@@ -416,9 +403,6 @@ class FakeSlack:
 
     # --- methods ---------------------------------------------------------------------------
 
-    def _m_api_test(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"args": body}
-
     def _m_auth_test(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
             "url": "https://ponder-test.slack.com/",
@@ -429,13 +413,6 @@ class FakeSlack:
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
-
-    def _m_users_info(self, body: dict[str, Any]) -> dict[str, Any]:
-        user = str(body.get("user", ""))
-        if user == self.bot_user_id:
-            return {"user": {"id": user, "name": "ponder", "is_bot": True, "team_id": self.team_id}}
-        info = self.users.get(user, {"id": user, "name": user.lower(), "is_bot": False})
-        return {"user": {"team_id": self.team_id, **info}}
 
     def _m_chat_postMessage(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = _need(body, "channel")
@@ -467,12 +444,6 @@ class FakeSlack:
         msg.text = text
         msg.texts.append(text)
         return {"channel": channel, "ts": ts, "text": text, "message": msg.as_json()}
-
-    def _m_chat_delete(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel, ts = _need(body, "channel"), _need(body, "ts")
-        if self.messages.pop((channel, ts), None) is None:
-            raise _SlackError("message_not_found")
-        return {"channel": channel, "ts": ts}
 
     def _stream_allowed(self) -> None:
         if not self.streaming:
@@ -549,15 +520,11 @@ class FakeSlack:
         if any(len(t) > MAX_MARKDOWN for t in texts):
             raise _SlackError("msg_too_long")
         for chunk in chunks:
-            msg.chunks.append(chunk)
             if chunk["type"] == "task_update":
                 task = msg.tasks.get(chunk["id"])
                 if task is None:
                     task = msg.tasks[chunk["id"]] = Task(chunk["id"], "", "pending")
                 task.title, task.status = str(chunk["title"]), str(chunk["status"])
-                task.details += str(chunk.get("details") or "")  # details append
-                if chunk.get("output"):
-                    task.output = str(chunk["output"])
         if texts:
             msg.text += "".join(texts)
             msg.texts.append(msg.text)
