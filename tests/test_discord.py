@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import re
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +375,7 @@ async def test_stop_is_for_the_asker_or_a_moderator_and_says_when(h: Harness) ->
 async def test_stop_pressed_while_the_thread_opens_stops_before_any_step(
         h: Harness) -> None:
     h.discord.latency = 0.3  # a slow Discord: the button is there before the thread is
-    h.llm.script(Step("Never", "shown", "final_answer"), Text("never"))
+    h.llm.script(Step("After", "the follow-up", "final_answer"), Text("answered after all"))
     interaction = await h.ask("Stop me at once")
     await h.discord.wait_for(lambda: interaction.original_id and h.opening(interaction)[
         "components"])
@@ -382,8 +384,16 @@ async def test_stop_pressed_while_the_thread_opens_stops_before_any_step(
     await h.discord.click(int(h.opening(interaction)["id"]), custom_id)
     content = await h.finished(interaction, 10)
     assert "⏹️ Stopped after" in content.rsplit("\n", 1)[-1]
-    assert h.texts(h.thread_of(interaction))[-1].startswith("⏹️ Stopped after")
+    thread_id = h.thread_of(interaction)
+    assert h.texts(thread_id)[-1].startswith("⏹️ Stopped after")
     assert h.llm.requests == []
+
+    # The stopped chain is on record, so the thread is Ponder's: the asker may go on in it.
+    h.discord.latency = 0.0
+    await h.discord.user_message(thread_id, "Then answer this instead?")
+    await h.discord.wait_for(lambda: any(
+        t.startswith("**Answer**\nanswered after all") for t in h.texts(thread_id)), 20)
+    assert any(t.startswith("↪️") for t in h.texts(thread_id))
 
 
 async def test_a_follow_up_by_the_asker_carries_the_thread_history(h: Harness) -> None:
@@ -412,6 +422,34 @@ async def test_a_follow_up_by_the_asker_carries_the_thread_history(h: Harness) -
                  if r.json.get("content", "").startswith("↪️"))
     assert reply.json["message_reference"]["message_id"]
     assert reply.json["allowed_mentions"] == {"parse": [], "replied_user": False}
+
+
+async def test_a_refused_follow_up_is_one_reply_with_the_reason_and_starts_nothing(
+        tmp_path: Path, discord: FakeDiscord, fake_llm: FakeOpenAI) -> None:
+    h = await start(tmp_path, discord, fake_llm, user_rate_per_minute=1)
+    try:
+        fake_llm.script(Step("Add", "2+2 is 4.", "final_answer"), Text("**4**"))
+        interaction = await h.ask("What is 2+2?")
+        await h.finished(interaction)
+        thread_id = h.thread_of(interaction)
+        asked = len(fake_llm.requests)
+        before = len(h.texts(thread_id))
+
+        await discord.user_message(thread_id, "And twice that?")
+        reply = await discord.wait_for(lambda: next(
+            (m for m in discord.channel_messages(thread_id)[before + 1:]
+             if m["author"]["id"] == discord.bot["id"]), None), 10)
+        assert reply["content"].startswith("⚠️ ") and "faster than 1 a minute" in reply[
+            "content"]
+        assert reply["message_reference"]["message_id"]
+        assert reply["components"] == []
+        await asyncio.sleep(0.5)
+        texts = h.texts(thread_id)
+        assert len(texts) == before + 2  # the question and the one reply
+        assert not any(t.startswith("↪️") for t in texts)
+        assert len(fake_llm.requests) == asked
+    finally:
+        await stop(h)
 
 
 async def test_model_server_down_is_one_readable_message(
@@ -604,6 +642,18 @@ async def test_model_text_cannot_ping_anyone(h: Harness) -> None:
     texts = h.texts(h.thread_of(interaction))
     assert "@\u200beveryone" in texts[0] and "<@456>" in texts[0]  # shown, never pinged
     assert_no_pings(h.discord)
+
+
+def test_a_channels_limiter_is_shared_as_long_as_anyone_holds_it() -> None:
+    registry = LimiterRegistry()
+    held = registry.get(1)  # e.g. by the surface of a chain that runs for an hour
+    assert registry.get(1) is held
+    assert registry.posts(1) is not held and registry.get(2) is not held
+    # Nobody holds a channel's limiter any more: the registry does not keep it either.
+    gone = weakref.ref(registry.get(3))
+    gc.collect()
+    assert gone() is None
+    assert registry.get(1) is held
 
 
 def test_render_and_thread_names() -> None:

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -24,11 +24,17 @@ from discord import app_commands
 
 from adapters.discord import text
 from adapters.discord.seams import point_discord_at
-from adapters.discord.surface import REST_TIMEOUT, DiscordSurface, LimiterRegistry, RestObserver
+from adapters.discord.surface import (
+    MAX_RATELIMIT_WAIT,
+    REST_TIMEOUT,
+    DiscordSurface,
+    LimiterRegistry,
+    RestObserver,
+)
 from adapters.discord.sync import sync_commands
 from bot.config import Settings
-from bot.events import ChainFailed, Language, Question
-from bot.presenter import Outcome, SurfaceError, failure_markdown
+from bot.events import Language, Question
+from bot.presenter import Outcome
 from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
 from bot.service import Admission, ChainHandle, ChainRequest, Ponder, Refused
@@ -130,9 +136,12 @@ class Run:
     language: Language
     handle: ChainHandle | None = None
     stop_requested: bool = False  # Stop pressed before the chain was submitted
-    surface: DiscordSurface | None = None
-    created: float = field(default_factory=time.monotonic)
     admission: Admission | None = None  # the asker's slot, held while the thread opens
+
+    def release(self) -> None:
+        """Give the asker's slot back if the chain never started (a no-op once it has)."""
+        if self.admission is not None:
+            self.admission.release()
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -237,11 +246,12 @@ class DiscordBot:
             restore()
 
     async def _serve(self, token: str, intents: discord.Intents) -> None:
-        options = {"max_ratelimit_timeout": 30.0, "max_messages": None,
+        options = {"max_ratelimit_timeout": MAX_RATELIMIT_WAIT, "max_messages": None,
                    "http_trace": self.observer.trace_config(), **self.client_options}
         client = self.client = PonderClient(self, intents, **options)
         async with client:  # closes the client's session and gateway on the way out
             try:
+                # login() also runs setup_hook, which syncs the commands under SYNC_TIMEOUT.
                 async with asyncio.timeout(REST_TIMEOUT + SYNC_TIMEOUT):
                     await client.login(token)
                 await client.connect(reconnect=True)
@@ -308,16 +318,15 @@ class DiscordBot:
         except BaseException:
             admission.release()
             raise
-        self._spawn(self._start(interaction, q, received, admission),
-                    name=f"discord-reason-{q.id}")
+        opening = Opening(text.opening(q.text, user.mention), interaction=interaction,
+                          received=received)
+        # Registered before the Stop button is shown, so an early press is not lost.
+        run = self.runs[q.id] = Run(q.id, user.id, 0, None, opening, detect_language(q.text),
+                                    admission=admission)
+        self._spawn(self._start(interaction, q, run), name=f"discord-reason-{q.id}")
 
     async def _start(self, interaction: discord.Interaction[Any], q: Question,
-                     received: float, admission: Admission) -> None:
-        opening = Opening(text.opening(q.text, interaction.user.mention),
-                          interaction=interaction, received=received)
-        # Registered before the Stop button is shown, so an early press is not lost.
-        run = self.runs[q.id] = Run(q.id, interaction.user.id, 0, None, opening,
-                                    detect_language(q.text), admission=admission)
+                     run: Run) -> None:
         try:
             try:
                 surface, request = await self._place(interaction, q, run)
@@ -325,11 +334,11 @@ class DiscordBot:
                 self.runs.pop(q.id, None)
                 log.exception("could not start a chain for /reason")
                 with contextlib.suppress(Exception):
-                    await opening.show(f"⚠️ Could not start: {_describe(exc)}")
+                    await run.opening.show(f"⚠️ Could not start: {_describe(exc)}")
                 return
             await self._run(run, surface, request)
         finally:
-            admission.release()  # a no-op once the chain has started
+            run.release()
 
     async def _place(self, interaction: discord.Interaction[Any], q: Question,
                      run: Run) -> tuple[DiscordSurface, ChainRequest]:
@@ -423,18 +432,17 @@ class DiscordBot:
     # --- running and finishing ------------------------------------------------------------
 
     async def _run(self, run: Run, surface: DiscordSurface, request: ChainRequest) -> None:
-        self.runs[run.key] = run
-        run.surface = surface
-        if run.stop_requested:  # pressed while the thread was being opened
-            self.runs.pop(run.key, None)
-            await self._stopped_early(run)
-            return
         try:
             run.handle = self.ponder.submit(request, surface, run.admission)
         except Refused as exc:
             self.runs.pop(run.key, None)
             await self._quietly(run.opening.show(f"⚠️ {exc.message}"))
             return
+        if run.stop_requested:
+            # Pressed while the thread was opening. Submitted all the same: the service then
+            # says "stopped" in the chain's language and records the chain, which makes the
+            # thread Ponder's, so the asker can still follow up in it.
+            run.handle.cancel(by="user")
         await self._remember_opening(run)
         await self._watch(run)
 
@@ -461,17 +469,6 @@ class DiscordBot:
         with contextlib.suppress(Exception):
             await self.ponder.store.delete(_opening_key(run.key))  # only a resume needs it
 
-    async def _stopped_early(self, run: Run) -> None:
-        seconds = time.monotonic() - run.created
-        stopped = ChainFailed("cancelled", "stopped", seconds)
-        if run.surface is not None:
-            await run.surface.budget.acquire(urgent=True)
-            with contextlib.suppress(SurfaceError):
-                await run.surface.post(run.surface.render(failure_markdown(stopped)))
-        outcome = Outcome(failure=stopped, total_seconds=seconds)
-        await self._quietly(run.opening.show(
-            text.outcome_line(outcome, None, run.language, run.where)))
-
     async def _remember_opening(self, run: Run) -> None:
         """Where the opening message is, so a chain resumed after a restart can update it."""
         opening = run.opening
@@ -491,17 +488,8 @@ class DiscordBot:
         handles = await self.ponder.recover(PLATFORM, self._surface_for)
         for handle in handles:
             request = handle.request
-            opening = Opening("")
-            where: str | None = None
             place_id = int(request.thread or 0)
-            stored = await self.ponder.store.get(_opening_key(handle.chain_id))
-            if stored:
-                record = json.loads(stored)
-                channel_id = int(record["channel"])
-                opening = Opening(record["text"], message_id=int(record["message"]),
-                                  channel=self._messageable(channel_id),
-                                  limiter=self.limiters.get(channel_id))
-                where = record.get("where")
+            opening, where = await self._stored_opening(handle.chain_id)
             run = Run(handle.chain_id, int(request.asker or 0), place_id, where, opening,
                       detect_language(request.question.text), handle)
             if opening.text:
@@ -510,6 +498,25 @@ class DiscordBot:
             self._spawn(self._watch(run), name=f"discord-resumed-{handle.chain_id}")
         if handles:
             log.info("resumed %d chain(s) left running by the previous process", len(handles))
+
+    async def _stored_opening(self, chain_id: str) -> tuple[Opening, str | None]:
+        """A resumed chain's opening message and thread mention, as `_remember_opening` kept
+        them; an empty Opening where there is none or it cannot be read."""
+        try:
+            stored = await self.ponder.store.get(_opening_key(chain_id))
+            if not stored:
+                return Opening(""), None
+            record = json.loads(stored)
+            channel_id = int(record["channel"])
+            opening = Opening(record["text"], message_id=int(record["message"]),
+                              channel=self._messageable(channel_id),
+                              limiter=self.limiters.get(channel_id))
+            return opening, record.get("where")
+        except Exception:
+            # One unreadable record must not leave the other resumed chains unwatched: this
+            # chain still runs and answers in its thread, only its opening stays as it was.
+            log.exception("chain %s: its opening message cannot be found again", chain_id)
+            return Opening(""), None
 
     async def _surface_for(self, record: ChainRecord) -> DiscordSurface | None:
         channel_id = int(record.thread or record.channel or 0)
@@ -581,44 +588,58 @@ class DiscordBot:
             return
         busy = any(r.place_id == thread.id for r in self.runs.values())
         if busy:
-            await self.limiters.posts(thread.id).acquire(urgent=True)
-            await self._quietly(message.reply(
-                "I am still on the previous question here; press Stop or wait for its answer.",
-                mention_author=False))
+            await self._reply(message, thread,
+                              "I am still on the previous question here; press Stop or wait "
+                              "for its answer.")
+            return
+        q = Question(question)
+        probe = ChainRequest(PLATFORM, q, str(message.author.id),
+                             channel=str(thread.parent_id or thread.id), thread=str(thread.id),
+                             workspace=str(message.guild.id if message.guild else ""))
+        try:
+            # Before anything public is posted, as /reason does: a refusal is one reply.
+            admission = self.ponder.admit(probe)
+        except Refused as exc:
+            await self._reply(message, thread, f"⚠️ {exc.message}")
             return
         # Registered before anything is awaited: a second message finds this one busy.
-        q = Question(question)
-        limiter = self.limiters.get(thread.id)
         opening = Opening(f"↪️ Follow-up from {message.author.mention}", channel=thread,
-                          limiter=limiter)
+                          limiter=self.limiters.get(thread.id))
         run = self.runs[q.id] = Run(q.id, message.author.id, thread.id, None, opening,
-                                    detect_language(q.text))
-        self._spawn(self._follow_up(message, thread, run, q), name=f"discord-followup-{q.id}")
+                                    detect_language(q.text), admission=admission)
+        self._spawn(self._follow_up(message, thread, run, probe),
+                    name=f"discord-followup-{q.id}")
 
     async def _follow_up(self, message: discord.Message, thread: discord.Thread, run: Run,
-                         q: Question) -> None:
+                         probe: ChainRequest) -> None:
         opening = run.opening
+        q = probe.question
         try:
-            history = await self.ponder.history(PLATFORM, str(thread.id))
-        except Exception:
-            self.runs.pop(q.id, None)
-            raise
-        q = Question(q.text, id=q.id, history=history)
+            try:
+                history = await self.ponder.history(PLATFORM, str(thread.id))
+            except Exception:
+                self.runs.pop(q.id, None)
+                raise
+            await self.limiters.posts(thread.id).acquire(urgent=True)
+            try:
+                control = await _rest(message.reply(
+                    content=text.with_status(opening.text, text.running_line(None)),
+                    view=stop_view(q.id), mention_author=False))
+            except (discord.HTTPException, TimeoutError) as exc:
+                self.runs.pop(q.id, None)
+                log.warning("could not answer a follow-up in %s: %s", thread.id, exc)
+                return
+            opening.message_id = control.id
+            request = replace(probe, question=Question(q.text, id=q.id, history=history))
+            await self._run(run, self._surface(thread, thread.id), request)
+        finally:
+            run.release()
+
+    async def _reply(self, message: discord.Message, thread: discord.Thread,
+                     content: str) -> None:
+        """A short answer to a message in a thread, paced with the thread's other posts."""
         await self.limiters.posts(thread.id).acquire(urgent=True)
-        try:
-            control = await _rest(message.reply(
-                content=text.with_status(opening.text, text.running_line(None)),
-                view=stop_view(q.id), mention_author=False))
-        except (discord.HTTPException, TimeoutError) as exc:
-            self.runs.pop(q.id, None)
-            log.warning("could not answer a follow-up in %s: %s", thread.id, exc)
-            return
-        opening.message_id = control.id
-        request = ChainRequest(PLATFORM, q, str(message.author.id),
-                               channel=str(thread.parent_id or thread.id),
-                               thread=str(thread.id),
-                               workspace=str(message.guild.id if message.guild else ""))
-        await self._run(run, self._surface(thread, thread.id), request)
+        await self._quietly(_rest(message.reply(content, mention_author=False)))
 
     # --- helpers --------------------------------------------------------------------------
 

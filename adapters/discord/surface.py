@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
-from collections import Counter
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -45,7 +44,13 @@ CHANNEL_BURST = 1
 GLOBAL_RATE = 40.0
 GLOBAL_BURST = 10
 EDIT_INTERVAL = 1.0
-REST_TIMEOUT = 30.0  # one REST call, discord.py's own 429/5xx retries included
+# discord.py sleeps through a 429's Retry-After inside the call when it is at most this long
+# (the client's max_ratelimit_timeout; 30 s is the least discord.py accepts), and raises
+# RateLimited for a longer one.
+MAX_RATELIMIT_WAIT = 30.0
+# One REST call, discord.py's own 429/5xx retries included: room for a full Retry-After sleep
+# plus the request itself, or our deadline would cut short a wait discord.py is entitled to.
+REST_TIMEOUT = MAX_RATELIMIT_WAIT + 15
 LONG_RATE_LIMIT = 120.0  # a longer Retry-After than this gives up instead of waiting
 
 # Message writes in one channel: the bucket the limiters stand for (thread creation, reactions
@@ -56,38 +61,30 @@ _MESSAGE_WRITE = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
 class LimiterRegistry:
     """One RateLimiter per (channel id, "edit" | "post"), made on first use, shared by all.
 
-    Limiters of channels nobody wrote to for `idle_after` seconds are dropped (a bot sees
-    many threads over its life); a dropped one is simply created afresh when needed.
+    Held weakly: a limiter lives exactly as long as a surface, opening message or waiter holds
+    it, however long a chain runs, so every writer to one Discord bucket shares one limiter. A
+    bot sees many threads over its life; one nobody holds any more goes, and is made afresh
+    when needed.
     """
 
     def __init__(self, rate: float = CHANNEL_RATE[0], per: float = CHANNEL_RATE[1],
-                 burst: int = CHANNEL_BURST, idle_after: float = 600.0) -> None:
+                 burst: int = CHANNEL_BURST) -> None:
         self._rate, self._per, self._burst = rate, per, burst
-        self._idle_after = idle_after
-        self._limiters: dict[tuple[int, str], RateLimiter] = {}
-        self._used: dict[tuple[int, str], float] = {}
-        self._next_prune = time.monotonic() + idle_after
+        self._limiters: weakref.WeakValueDictionary[tuple[int, str], RateLimiter] = (
+            weakref.WeakValueDictionary())
 
     def get(self, channel_id: int, kind: str = "edit") -> RateLimiter:
         """The limiter for edits (default) or posts (`kind="post"`) in a channel."""
-        now = time.monotonic()
-        if now >= self._next_prune:
-            self._prune(now)
         key = (channel_id, kind)
         limiter = self._limiters.get(key)
         if limiter is None:
-            limiter = self._limiters[key] = RateLimiter(self._rate, self._per, self._burst)
-        self._used[key] = now
+            # Bound to a name first: the dictionary alone would not keep it alive.
+            limiter = RateLimiter(self._rate, self._per, self._burst)
+            self._limiters[key] = limiter
         return limiter
 
     def posts(self, channel_id: int) -> RateLimiter:
         return self.get(channel_id, "post")
-
-    def _prune(self, now: float) -> None:
-        self._next_prune = now + self._idle_after
-        for key, used in list(self._used.items()):
-            if now - used > self._idle_after and not self._limiters[key].waiting:
-                del self._limiters[key], self._used[key]
 
     def pause(self, channel_id: int, kind: str, seconds: float) -> None:
         limiter = self._limiters.get((channel_id, kind))
@@ -97,24 +94,18 @@ class LimiterRegistry:
 
 @dataclass
 class RestObserver:
-    """An aiohttp trace on discord.py's session: counts calls and feeds 429s to the limiters."""
+    """An aiohttp trace on discord.py's session: paces every request under the bot-wide
+    limit, and feeds 429s to the limiters (and the metrics)."""
 
     limiters: LimiterRegistry
     bot: RateLimiter = field(default_factory=lambda: RateLimiter(GLOBAL_RATE, burst=GLOBAL_BURST))
-    calls: Counter[str] = field(default_factory=Counter)  # "METHOD status" -> count
     rate_limited: int = 0
-    errors: int = 0
 
     def trace_config(self) -> aiohttp.TraceConfig:
         trace = aiohttp.TraceConfig()
         trace.on_request_start.append(self._on_start)
         trace.on_request_end.append(self._on_end)
-        trace.on_request_exception.append(self._on_exception)
         return trace
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
 
     async def _on_start(self, session: aiohttp.ClientSession, context: SimpleNamespace,
                         params: aiohttp.TraceRequestStartParams) -> None:
@@ -125,7 +116,6 @@ class RestObserver:
     async def _on_end(self, session: aiohttp.ClientSession, context: SimpleNamespace,
                       params: aiohttp.TraceRequestEndParams) -> None:
         status = params.response.status
-        self.calls[f"{params.method} {status}"] += 1
         PLATFORM_CALLS.labels("discord", params.method).inc()
         if status != 429:
             return
@@ -142,10 +132,6 @@ class RestObserver:
             self.limiters.pause(int(match.group(1)), kind, wait)
         log.warning("Discord rate limit on %s %s: waiting %.2f s", params.method,
                     params.url.path, wait)
-
-    async def _on_exception(self, session: aiohttp.ClientSession, context: SimpleNamespace,
-                            params: aiohttp.TraceRequestExceptionParams) -> None:
-        self.errors += 1
 
 
 def _seconds(value: str | None) -> float | None:
@@ -169,23 +155,18 @@ class DiscordSurface:
     limits = SurfaceLimits(max_chars=MAX_CONTENT, edit_interval=EDIT_INTERVAL)
 
     def __init__(self, channel: discord.abc.Messageable, channel_id: int,
-                 budget: RateLimiter, post_budget: RateLimiter | None = None, *,
-                 rest_timeout: float = REST_TIMEOUT) -> None:
+                 budget: RateLimiter, post_budget: RateLimiter) -> None:
         self.channel = channel
         self.channel_id = channel_id
         self.budget = budget  # edits
-        self.post_budget = post_budget or budget  # new messages
-        self.rest_timeout = rest_timeout
-        self.posted: list[MessageRef] = []
+        self.post_budget = post_budget  # new messages: a bucket of their own on Discord
 
     def render(self, markdown: str) -> str:
         return render(markdown)
 
     async def post(self, text: str) -> object:
         message = await self._call(self.channel.send, content=text)
-        ref = MessageRef(self.channel_id, message.id)
-        self.posted.append(ref)
-        return ref
+        return MessageRef(self.channel_id, message.id)
 
     async def edit(self, handle: object, text: str) -> None:
         if not isinstance(handle, MessageRef):
@@ -220,7 +201,7 @@ class DiscordSurface:
         """One write, with discord.py's retries, a deadline, and one wait on a long 429."""
         for attempt in range(2):
             try:
-                async with asyncio.timeout(self.rest_timeout):
+                async with asyncio.timeout(REST_TIMEOUT):
                     return await method(**kwargs)
             except discord.RateLimited as exc:
                 # Longer than the client's max_ratelimit_timeout: wait once, in the open.

@@ -10,8 +10,10 @@ What it does like Discord (and what tests can therefore assert on):
 
 - REST under `/api/v10`: login (`/users/@me`, `/oauth2/applications/@me`, `/gateway/bot`),
   application command sync (global and per guild), interaction callbacks (answered with the
-  `with_response` shape), the interaction webhook (`@original`, follow-ups), channel messages
-  (create, edit, fetch), threads (from a message, without one, forum posts), reactions.
+  `with_response` shape; a message, a "thinking" defer, or a deferred update for buttons), the
+  interaction webhook (fetch and edit `@original`), channels (fetch), channel messages (create,
+  edit, fetch), threads (from a message, without one, forum posts). Only what Ponder calls:
+  anything else is a 404.
   JSON answers carry `Content-Type: application/json` exactly (discord.py parses nothing else).
 - Every request is recorded (`fake.requests`): method, path, query, JSON body, headers, status.
 - Per-route rate-limit buckets with Discord's headers (`X-RateLimit-*`), a global limit, and
@@ -38,7 +40,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -78,7 +80,6 @@ GUILD_FORUM = 15
 CHANNEL_MESSAGE = 4
 DEFERRED_CHANNEL_MESSAGE = 5
 DEFERRED_UPDATE_MESSAGE = 6
-UPDATE_MESSAGE = 7
 
 MESSAGE_FLAG_EPHEMERAL = 1 << 6
 MESSAGE_FLAG_LOADING = 1 << 7
@@ -91,8 +92,6 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
     "PATCH /channels/{channel_id}/messages/{id}": (5, 5.0),
     "POST /channels/{channel_id}/messages/{id}/threads": (5, 5.0),
     "POST /channels/{channel_id}/threads": (5, 5.0),
-    "PUT /channels/{channel_id}/messages/{id}/reactions/{emoji}/@me": (1, 0.25),
-    "POST /webhooks/{webhook}": (5, 5.0),
     "PATCH /webhooks/{webhook}/messages/{id}": (5, 5.0),
 }
 DEFAULT_GLOBAL_LIMIT = 50  # requests per second per bot (interaction callbacks excluded)
@@ -147,7 +146,6 @@ class Interaction:
     payload: dict[str, Any]
     response_type: int | None = None
     original_id: int | None = None
-    followups: list[int] = field(default_factory=list)
     expired: bool = False
 
 
@@ -569,19 +567,12 @@ class FakeDiscord:
             ("POST", "/interactions/{interaction}/{token}/callback", self._callback),
             ("GET", "/webhooks/{webhook}/messages/{id}", self._webhook_get),
             ("PATCH", "/webhooks/{webhook}/messages/{id}", self._webhook_edit),
-            ("DELETE", "/webhooks/{webhook}/messages/{id}", self._webhook_delete),
-            ("POST", "/webhooks/{webhook}", self._webhook_post),
             ("GET", "/channels/{channel_id}", self._get_channel),
             ("GET", "/channels/{channel_id}/messages/{id}", self._get_message),
             ("POST", "/channels/{channel_id}/messages", self._post_message),
             ("PATCH", "/channels/{channel_id}/messages/{id}", self._edit_message),
-            ("DELETE", "/channels/{channel_id}/messages/{id}", self._delete_message),
             ("POST", "/channels/{channel_id}/messages/{id}/threads", self._thread_from_message),
             ("POST", "/channels/{channel_id}/threads", self._thread_without_message),
-            ("PUT", "/channels/{channel_id}/messages/{id}/reactions/{emoji}/@me", self._react),
-            ("DELETE", "/channels/{channel_id}/messages/{id}/reactions/{emoji}/@me",
-             self._unreact),
-            ("POST", "/channels/{channel_id}/typing", self._typing),
         ]
         compiled = []
         for method, template, handler in table:
@@ -780,10 +771,6 @@ class FakeDiscord:
             )
             interaction.original_id = int(message["id"])
             resource = {"type": kind, "message": self._strip(message)}
-        elif kind == UPDATE_MESSAGE:
-            message_id = int(interaction.payload["message"]["id"])
-            self._apply_edit(self.messages[message_id], data)
-            resource = {"type": kind, "message": self._strip(self.messages[message_id])}
         elif kind != DEFERRED_UPDATE_MESSAGE:
             return _error(400, 50035, "Invalid Form Body")
         interaction.response_type = kind
@@ -804,10 +791,9 @@ class FakeDiscord:
             if interaction.original_id is None:
                 raise _Reply(_error(404, 10008, "Unknown Message"))
             return self.messages[interaction.original_id]
-        mid = int(message_id)
-        if mid not in interaction.followups and mid != interaction.original_id:
+        if int(message_id) != interaction.original_id:
             raise _Reply(_error(404, 10008, "Unknown Message"))
-        return self.messages[mid]
+        return self.messages[int(message_id)]
 
     async def _webhook_get(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
         interaction = self._interaction_by_token(params["webhook"])
@@ -821,34 +807,6 @@ class FakeDiscord:
         if problem:
             return problem
         self._apply_edit(message, record.json)
-        return _json(self._strip(message))
-
-    async def _webhook_delete(self, record: RecordedRequest,
-                              params: dict[str, str]) -> web.Response:
-        interaction = self._interaction_by_token(params["webhook"])
-        message = self._webhook_message(interaction, params["id"])
-        self.messages.pop(int(message["id"]), None)
-        return web.Response(status=204)
-
-    async def _webhook_post(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
-        interaction = self._interaction_by_token(params["webhook"])
-        if interaction.response_type is None:
-            return _error(404, 10015, "Unknown Webhook")
-        problem = _check_message(record.json)
-        if problem:
-            return problem
-        body = record.json
-        flags = int(body.get("flags", 0)) & MESSAGE_FLAG_EPHEMERAL
-        if interaction.response_type == DEFERRED_CHANNEL_MESSAGE and interaction.original_id:
-            original = self.messages[interaction.original_id]
-            if original["flags"] & MESSAGE_FLAG_LOADING:
-                # The first follow-up of a "thinking" defer replaces the loading message.
-                self._apply_edit(original, body)
-                return _json(self._strip(original))
-        message = self._new_message(interaction.channel_id, body.get("content", ""),
-                                    author=self.bot, components=body.get("components"),
-                                    flags=flags, interaction=interaction)
-        interaction.followups.append(int(message["id"]))
         return _json(self._strip(message))
 
     # --- REST: channels and messages ------------------------------------------------------
@@ -900,27 +858,6 @@ class FakeDiscord:
             return problem
         self._apply_edit(message, record.json)
         return _json(self._strip(message))
-
-    async def _delete_message(self, record: RecordedRequest,
-                              params: dict[str, str]) -> web.Response:
-        channel = self._channel(params)
-        message = self._message(channel, params)
-        self.messages.pop(int(message["id"]))
-        return web.Response(status=204)
-
-    async def _react(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
-        message = self._message(self._channel(params), params)
-        message["_reactions"].add(params["emoji"])
-        return web.Response(status=204)
-
-    async def _unreact(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
-        message = self._message(self._channel(params), params)
-        message["_reactions"].discard(params["emoji"])
-        return web.Response(status=204)
-
-    async def _typing(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
-        self._channel(params)
-        return web.Response(status=204)
 
     # --- REST: threads --------------------------------------------------------------------
 
@@ -1003,7 +940,7 @@ class FakeDiscord:
             "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
             "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": flags,
             "components": components or [],
-            "_history": [content], "_reactions": set(),
+            "_history": [content],
         }
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
