@@ -49,7 +49,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from adapters.discord import DiscordBot  # noqa: E402
-from adapters.slack import SlackLimits  # noqa: E402
+from bench.slack import scaled_limits  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.llm import LLMClient  # noqa: E402
 from bot.service import Ponder  # noqa: E402
@@ -94,17 +94,6 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else float("nan")
 
 
-def scaled_slack_limits(scale: float) -> SlackLimits:
-    """Slack's production limits with every window divided by `scale` (as bench/slack.py)."""
-    base = SlackLimits()
-    return SlackLimits(
-        update_rate=base.update_rate, update_per=base.update_per / scale,
-        update_burst=base.update_burst,
-        post_rate=base.post_rate, post_per=base.post_per / scale, post_burst=base.post_burst,
-        edit_interval=base.edit_interval / scale, request_timeout=base.request_timeout,
-    )
-
-
 def fake_model(args: argparse.Namespace, faulty: bool, seed: int) -> FakeOpenAI:
     # A 7B model on a GPU streams ~160 characters a second; here ten times faster.
     return FakeOpenAI(auto_steps=args.steps, chunk_chars=16, chunk_delay=0.01,
@@ -130,7 +119,7 @@ async def slack_run(args: argparse.Namespace, faulty: bool) -> Result:
                          assistant_status=False) as slack, \
             fake_model(args, faulty, args.seed) as llm:
         with tempfile.TemporaryDirectory() as tmp:
-            h = await start_harness(Path(tmp), slack, llm, limits=scaled_slack_limits(args.scale),
+            h = await start_harness(Path(tmp), slack, llm, limits=scaled_limits(args.scale),
                                     **_slack_values(args))
             answered_at: dict[str, float] = {}
             updates = 0

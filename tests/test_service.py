@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.events import Question
-from bot.service import ChainRequest, Ponder, Refused
+from bot.service import ChainHandle, ChainRequest, Ponder, Refused
 from bot.store import ChainRecord, StepRecord
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
@@ -27,6 +27,15 @@ async def started(fake: FakeOpenAI, tmp_path: Path, **overrides: object) -> Pond
     ponder = Ponder(make_settings(fake.base_url, tmp_path, **overrides))
     await ponder.start()
     return ponder
+
+
+async def shows_and_records_the_stop(ponder: Ponder, handle: ChainHandle,
+                                     surface: RecordingSurface) -> None:
+    outcome = await asyncio.wait_for(handle.wait(), 5)
+    assert outcome.failure is not None and outcome.failure.reason == "cancelled"
+    assert "⏹️ Stopped after" in surface.text()
+    record = await ponder.store.chain(handle.chain_id)
+    assert record is not None and record.status == "cancelled"
 
 
 async def test_a_chain_is_shown_recorded_and_its_answer_becomes_history(tmp_path: Path) -> None:
@@ -127,11 +136,7 @@ async def test_stop_pressed_as_thinking_starts_still_ends_the_chain(tmp_path: Pa
                 break
             await asyncio.sleep(0)
         handle.cancel()
-        outcome = await asyncio.wait_for(handle.wait(), 5)
-        assert outcome.failure is not None and outcome.failure.reason == "cancelled"
-        assert "⏹️ Stopped after" in surface.text()
-        record = await ponder.store.chain(handle.chain_id)
-        assert record is not None and record.status == "cancelled"
+        await shows_and_records_the_stop(ponder, handle, surface)
         await ponder.close()
 
 
@@ -256,11 +261,7 @@ async def test_stop_before_thinking_began_is_shown_and_recorded(tmp_path: Path) 
     surface = RecordingSurface()
     handle = ponder.submit(request(), surface)
     handle.cancel()  # before its task even ran
-    outcome = await asyncio.wait_for(handle.wait(), 5)
-    assert outcome.failure is not None and outcome.failure.reason == "cancelled"
-    assert "⏹️ Stopped after" in surface.text()
-    record = await ponder.store.chain(handle.chain_id)
-    assert record is not None and record.status == "cancelled"
+    await shows_and_records_the_stop(ponder, handle, surface)
     await ponder.close()
 
 
