@@ -366,6 +366,10 @@ class ServerProcess:
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
     def returncode(self) -> int | None:
         return self._proc.returncode if self._proc else None
 
