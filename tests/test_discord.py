@@ -424,6 +424,32 @@ async def test_a_follow_up_by_the_asker_carries_the_thread_history(h: Harness) -
     assert reply.json["allowed_mentions"] == {"parse": [], "replied_user": False}
 
 
+async def test_reason_inside_a_ponder_thread_answers_there_one_chain_at_a_time(
+        h: Harness) -> None:
+    h.llm.script(Step("Add", "2+2 is 4.", "final_answer"), Text("**4**"))
+    first = await h.ask("What is 2+2?")
+    await h.finished(first)
+    thread_id = h.thread_of(first)
+    h.llm.chunk_delay = 0.05  # the next chain is still thinking when the third /reason comes
+    h.llm.script(Step("Double", "4*2 is 8, " * 20, "final_answer"), Text("**8**"))
+    second = await h.ask("And twice that?", channel_id=thread_id)
+    await h.discord.wait_for(lambda: len(h.llm.requests) >= 3, 10)
+    third = await h.ask("And thrice?", channel_id=thread_id, user=h.discord.bob)
+    await h.discord.wait_for(lambda: third.response_type is not None)
+    (refusal,) = h.discord.requests_to("POST", rf"^/interactions/{third.id}/")
+    assert refusal.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
+    assert "still on the previous question here" in refusal.json["data"]["content"]
+    await h.finished(second)
+    # Answered inline in the thread, knowing the thread's earlier question and answer.
+    assert len(h.discord.threads()) == 1
+    asked = [r.body["messages"] for r in h.llm.requests]
+    turns = [(m["role"], m["content"]) for m in asked[2] if m["role"] != "system"]
+    assert turns[:3] == [("user", "What is 2+2?"), ("assistant", "**4**"),
+                         ("user", "And twice that?")]
+    assert h.texts(thread_id)[-1].startswith("**Answer**\n**8**")
+    assert not any("thrice" in str(body) for body in asked)
+
+
 async def test_a_refused_follow_up_is_one_reply_with_the_reason_and_starts_nothing(
         tmp_path: Path, discord: FakeDiscord, fake_llm: FakeOpenAI) -> None:
     h = await start(tmp_path, discord, fake_llm, user_rate_per_minute=1)

@@ -41,6 +41,8 @@ from bot.service import Admission, ChainHandle, ChainRequest, Ponder, Refused
 from bot.store import ChainRecord
 
 log = logging.getLogger(__name__)
+
+BUSY = "I am still on the previous question here; press Stop or wait for its answer."
 T = TypeVar("T")
 
 PLATFORM = "discord"
@@ -306,6 +308,10 @@ class DiscordBot:
         q = Question(question.strip(), mode=mode)
         probe = ChainRequest(PLATFORM, q, str(user.id), channel=str(_parent_id(interaction)),
                              workspace=str(interaction.guild_id or ""))
+        if isinstance(interaction.channel, discord.Thread) and self._busy(interaction.channel.id):
+            # /reason inside a thread answers right there: one chain at a time, as follow-ups.
+            await _rest(interaction.response.send_message(BUSY, ephemeral=True))
+            return
         try:
             # Counted now: a second /reason while this one's thread opens is refused privately.
             admission = self.ponder.admit(probe)
@@ -586,11 +592,8 @@ class DiscordBot:
             if not self.message_content:
                 log.warning("a follow-up arrived without content (no Message Content intent)")
             return
-        busy = any(r.place_id == thread.id for r in self.runs.values())
-        if busy:
-            await self._reply(message, thread,
-                              "I am still on the previous question here; press Stop or wait "
-                              "for its answer.")
+        if self._busy(thread.id):
+            await self._reply(message, thread, BUSY)
             return
         q = Question(question)
         probe = ChainRequest(PLATFORM, q, str(message.author.id),
@@ -634,6 +637,10 @@ class DiscordBot:
             await self._run(run, self._surface(thread, thread.id), request)
         finally:
             run.release()
+
+    def _busy(self, place_id: int) -> bool:
+        """Whether a chain is answering in this thread or channel now."""
+        return bool(place_id) and any(r.place_id == place_id for r in self.runs.values())
 
     async def _reply(self, message: discord.Message, thread: discord.Thread,
                      content: str) -> None:
