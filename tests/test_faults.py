@@ -847,6 +847,12 @@ async def test_a_restart_tidies_a_message_posted_just_before_the_crash(
 
     async with FakeSlack(streaming=False, update_limit=None) as slack:
         question = slack.add_user_message(CHANNEL, f"<@{slack.bot_user_id}> What is 2+2?")
+        # A long thread, read a reply at a time: the tidy-up starts at the chain's first
+        # message and pages through the rest.
+        slack.replies_page = 1
+        for n in range(3):
+            slack.add_user_message(CHANNEL, f"Earlier talk {n}", user="UOTHER",
+                                   thread_ts=question.ts)
         mine = []
         for text in ("*Step 1 · Restate* ⏳\nWe need", "*Step 2* ⏳\nthinking…"):
             msg = Message(CHANNEL, slack.next_ts(), question.ts, text, bot_id=slack.bot_id,

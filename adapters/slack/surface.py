@@ -337,12 +337,11 @@ class SlackSurface:
                 posted.add(handle)
         first = min((_ts_key(ts) for ts in posted), default=(0, 0))
         try:
-            replies = await call("conversations.replies", self.client.conversations_replies(
-                channel=self.channel, ts=self.thread_ts, limit=200))
+            messages = await self._replies(since=min(posted, key=_ts_key) if posted else None)
         except SlackCallError as exc:
             log.warning("could not read thread %s to tidy it: %s", self.thread_ts, exc.error)
             return
-        for message in replies.get("messages") or []:
+        for message in messages:
             ts, text = str(message.get("ts", "")), str(message.get("text") or "")
             ours = ts in posted or (bool(message.get("bot_id")) and _ts_key(ts) > first)
             tidy = settled_text(text, steps, language, self.render, self.limits.max_chars)
@@ -353,6 +352,20 @@ class SlackSurface:
                 await self.edit(ts, tidy)
             except SlackCallError as exc:  # e.g. another app's message: not ours to edit
                 log.warning("could not tidy message %s: %s", ts, exc.error)
+
+    async def _replies(self, since: str | None) -> list[dict[str, Any]]:
+        """The thread's messages from `since` on (all of them without it), page by page: a
+        long thread of follow-ups outgrows one page, and the dead chain's are the newest."""
+        messages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        window = {"oldest": since, "inclusive": True} if since else {}
+        while True:
+            page = await call("conversations.replies", self.client.conversations_replies(
+                channel=self.channel, ts=self.thread_ts, limit=200, cursor=cursor, **window))
+            messages.extend(page.get("messages") or [])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return messages
 
     def presenter(self) -> Any:
         """The presenter the service should use for this thread (streaming where offered)."""

@@ -163,6 +163,7 @@ class FakeSlack:
         self.status_error = "missing_scope"
         self.host = host
         self.latency = 0.0  # seconds added to every answer
+        self.replies_page = 1000  # the most replies conversations.replies returns at once
 
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
@@ -570,8 +571,22 @@ class FakeSlack:
         parent = self.messages.get((channel, ts))
         if parent is None:
             raise _SlackError("thread_not_found")
-        items = [parent, *self.thread(channel, ts)]
-        return {"messages": [m.as_json() for m in items], "has_more": False}
+        # As Slack: the parent first, then replies from `oldest` on, a page of at most
+        # `limit` (and never more than `replies_page`) at a time, `next_cursor` to go on.
+        oldest = str(body.get("oldest") or "")
+        inclusive = str(body.get("inclusive", "")).lower() in ("1", "true")
+        replies = [m for m in self.thread(channel, ts) if not oldest
+                   or _ts_key(m.ts) > _ts_key(oldest)
+                   or (inclusive and m.ts == oldest)]
+        start = int(body.get("cursor") or 0)
+        size = min(int(body.get("limit") or 1000), self.replies_page)
+        page = replies[start:start + size]
+        more = start + size < len(replies)
+        out: dict[str, Any] = {"messages": [m.as_json() for m in [parent, *page]],
+                               "has_more": more}
+        if more:
+            out["response_metadata"] = {"next_cursor": str(start + size)}
+        return out
 
 
 class _SlackError(Exception):
