@@ -580,6 +580,33 @@ async def test_a_long_stream_continues_in_a_new_one(tmp_path: Path, who_ends_it:
             await stop_harness(h)
 
 
+async def test_a_429_on_a_stream_holds_every_chains_appends(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm)
+        try:
+            fake_llm.chunk_delay = 0.02  # long enough for both chains to be appending
+            asked = [h.ask(f"Question {n}?", user=f"U{n}") for n in range(2)]
+            for _, body in asked:
+                await h.post(body)
+            for _ in range(200):  # until both streams are well under way
+                if slack.count("chat.appendStream") >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            slack.inject("chat.appendStream", status=429, retry_after=1)
+            await h.settle()
+            (limited,) = [c for c in slack.calls if c.method == "chat.appendStream"
+                          and c.status == 429]
+            # The workspace's append budget is shared: neither chain appends until it is over.
+            held = [c for c in slack.calls if c.method == "chat.appendStream" and c.ok
+                    and limited.at < c.at < limited.at + 0.95]
+            assert held == []
+            for question, _ in asked:
+                assert "Thought for" in h.replies(question.ts)[-1].text
+        finally:
+            await stop_harness(h)
+
+
 async def replies_when_failing(tmp_path: Path, fake_llm: FakeOpenAI,
                                method: str) -> list[Message]:
     """The thread's replies after a chain whose every `method` call fails."""
