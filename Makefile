@@ -23,6 +23,8 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot adapters tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest -q
