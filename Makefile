@@ -30,10 +30,10 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/engine.py
-	$(PY) bench/discord.py
-	$(PY) bench/slack.py
-	$(PY) bench/faults.py
+	$(PY) -m bench.engine
+	$(PY) -m bench.discord
+	$(PY) -m bench.slack
+	$(PY) -m bench.faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Benchmark: N concurrent /reason chains in one Discord channel, against the fakes.
 
-    .venv/bin/python bench/discord.py [--chains 20] [--steps 5] [--chunk-delay 0.05]
+    .venv/bin/python -m bench.discord [--chains 20] [--steps 5] [--chunk-delay 0.05]
 
 discord.py's real client talks to the fake Discord (REST with Discord's per-route buckets and
 headers, gateway) and the real Ponder service talks to the fake model server. Printed, from
@@ -13,42 +13,33 @@ one run:
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import re
+import statistics
 import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path, where its own name would
-# shadow the discord package: put the repository root there instead.
-ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-from typing import Any  # noqa: E402
-
-from adapters.discord import DiscordBot  # noqa: E402
-from adapters.discord.surface import (  # noqa: E402
+from adapters.discord import DiscordBot
+from adapters.discord.surface import (
     CHANNEL_BURST,
     CHANNEL_RATE,
     EDIT_INTERVAL,
     LimiterRegistry,
 )
-from bot.config import load_settings  # noqa: E402
-from bot.events import Event, FinalAnswer, Question, StepFinished  # noqa: E402
-from bot.llm import LLMClient  # noqa: E402
-from bot.service import Ponder  # noqa: E402
-from tests.fakes.discord_server import FakeDiscord  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
+from bot.config import load_settings
+from bot.events import Event, FinalAnswer, Question, StepFinished
+from bot.llm import LLMClient
+from bot.service import Ponder
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
 
 
 class TimedEngine:

@@ -1,6 +1,6 @@
 """Engine benchmark: what Ponder adds on top of the model's own time, alone and at scale.
 
-Run: `.venv/bin/python bench/engine.py [--chains 500] [--steps 5] [--chunk-delay 0.025]`
+Run: `.venv/bin/python -m bench.engine [--chains 500] [--steps 5] [--chunk-delay 0.025]`
 
 - overhead: one chain's wall time ÷ the time its model calls took (server side, same run).
 - scale: N chains at once in this process ÷ one chain alone, and peak RSS.
@@ -22,15 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bot.config import load_settings
+from bot.engine import Engine
+from bot.events import FinalAnswer, Question
+from bot.llm import LLMClient
+from bot.runner import tune_gc
+from tests.fakes.openai_server import FakeOpenAI
 
-from bot.config import load_settings  # noqa: E402
-from bot.engine import Engine  # noqa: E402
-from bot.events import FinalAnswer, Question  # noqa: E402
-from bot.llm import LLMClient  # noqa: E402
-from bot.runner import tune_gc  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
+# The fake model server's subprocess imports `tests` from here, whatever the caller's cwd.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def one_chain(engine: Engine, n: int) -> float:

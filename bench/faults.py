@@ -1,7 +1,7 @@
 """Fault benchmark: does every question still get an answer, or a clear explanation, when the
 model server fails a fifth of its calls and each platform has a 429 storm?
 
-    .venv/bin/python bench/faults.py [--chains 50] [--fault-rate 0.2] [--seed 7]
+    .venv/bin/python -m bench.faults [--chains 50] [--fault-rate 0.2] [--seed 7]
 
 Everything runs for real except the platforms and the model: Slack's bolt app gets signed
 Events API requests and writes to the fake Slack Web API; discord.py's client talks to the fake
@@ -25,38 +25,29 @@ questions spread over channels as users would ask them.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import re
 import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path, where bench/discord.py would
-# shadow the discord package: put the repository root there instead.
-ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from adapters.discord import DiscordBot  # noqa: E402
-from bench.slack import scaled_limits  # noqa: E402
-from bot.config import load_settings  # noqa: E402
-from bot.llm import LLMClient  # noqa: E402
-from bot.service import Ponder  # noqa: E402
-from tests.fakes.discord_server import FakeDiscord  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
-from tests.fakes.slack_server import Call, FakeSlack  # noqa: E402
-from tests.slack_harness import start_harness, stop_harness  # noqa: E402
+from adapters.discord import DiscordBot
+from bench.slack import scaled_limits
+from bot.config import load_settings
+from bot.llm import LLMClient
+from bot.service import Ponder
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.slack_server import Call, FakeSlack
+from tests.slack_harness import start_harness, stop_harness
 
 SUMMARY = re.compile(r"Thought for \d+\.\d+ s · \d+ steps?")
 BUSY = ("⏳", "thinking…")

@@ -1,6 +1,6 @@
 """Slack benchmark: 50 chains at once in one workspace, under Slack's shared budgets.
 
-Run: `.venv/bin/python bench/slack.py [--chains 50] [--steps 3] [--scale 10] [--stream]`
+Run: `.venv/bin/python -m bench.slack [--chains 50] [--steps 3] [--scale 10] [--stream]`
 
 Everything runs for real except Slack and the model: the bolt app receives signed Events API
 requests, a `Ponder` service runs the chains, and `SlackBot` writes to the fake Slack Web API
@@ -39,16 +39,13 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from adapters.slack import SlackBot, SlackLimits  # noqa: E402
-from adapters.slack.app import MemorySeenEvents  # noqa: E402
-from bot.config import load_settings  # noqa: E402
-from bot.events import ChainStarted, Event, FinalAnswer, Question, StepFinished  # noqa: E402
-from bot.service import Ponder  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
-from tests.fakes.slack_server import Call, FakeSlack, Message  # noqa: E402
+from adapters.slack import SlackBot, SlackLimits
+from adapters.slack.app import MemorySeenEvents
+from bot.config import load_settings
+from bot.events import ChainStarted, Event, FinalAnswer, Question, StepFinished
+from bot.service import Ponder
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.slack_server import Call, FakeSlack, Message
 
 SECRET = "bench-signing-secret"
 CHANNEL = "C0BENCH"

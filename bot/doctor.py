@@ -8,55 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
-import re
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal
-
-import aiohttp
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from bot.config import Mode, Settings, SettingsError, load_settings
-from bot.llm import LLMClient, LLMError, StepResult, TextDelta
+from bot.llm import LLMClient, LLMError, TextDelta
+from bot.logs import held_logs
 from bot.model import detect_gpu
+from bot.platforms import MARKS, Check, Limits, Platform, discover, format_check
+from bot.steps import StepResult
 
-Status = Literal["ok", "fail", "skip"]
-MARKS: dict[Status, str] = {"ok": "✓", "fail": "✗", "skip": "–"}
-
-_DISCORD_TOKEN = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-    required: bool = True
-
-    @property
-    def passed(self) -> bool:
-        return self.status != "fail" or not self.required
-
-
-def format_check(check: Check) -> str:
-    line = f"{MARKS[check.status]} {check.name}: {check.detail}"
-    if check.status == "fail" and check.fix:
-        line += f" → fix: {check.fix}"
-    if check.status == "fail" and not check.required:
-        line += " (optional)"
-    return line
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Seconds allowed per kind of call."""
-
-    http: float = 5.0  # plain GETs and auth calls
-    completion: float = 60.0  # a model request (a CPU server's first one is slow)
+__all__ = ["MARKS", "Check", "Limits", "format_check", "register_commands", "run_checks"]
 
 
 # Enough for one short step; a model that needs more to name 5 apples is rambling whitespace.
@@ -163,95 +127,6 @@ class _ModelProbe:
                          "serve a reasoning model with --reasoning-parser (e.g. qwen3), "
                          "or set PONDER_MODE=chain")
         return Check(name, "ok", "absent (fine for PONDER_MODE=chain)")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-    text = str(exc) or type(exc).__name__
-    return text[:160]
-
-
-async def _discord(settings: Settings, http: aiohttp.ClientSession, limits: Limits) -> Check:
-    name = "Discord"
-    if settings.discord_token is None:
-        return Check(name, "skip", "DISCORD_TOKEN not set (Discord stays off)", required=False)
-    token = settings.discord_token.get_secret_value().strip()
-    if token.lower().startswith("bot "):
-        return Check(name, "fail", "DISCORD_TOKEN starts with 'Bot '",
-                     "set the token alone; Ponder adds the 'Bot ' prefix")
-    bot_id = _discord_bot_id(token)
-    if bot_id is None:
-        return Check(name, "fail", "DISCORD_TOKEN does not look like a bot token",
-                     "copy it from the Developer Portal: your app → Bot → Reset Token")
-    url = f"{settings.discord_api_url.rstrip('/')}/users/@me"
-    try:
-        async with http.get(url, headers={"Authorization": f"Bot {token}"},
-                            timeout=aiohttp.ClientTimeout(total=limits.http)) as resp:
-            if resp.status == 401:
-                return Check(name, "fail", f"the token for bot {bot_id} was rejected (401)",
-                             "reset the token in the Developer Portal and update DISCORD_TOKEN")
-            if resp.status != 200:
-                return Check(name, "fail", f"{url} answered HTTP {resp.status}",
-                             "try again later; check DISCORD_API_URL", required=False)
-            me = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, "ok", f"token format ok (bot {bot_id}); Discord unreachable, "
-                     f"login not checked ({_why(exc)})", required=False)
-    return Check(name, "ok", f"logged in as {me.get('username', '?')} ({me.get('id', bot_id)})")
-
-
-def _discord_bot_id(token: str) -> str | None:
-    """The bot's user id, which a real token carries base64-encoded in its first part."""
-    if not _DISCORD_TOKEN.match(token):
-        return None
-    head = token.split(".", 1)[0]
-    try:
-        decoded = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    return decoded if decoded.isdigit() else None
-
-
-async def _slack(settings: Settings, http: aiohttp.ClientSession, limits: Limits) -> Check:
-    name = "Slack"
-    bot, app = settings.slack_bot_token, settings.slack_app_token
-    if bot is None and app is None:
-        return Check(name, "skip", "SLACK_BOT_TOKEN not set (Slack stays off)", required=False)
-    if bot is None:
-        return Check(name, "fail", "SLACK_APP_TOKEN is set but SLACK_BOT_TOKEN is not",
-                     "set SLACK_BOT_TOKEN (xoxb-…, from OAuth & Permissions)")
-    token = bot.get_secret_value().strip()
-    if not token.startswith("xoxb-"):
-        return Check(name, "fail", "SLACK_BOT_TOKEN does not start with xoxb-",
-                     "use the Bot User OAuth Token (OAuth & Permissions), not a user token")
-    if app is not None and not app.get_secret_value().strip().startswith("xapp-"):
-        return Check(name, "fail", "SLACK_APP_TOKEN does not start with xapp-",
-                     "create an app-level token with connections:write (Basic Information)")
-    if app is None and settings.slack_signing_secret is None:
-        return Check(name, "fail", "neither SLACK_APP_TOKEN (Socket Mode) nor "
-                     "SLACK_SIGNING_SECRET (HTTP mode) is set",
-                     "set SLACK_APP_TOKEN (xapp-…) for Socket Mode")
-    mode = "Socket Mode" if app is not None else "HTTP mode"
-    url = f"{settings.slack_api_url.rstrip('/')}/auth.test"
-    try:
-        async with http.post(url, headers={"Authorization": f"Bearer {token}"},
-                             timeout=aiohttp.ClientTimeout(total=limits.http)) as resp:
-            if resp.status != 200:
-                return Check(name, "fail", f"auth.test answered HTTP {resp.status}",
-                             "try again later; check SLACK_API_URL", required=False)
-            body = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, "ok", f"token format ok ({mode}); Slack unreachable, auth not "
-                     f"checked ({_why(exc)})", required=False)
-    if not body.get("ok"):
-        error = body.get("error", "unknown error")
-        return Check(name, "fail", f"auth.test refused the bot token ({error})",
-                     "reinstall the app to the workspace and copy the new xoxb- token")
-    return Check(name, "ok", f"authenticated as {body.get('user', '?')} in "
-                 f"{body.get('team', '?')} ({mode})")
 
 
 async def _gpu(limits: Limits) -> Check:

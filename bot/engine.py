@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from bot import prompts
 from bot.config import Mode, Settings
@@ -22,7 +22,8 @@ from bot.events import (
     StepFinished,
     StepStarted,
 )
-from bot.llm import LLMClient, LLMError, Restart, StepProgress, StepResult, TextDelta, parse_step
+from bot.llm import LLMClient, LLMError, Restart, TextDelta
+from bot.steps import StepProgress, StepResult, parse_step
 
 Messages = list[dict[str, str]]
 
@@ -42,8 +43,9 @@ class Engine:
         language = prompts.detect_language(question.text)
         mode = question.mode or self.settings.mode
         yield ChainStarted(question.id, question.text, str(mode), language)
-        steps = self._native(question, language) if mode == Mode.NATIVE else self._chain(
-            question, language
+        steps: AsyncGenerator[Event, None] = (
+            self._native(question, language) if mode == Mode.NATIVE
+            else self._chain(question, language)
         )
         try:
             async for event in steps:
@@ -61,7 +63,9 @@ class Engine:
 
     # --- chain mode: one JSON step per request ------------------------------------------
 
-    async def _chain(self, question: Question, language: Language) -> AsyncIterator[Event]:
+    async def _chain(
+        self, question: Question, language: Language
+    ) -> AsyncGenerator[Event, None]:
         s = self.settings
         messages: Messages = [
             {"role": "system", "content": prompts.system_prompt(language, s.min_steps,
@@ -134,7 +138,9 @@ class Engine:
 
     # --- native mode: a reasoning model's own thinking, cut into steps --------------------
 
-    async def _native(self, question: Question, language: Language) -> AsyncIterator[Event]:
+    async def _native(
+        self, question: Question, language: Language
+    ) -> AsyncGenerator[Event, None]:
         s = self.settings
         messages: Messages = [*_history(question), {"role": "user", "content": question.text}]
         began = time.monotonic()

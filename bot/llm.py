@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,27 +23,14 @@ import openai
 from openai import AsyncOpenAI
 
 from bot.config import Settings
+from bot.errors import PonderError
 from bot.metrics import MODEL_CALL_SECONDS
+from bot.steps import STEP_SCHEMA, StepProgress, StepReader, StepResult
 
 log = logging.getLogger(__name__)
 
-STEP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    # Order matters: the title streams first, so a step is named before its content grows.
-    "properties": {
-        "title": {"type": "string"},
-        "content": {"type": "string"},
-        "next_action": {"type": "string", "enum": ["continue", "final_answer"]},
-    },
-    "required": ["title", "content", "next_action"],
-    "additionalProperties": False,
-}
-
 # Asks the SDK for the undecoded, unread response (its `with_streaming_response` marker).
 RAW_STREAM = ("X-Stainless-Raw-Response", "stream")
-
-# Live progress of a step is re-parsed at most this often (seconds): nobody redraws faster.
-PROGRESS_INTERVAL = 0.05
 
 # Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
 _NO_SERVER = "cannot connect"
@@ -54,7 +40,7 @@ OutputFormat = Literal["json_schema", "json_object", "text"]
 _FORMATS: tuple[OutputFormat, ...] = ("json_schema", "json_object", "text")
 
 
-class LLMError(Exception):
+class LLMError(PonderError):
     """The model server could not give an answer.
 
     `reason` is a ChainFailed reason and `message` its text, fix included; `detail` is the bare
@@ -66,7 +52,6 @@ class LLMError(Exception):
                  detail: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
-        self.message = message
         self.detail = detail or message
         self.status = status
 
@@ -74,20 +59,6 @@ class LLMError(Exception):
 @dataclass(frozen=True, slots=True)
 class Restart:
     """The attempt so far is void (it failed mid-way); what follows starts from nothing."""
-
-
-@dataclass(frozen=True, slots=True)
-class StepProgress:
-    title: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    title: str
-    content: str
-    next_action: Literal["continue", "final_answer"]
-    salvaged: bool = False  # parsed from a broken or truncated reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,37 +202,22 @@ class LLMClient:
         budget = max_tokens or self.settings.step_max_tokens
         grew_budget = False
         while True:
-            raw = ""
-            shown = StepProgress("", "")
+            reader = StepReader()
             finish: str | None = None
-            parsed_at = 0.0
             async for item in self._retrying(messages, chain_id, budget, structured=True):
                 if isinstance(item, Restart):
-                    raw, shown = "", StepProgress("", "")
+                    reader.restart()
                     yield item
                     continue
                 if isinstance(item, TextDone):
                     finish = item.finish_reason
                     break
-                raw += item.content
-                now = time.monotonic()
-                if now - parsed_at < PROGRESS_INTERVAL:
-                    continue  # nobody redraws faster than this; the result carries the rest
-                parsed_at = now
-                partial = parse_step(raw, complete=False)
-                if partial is not None:
-                    progress = StepProgress(_text(partial.get("title")),
-                                            _text(partial.get("content")))
-                    if progress != shown:
-                        shown = progress
-                        yield progress
-            step = parse_step(raw, complete=True) if finish != "length" else None
-            if step is not None and _text(step.get("content")):
-                yield _result(step)
-                return
-            salvage = parse_step(raw, complete=False) or {}
-            if _text(salvage.get("content")):
-                yield _result(salvage, salvaged=True)
+                progress = reader.feed(item.content)
+                if progress is not None:
+                    yield progress
+            result = reader.result(finish)
+            if result is not None:
+                yield result
                 return
             if not grew_budget:
                 # Nothing usable: often runaway whitespace or a reply cut at max_tokens.
@@ -269,8 +225,7 @@ class LLMClient:
                 grew_budget, budget = True, budget * 2
                 yield Restart()
                 continue
-            text = raw.strip() if self._format == "text" else ""
-            yield StepResult(_text(salvage.get("title")), text, "continue", salvaged=True)
+            yield reader.unusable(plain_text=self._format == "text")
             return
 
     async def stream_text(
@@ -465,77 +420,7 @@ async def _sse_batches(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
         yield [pending[5:].strip()]
 
 
-# --- parsing ---------------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _result(step: dict[str, Any], salvaged: bool = False) -> StepResult:
-    action = str(step.get("next_action", "continue")).lower()
-    next_action: Literal["continue", "final_answer"] = (
-        "final_answer" if "final" in action else "continue"
-    )
-    return StepResult(_text(step.get("title")).strip(), _text(step.get("content")).strip(),
-                      next_action, salvaged)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f]")
-
-
-def _escape_controls_in_strings(text: str) -> str:
-    """Raw control characters inside JSON strings (legal for vLLM's grammar) made parseable."""
-    if not _CONTROL.search(text):
-        return text
-    out: list[str] = []
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            elif ch < " ":
-                out.append(f"\\u{ord(ch):04x}")
-                continue
-        elif ch == '"':
-            in_string = True
-        out.append(ch)
-    return "".join(out)
-
-
-_DECODER = json.JSONDecoder(strict=False)
-
-
-def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
-    """The step object in `raw`, tolerating prose or code fences around it.
-
-    `complete=False` accepts a prefix of the object (strings cut mid-way), for live display.
-    """
-    start = raw.find("{")
-    if start == -1:
-        return None
-    body = raw[start:]
-    if complete:
-        try:
-            value, _ = _DECODER.raw_decode(body)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-    try:
-        value = jiter.from_json(_escape_controls_in_strings(body).encode(),
-                                partial_mode="trailing-strings")
-    except ValueError:
-        try:  # trailing prose after a finished object
-            value, _ = _DECODER.raw_decode(body)
-        except ValueError:
-            return None
-    return value if isinstance(value, dict) else None
+# --- failures --------------------------------------------------------------------------------
 
 
 def _unreachable(exc: openai.APIConnectionError) -> str:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+from bot.errors import SurfaceError
 from bot.events import (
     AnswerDelta,
     ChainFailed,
@@ -25,67 +24,18 @@ from bot.events import (
     StepFinished,
     StepStarted,
 )
-from bot.ratelimit import RateLimiter
-from bot.store import StepRecord
+from bot.surface import Handle, Outcome, Surface
+from bot.wording import every, say
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "FINAL_POST_PAUSES", "Outcome", "ThreadPresenter", "answer_markdown", "failure_markdown",
+    "interrupted_text", "render_pieces", "seconds_text", "split_text", "step_markdown",
+    "still_running", "summary_line",
+]
 
-class SurfaceError(Exception):
-    """A post or edit the platform would not take, after the surface's own retries."""
-
-
-@dataclass(frozen=True, slots=True)
-class SurfaceLimits:
-    max_chars: int
-    edit_interval: float
-
-
-class Surface(Protocol):
-    """What a platform provides. Optional extras, looked up by name:
-    `post_budget` (a RateLimiter for new messages when the platform limits posts apart from
-    edits), `presenter()` (a presenter of its own, e.g. for a platform's native streaming) and
-    `async settle_leftovers(record, steps)` (called by `Ponder.recover` before a chain a dead
-    process left running is resumed on this surface: make the messages whose handles the store
-    kept (`record.handles`) stop saying "thinking"; `interrupted_text` words them).
-    """
-
-    limits: SurfaceLimits
-    budget: RateLimiter
-
-    def render(self, markdown: str) -> str: ...
-
-    async def post(self, text: str) -> object: ...
-
-    async def edit(self, handle: object, text: str) -> None: ...
-
-
-# --- wording -------------------------------------------------------------------------------
-
-_LABELS: dict[Language, dict[str, str]] = {
-    "en": {
-        "step": "Step {i}",
-        "thinking": "thinking…",
-        "cut_short": "(cut short)",
-        "answer": "Answer",
-        "took": "{s} s",
-        "summary": "Thought for {s} s · {n} steps",
-        "summary_one": "Thought for {s} s · 1 step",
-        "stopped": "Stopped after {s} s.",
-        "failed": "Gave up after {s} s.",
-    },
-    "zh": {
-        "step": "第 {i} 步",
-        "thinking": "思考中…",
-        "cut_short": "（已中断）",
-        "answer": "答案",
-        "took": "{s} 秒",
-        "summary": "思考用时 {s} 秒 · 共 {n} 步",
-        "summary_one": "思考用时 {s} 秒 · 共 1 步",
-        "stopped": "已在 {s} 秒后停止。",
-        "failed": "{s} 秒后放弃。",
-    },
-}
+# --- wording of a chain's messages ---------------------------------------------------------
 
 _RUNNING = " ⏳"
 # A final message the platform refused (after its own retries) is tried again after these.
@@ -98,84 +48,73 @@ def seconds_text(seconds: float) -> str:
 
 def summary_line(total_seconds: float, steps: int, language: Language = "en") -> str:
     """`Thought for 12.4 s · 6 steps` (or its Chinese form)."""
-    labels = _LABELS[language]
     key = "summary_one" if steps == 1 else "summary"
-    return labels[key].format(s=seconds_text(total_seconds), n=steps)
+    return say(key, language, s=seconds_text(total_seconds), n=steps)
+
+
+def step_title(index: int, title: str, language: Language = "en",
+               seconds: float | None = None) -> str:
+    """`Step 2 · Check the units · 1.4 s` as plain text (a Slack task card's title)."""
+    head = say("step", language, i=index)
+    if title.strip():
+        head = f"{head} · {title.strip()}"
+    return head if seconds is None else f"{head} · {say('took', language, s=seconds_text(seconds))}"
 
 
 def step_markdown(index: int, title: str, content: str, language: Language = "en",
                   seconds: float | None = None) -> str:
-    labels = _LABELS[language]
-    head = labels["step"].format(i=index)
-    if title:
+    head = say("step", language, i=index)
+    if title.strip():
         head = f"{head} · {title.strip()}"
-    tail = _RUNNING if seconds is None else f" · {labels['took'].format(s=seconds_text(seconds))}"
-    body = content.strip() or (labels["thinking"] if seconds is None else "")
+    tail = _RUNNING if seconds is None else f" · {say('took', language, s=seconds_text(seconds))}"
+    body = content.strip() or (say("thinking", language) if seconds is None else "")
     return f"**{head}**{tail}\n{body}".rstrip()
 
 
 def answer_markdown(text: str, language: Language = "en", summary: str | None = None) -> str:
-    labels = _LABELS[language]
-    head = f"**{labels['answer']}**" + (_RUNNING if summary is None else "")
-    body = _fences_closed(text.strip()) or (labels["thinking"] if summary is None else "")
+    head = f"**{say('answer', language)}**" + (_RUNNING if summary is None else "")
+    body = _fences_closed(text.strip()) or (say("thinking", language) if summary is None else "")
     out = f"{head}\n{body}".rstrip()
     return f"{out}\n\n_{summary}_" if summary is not None else out
 
 
 def failure_markdown(failure: ChainFailed, language: Language = "en") -> str:
-    labels = _LABELS[language]
-    key = "stopped" if failure.reason == "cancelled" else "failed"
-    after = labels[key].format(s=seconds_text(failure.total_seconds))
     if failure.reason == "cancelled":
-        return f"⏹️ {after}"
+        return f"⏹️ {say('stopped', language, s=seconds_text(failure.total_seconds))}"
     if failure.reason == "interrupted":
         return f"⏸️ {failure.message}"
+    after = say("failed", language, s=seconds_text(failure.total_seconds))
     return f"⚠️ {failure.message}\n_{after}_"
 
 
 def still_running(shown: str) -> bool:
     """Does a message as a platform shows it still say that Ponder is working on it?"""
     return _RUNNING in shown or any(
-        shown.rstrip().endswith("\n" + labels["thinking"]) for labels in _LABELS.values())
+        shown.rstrip().endswith("\n" + thinking) for thinking in every("thinking"))
 
 
 def interrupted_text(shown: str, language: Language = "en") -> str:
     """A half-written message (its Markdown, or as a platform shows it after a dead process
     left it) made to say it was cut short instead of "thinking…". Plain `_italic_` reads the
     same in Markdown and on every platform Ponder writes to."""
-    labels = _LABELS[language]
     text = shown.replace(_RUNNING, "", 1).rstrip()
-    for any_labels in _LABELS.values():
-        placeholder = "\n" + any_labels["thinking"]
-        if text.endswith(placeholder):
-            text = text[: -len(placeholder)]
-    return f"{text}\n_{labels['cut_short']}_"
+    for thinking in every("thinking"):
+        if text.endswith("\n" + thinking):
+            text = text[: -len(thinking) - 1]
+    return f"{text}\n_{say('cut_short', language)}_"
 
 
-_STEP_HEAD = re.compile(r"^\*{1,2}(?:Step (\d+)|第 (\d+) 步)(?: · |\*)")
-
-
-def settled_text(shown: str, steps: Sequence[StepRecord], language: Language,
-                 render: Callable[[str], str], max_chars: int) -> str | None:
-    """What a message a dead process left should say now, or None when it is not unfinished:
-    the step's stored final text when that step was finished (its last edit was lost), else
-    the half-written text marked as cut short."""
-    if not still_running(shown):
-        return None
-    number = shown_step(shown)
-    for step in steps:
-        if step.index == number:
-            whole = render(step_markdown(step.index, step.title, step.content, language,
-                                         step.seconds))
-            if len(whole) <= max_chars:
-                return whole
-    return interrupted_text(shown, language)
-
-
-def shown_step(shown: str) -> int | None:
-    """The step a message (as a platform shows it: `**` or Slack's `*` bold) begins, if any."""
-    match = _STEP_HEAD.match(shown)
-    return int(match.group(1) or match.group(2)) if match else None
+def render_pieces(surface: Surface, markdown: str) -> list[str]:
+    """`markdown` as the platform's text, cut into messages that each fit its limit."""
+    limit = surface.limits.max_chars
+    budget = limit
+    while True:
+        pieces = [_fences_closed(surface.render(p)) for p in split_text(markdown, budget)]
+        longest = max(len(p) for p in pieces)
+        if longest <= limit:
+            return pieces
+        # Rendering grew the text (escaping): split the source finer and try again.
+        budget = max(16, int(budget * limit / longest) - 8)
 
 
 # --- splitting -----------------------------------------------------------------------------
@@ -233,21 +172,12 @@ def _cut_point(text: str, budget: int) -> int:
 class _Slot:
     """One platform message: what it shows, what it should show, and its pending writer."""
 
-    handle: object
+    handle: Handle
     written: str
     wanted: str
     last_write: float
     final: bool = False
     writer: asyncio.Task[None] | None = None
-
-
-@dataclass
-class Outcome:
-    answer: str | None = None
-    failure: ChainFailed | None = None
-    steps: int = 0
-    total_seconds: float = 0.0
-    handles: list[object] = field(default_factory=list)
 
 
 class ThreadPresenter:
@@ -257,8 +187,8 @@ class ThreadPresenter:
         self.surface = surface
         self.language: Language = language
         self.outcome = Outcome()
-        self._blocks: dict[object, list[_Slot]] = {}
-        self._texts: dict[object, str] = {}
+        self._blocks: dict[str, list[_Slot]] = {}
+        self._texts: dict[str, str] = {}
         self._writers: set[asyncio.Task[None]] = set()
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
@@ -278,11 +208,11 @@ class ThreadPresenter:
                 # step that finishes before then is posted once, already final (no edit spent).
                 pass
             case StepDelta(index=i, title=title, content=content):
-                await self._show(("step", i), step_markdown(i, title, content, self.language))
+                await self._show(f"step:{i}", step_markdown(i, title, content, self.language))
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
                 self.outcome.steps = max(self.outcome.steps, i)
                 text = step_markdown(i, title, content, self.language, seconds)
-                await self._show(("step", i), text, final=True)
+                await self._show(f"step:{i}", text, final=True)
             case AnswerDelta(text=text):
                 await self._show("answer", answer_markdown(text, self.language))
             case FinalAnswer(text=text, total_seconds=total, steps=steps):
@@ -298,8 +228,8 @@ class ThreadPresenter:
     async def notice(self, markdown: str, key: str | None = None) -> None:
         """A message of its own in the thread (a chain resumed, the model server is down).
         Showing a notice again under the same `key` edits it instead of posting anew."""
-        slot = ("notice", key if key is not None else len(self._blocks))
-        await self._show(slot, markdown, final=True)
+        name = key if key is not None else str(len(self._blocks))
+        await self._show(f"notice:{name}", markdown, final=True)
 
     async def finish(self) -> None:
         """Write the last text of every message; a cancelled chain still gets its final state."""
@@ -314,9 +244,9 @@ class ThreadPresenter:
                 await self._show(key, interrupted_text(self._texts[key], self.language),
                                  final=True)
 
-    async def _show(self, key: object, markdown: str, final: bool = False) -> None:
+    async def _show(self, key: str, markdown: str, final: bool = False) -> None:
         self._texts[key] = markdown
-        pieces = self._render_pieces(markdown)
+        pieces = render_pieces(self.surface, markdown)
         slots = self._blocks.setdefault(key, [])
         for n, piece in enumerate(pieces):
             if n < len(slots):
@@ -328,15 +258,15 @@ class ThreadPresenter:
                 return
             slot = _Slot(handle, piece, piece, time.monotonic(), final)
             slots.append(slot)
-            self.outcome.handles.append(handle)
+            self.outcome.add(key, handle)
         for slot in slots[len(pieces):]:
             self._want(slot, "…", final)  # content shrank (a retried step): blank the leftovers
 
-    async def _post(self, piece: str, final: bool) -> object | None:
+    async def _post(self, piece: str, final: bool) -> Handle | None:
         """Post one message; None when the platform would not take it. Text that is not final
         is shown again by the next event, so one failure is enough; a final text (a finished
         step, the answer, a failure) has nothing after it and is tried again a little later."""
-        budget = getattr(self.surface, "post_budget", None) or self.surface.budget
+        budget = self.surface.post_budget
         pauses = list(FINAL_POST_PAUSES) if final else []
         while True:
             await budget.acquire(urgent=True)
@@ -349,17 +279,6 @@ class ThreadPresenter:
                 pause = pauses.pop(0)
                 log.warning("could not post a final message; trying again in %.0f s", pause)
                 await asyncio.sleep(pause)
-
-    def _render_pieces(self, markdown: str) -> list[str]:
-        limit = self.surface.limits.max_chars
-        budget = limit
-        while True:
-            pieces = [_fences_closed(self.surface.render(p)) for p in split_text(markdown, budget)]
-            longest = max(len(p) for p in pieces)
-            if longest <= limit:
-                return pieces
-            # Rendering grew the text (escaping): split the source finer and try again.
-            budget = max(16, int(budget * limit / longest) - 8)
 
     def _want(self, slot: _Slot, text: str, final: bool) -> None:
         slot.wanted = text

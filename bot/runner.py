@@ -1,47 +1,33 @@
-"""Long-running processes: the platform bots side by side, stopped cleanly on SIGTERM/Ctrl-C."""
+"""Long-running processes: the platform bots side by side, stopped cleanly on SIGTERM/Ctrl-C.
+
+The runner knows platforms only through `bot.platforms.Platform`; which ones exist is up to
+the installed plugins.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
-from bot.config import Settings
-from bot.service import Ponder
+from bot import errors
+from bot.config import Settings, SettingsError
+from bot.platforms import Platform, Services, configured, discover
+from bot.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
 
-PlatformRunner = Callable[[Ponder, Settings], Awaitable[None]]
+# Exit codes, as for every `ponder` command: the work failed, a usage or settings error.
+FAILED, BAD_SETTINGS = 1, 2
 
 
-def configured_platforms(settings: Settings) -> list[str]:
-    """The platforms whose credentials are set."""
-    found = []
-    if settings.discord_token is not None:
-        found.append("discord")
-    if settings.slack_bot_token is not None and (
-        settings.slack_app_token is not None or settings.slack_signing_secret is not None
-    ):
-        found.append("slack")
-    return found
-
-
-def _runner(name: str, *, http: bool, port: int) -> PlatformRunner:
-    if name == "discord":
-        from adapters.discord import run_discord
-
-        return run_discord
-    from adapters.slack import run_slack
-
-    async def slack(ponder: Ponder, settings: Settings) -> None:
-        await run_slack(ponder, settings, http=http or settings.slack_app_token is None,
-                        port=port)
-
-    return slack
+def configured_platforms(settings: Settings,
+                         platforms: Sequence[Platform] | None = None) -> list[str]:
+    """The names of the platforms whose credentials are set."""
+    found = discover() if platforms is None else platforms
+    return [p.name for p in configured(settings, found)]
 
 
 def tune_gc() -> None:
@@ -57,70 +43,98 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def serve(settings: Settings, platforms: Sequence[str], *, http: bool = False,
-                port: int = 3000) -> int:
-    """Run the named platform bots until one fails or a stop signal arrives."""
+def report(platform: str, exc: BaseException) -> int:
+    """Show why a platform stopped, and the exit code that goes with it.
+
+    Ponder's own errors carry a line meant for a person: it is shown as it is. Anything else
+    is a bug: logged with its traceback."""
+    if isinstance(exc, SettingsError | errors.SettingsError):
+        sys.stderr.write(f"ponder: {exc}\n")
+        return BAD_SETTINGS
+    if isinstance(exc, errors.PonderError):
+        sys.stderr.write(f"ponder: {exc.message}\n")
+        return FAILED
+    log.error("%s stopped on an unexpected error", platform, exc_info=exc)
+    return FAILED
+
+
+async def serve(settings: Settings, platforms: Sequence[Platform]) -> int:
+    """Run the platforms until one stops or a stop signal arrives (then 0: stopping is not
+    a failure)."""
     tune_gc()
-    ponder = Ponder(settings)
-    await ponder.start()
+    services = Services(settings)
     stop = asyncio.Event()
-    _on_signals(stop.set)
-    tasks = [asyncio.create_task(_runner(name, http=http, port=port)(ponder, settings),
-                                 name=f"platform-{name}") for name in platforms]
+    on_stop_signals(stop.set)
+    tasks = {asyncio.create_task(p.serve(services), name=f"platform-{p.name}"): p
+             for p in platforms}
     stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+    reported: set[asyncio.Task[None]] = set()
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception()]
-        for task in failed:
-            log.error("%s stopped: %s", task.get_name(), task.exception())
+        code = 0
+        for task, platform in tasks.items():
+            exc = task.exception() if task in done and not task.cancelled() else None
+            if exc is not None:
+                code = max(code, report(platform.name, exc))
+                reported.add(task)
         if stop.is_set():
             log.info("stop signal: finishing running chains (up to %.0f s)",
                      settings.shutdown_grace)
-        return 1 if failed else 0
+        return code
     finally:
-        await ponder.drain(settings.shutdown_grace)
+        await services.drain(settings.shutdown_grace)
         for task in [*tasks, stopper]:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await ponder.close()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for (task, platform), result in zip(tasks.items(), results, strict=True):
+            # A platform that fails while it is being stopped still says so (once).
+            if isinstance(result, Exception) and task not in reported:
+                log.error("%s failed while stopping: %s", platform.name, result,
+                          exc_info=result)
+        await services.close()
 
 
-async def serve_all(settings: Settings) -> int:
+async def serve_alone(settings: Settings, platform: Platform) -> int:
+    """A foreground front door (the console) on its own. Ctrl-C stays the terminal's own:
+    it interrupts at once rather than asking running chains to finish."""
+    services = Services(settings)
+    try:
+        await platform.serve(services)
+    except (errors.PonderError, SettingsError) as exc:
+        return report(platform.name, exc)
+    finally:
+        await services.close()
+    return 0
+
+
+async def serve_all(settings: Settings, platforms: Sequence[Platform] | None = None) -> int:
     """`ponder run`: a model server if none answers, then every configured platform, else
-    the terminal."""
+    the fallback (the terminal)."""
     from bot.model import ModelError, managed_server
 
+    found = discover() if platforms is None else platforms
     try:
         async with managed_server(settings) as base_url:
-            return await _serve_with(settings, base_url)
+            return await _serve_with(settings, base_url, found)
     except ModelError as exc:
         log.error("%s", exc)
         sys.stderr.write(f"ponder: {exc}\n")
-        return 1
+        return FAILED
 
 
-async def _serve_with(settings: Settings, base_url: str | None) -> int:
+async def _serve_with(settings: Settings, base_url: str | None,
+                      found: Sequence[Platform]) -> int:
     if base_url is not None:
         settings = settings.model_copy(update={"openai_base_url": base_url})
-    platforms = configured_platforms(settings)
-    if platforms:
-        return await serve(settings, platforms)
-    from adapters.console import repl
-    from bot.engine import Engine
-    from bot.llm import LLMClient
-
-    log.info("no Discord or Slack credentials: asking in the terminal")
-    llm = LLMClient(settings)
-    try:
-        return await repl(Engine(llm, settings))
-    finally:
-        await llm.close()
-
-
-def _on_signals(callback: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, callback)
+    chosen = configured(settings, found)
+    if chosen:
+        return await serve(settings, chosen)
+    fallback = next((p for p in found if p.fallback), None)
+    if fallback is None:
+        names = ", ".join(p.name for p in found) or "none installed"
+        sys.stderr.write(f"ponder: no platform has its credentials set ({names}); see "
+                         ".env.example\n")
+        return BAD_SETTINGS
+    others = " or ".join(p.name for p in found if p is not fallback) or "platform"
+    log.info("no %s credentials: starting the %s", others, fallback.name)
+    return await serve_alone(settings, fallback)

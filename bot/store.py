@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.events import Turn
+from bot.events import Language, Turn
 
 T = TypeVar("T")
 
@@ -59,6 +59,13 @@ _MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # The chain's language (decided once, at admission) and its anchor: where the platform
+    # shows the chain's opening message, as the front door describes it, so a restart finds
+    # it again without per-platform keys. `handles` becomes a JSON object keyed by slot.
+    """
+    ALTER TABLE chains ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE chains ADD COLUMN anchor TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 
@@ -78,8 +85,12 @@ class ChainRecord:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     total_seconds: float | None = None
-    handles: list[Any] = field(default_factory=list)
+    # Message handles keyed by slot (`step:2`, `answer`, ...); a chain stored before slots
+    # existed has its flat list under "" (what each showed is then read back, not known).
+    handles: dict[str, list[Any]] = field(default_factory=dict)
     history: list[Turn] = field(default_factory=list)
+    language: Language = "en"
+    anchor: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +145,11 @@ class Store:
         await self._call(
             self._conn.execute,
             "INSERT INTO chains (id, platform, workspace, channel, thread, asker, question, mode,"
-            " status, started_at, handles, history) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " status, started_at, handles, history, language, anchor)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (record.id, record.platform, record.workspace, record.channel, record.thread,
              record.asker, record.question, record.mode, record.status, record.started_at,
-             json.dumps(record.handles), history),
+             json.dumps(record.handles), history, record.language, json.dumps(record.anchor)),
         )
 
     async def add_step(self, chain_id: str, step: StepRecord) -> None:
@@ -157,7 +169,7 @@ class Store:
             (status, answer, reason, total_seconds, time.time(), chain_id),
         )
 
-    async def set_handles(self, chain_id: str, handles: list[Any]) -> None:
+    async def set_handles(self, chain_id: str, handles: dict[str, list[Any]]) -> None:
         await self._call(self._conn.execute, "UPDATE chains SET handles=? WHERE id=?",
                          (json.dumps(handles), chain_id))
 
@@ -199,13 +211,16 @@ class Store:
     def _select(self, where: str, args: tuple[Any, ...]) -> list[ChainRecord]:
         rows = self._conn.execute(
             "SELECT id, platform, question, mode, workspace, channel, thread, asker, status,"
-            f" reason, answer, started_at, finished_at, total_seconds, handles, history"
-            f" FROM chains {where}", args).fetchall()
+            " reason, answer, started_at, finished_at, total_seconds, handles, history,"
+            f" language, anchor FROM chains {where}", args).fetchall()
         out = []
         for row in rows:
             record = ChainRecord(*row[:14])
-            record.handles = json.loads(row[14])
+            handles = json.loads(row[14])
+            record.handles = handles if isinstance(handles, dict) else {"": handles}
             record.history = [Turn(q, a) for q, a in json.loads(row[15])]
+            record.language = "zh" if row[16] == "zh" else "en"
+            record.anchor = json.loads(row[17])
             out.append(record)
         return out
 

@@ -25,7 +25,9 @@ from aiohttp import web
 
 from bot import demo_model, doctor, model
 from bot.config import Settings, load_settings
-from bot.llm import STEP_SCHEMA, LLMClient, LLMError
+from bot.llm import LLMClient, LLMError
+from bot.model import commands, serving
+from bot.steps import STEP_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -248,11 +250,11 @@ def test_env_keeps_what_the_user_set(tmp_path: Path) -> None:
 
 
 def test_only_local_urls_get_a_managed_server() -> None:
-    assert model._is_local("http://localhost:8000/v1")
-    assert model._is_local("http://127.0.0.1:9000/v1")
-    assert not model._is_local("https://models.example.com/v1")
-    assert model._port_of("http://localhost:8123/v1") == 8123
-    assert model._port_of("http://localhost/v1") == 80
+    assert serving.is_local("http://localhost:8000/v1")
+    assert serving.is_local("http://127.0.0.1:9000/v1")
+    assert not serving.is_local("https://models.example.com/v1")
+    assert serving.port_of("http://localhost:8123/v1") == 8123
+    assert serving.port_of("http://localhost/v1") == 80
 
 
 # --- readiness ---------------------------------------------------------------------------------
@@ -789,8 +791,8 @@ def test_doctor_and_model_register_their_commands() -> None:
     doctor.register_commands(sub)
     args = parser.parse_args(["model", "serve", "--demo", "--port", "9001",
                               "--reasoning-parser", "qwen3"])
-    assert args.func is model._cmd_serve and args.demo and args.port == 9001
+    assert args.func is commands._cmd_serve and args.demo and args.port == 9001
     args = parser.parse_args(["model", "download", "--cache-dir", "/tmp/x"])
-    assert args.func is model._cmd_download and args.model == model.DEFAULT_MODEL_ID
+    assert args.func is commands._cmd_download and args.model == model.DEFAULT_MODEL_ID
     args = parser.parse_args(["doctor"])
     assert args.func is doctor._cmd_doctor

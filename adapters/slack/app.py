@@ -16,7 +16,6 @@ verified by bolt: a bad or stale signature gets 401).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -30,28 +29,27 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.surface import (
+from adapters.slack.status import QuestionStatus
+from adapters.slack.surface import SlackSurface
+from adapters.slack.web import (
     PLATFORM,
     SlackCallError,
     SlackLimits,
-    SlackSurface,
     Workspace,
     call,
     make_client,
     new_session,
 )
-from bot.config import Settings, SettingsError
-from bot.events import Question, Turn
-from bot.service import ChainHandle, ChainRequest, Ponder, Refused
+from bot.config import Settings
+from bot.errors import PlatformError, Refused, SettingsError
+from bot.events import Question
+from bot.service import ChainHandle, ChainRequest, Ponder
 from bot.store import ChainRecord
+from bot.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
-THINKING_STATUS = "is thinking…"
-THINKING, DONE, FAILED = "hourglass_flowing_sand", "white_check_mark", "x"
-INTERNAL_ERROR = ("⚠️ Something went wrong on Ponder's side while answering this. "
-                  "Please try again in a moment.")
 DEDUP_SECONDS = 3600.0  # Slack retries for minutes; keep ids well beyond that
 LAST_WORDS = 5.0  # seconds a stopped chain gets, at shutdown, to write its last state
 
@@ -73,7 +71,7 @@ class StoreSeenEvents:
         self.keep_seconds = keep_seconds
 
     async def first_sight(self, event_id: str) -> bool:
-        return await self.ponder.store.first_sight(f"slack:{event_id}", self.keep_seconds)
+        return await self.ponder.first_sight(f"slack:{event_id}", self.keep_seconds)
 
 
 class MemorySeenEvents:
@@ -159,7 +157,7 @@ class SlackBot:
         self.bot_user_id = ""
         self.workspaces: dict[str, Workspace] = {}
         self.chains: dict[str, ChainHandle] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks("Slack")
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
@@ -175,11 +173,12 @@ class SlackBot:
             auth = await call("auth.test", self.client.auth_test())
         except SlackCallError as exc:
             await self._close_session()
-            raise SettingsError(
-                f"setting SLACK_BOT_TOKEN: Slack refused it ({exc.error})"
+            raise PlatformError(
+                PLATFORM,
+                f"Slack refused SLACK_BOT_TOKEN ({exc.error})"
                 if exc.error in ("invalid_auth", "not_authed", "account_inactive",
                                  "token_revoked")
-                else f"Slack could not be reached at {self.settings.slack_api_url} ({exc.error})"
+                else f"cannot reach Slack at {self.settings.slack_api_url} ({exc.error})"
             ) from exc
         self.team_id = str(auth.get("team_id") or "")
         self.bot_user_id = str(auth.get("user_id") or "")
@@ -210,13 +209,11 @@ class SlackBot:
         (the dead process could not)."""
         request = handle.request
         channel, _, thread_ts = request.thread.partition(":")
-        message_ts = thread_ts
-        with contextlib.suppress(Exception):
-            message_ts = await self.ponder.store.get(_question_key(handle.chain_id)) or thread_ts
-        status = _Status(self.client, self.workspace(request.workspace or self.team_id),
-                         channel, thread_ts, message_ts)
+        message_ts = str(request.anchor.get("message_ts") or thread_ts)
+        status = QuestionStatus(self.client, self.workspace(request.workspace or self.team_id),
+                                channel, thread_ts, message_ts, handle.language)
         await status.begin()
-        await self._until_done(handle, status, channel, thread_ts)
+        await self._until_done(handle, status)
 
     def _track(self, handle: ChainHandle) -> None:
         self.chains[handle.chain_id] = handle
@@ -249,8 +246,10 @@ class SlackBot:
     async def close(self, grace: float = 10.0) -> None:
         """Stop taking events, let running chains write their last words, release it all."""
         if self._socket is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._socket.close_async()
+            except Exception:  # closing anyway: what is left of it goes with the session
+                log.warning("Socket Mode connection did not close cleanly", exc_info=True)
             self._socket = None
         if self._runner is not None:
             await self._runner.cleanup()
@@ -263,12 +262,7 @@ class SlackBot:
         running = [h.task for h in self.chains.values() if not h.done()]
         if running:
             await asyncio.wait(running, timeout=last_words)
-        trackers = [t for t in self._tasks if not t.done()]
-        if trackers:
-            await asyncio.wait(trackers, timeout=LAST_WORDS)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close(LAST_WORDS)
         await self._close_session()
 
     async def _close_session(self) -> None:
@@ -280,20 +274,11 @@ class SlackBot:
     async def idle(self) -> None:
         """Wait until every event handled so far has finished (tests and benchmarks bound it
         with `asyncio.timeout`)."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        await self._tasks.idle()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run `coro` as a task this bot owns (awaited or cancelled on close)."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Slack task %s failed", task.get_name(), exc_info=task.exception())
+        return self._tasks.spawn(coro, name)
 
     def workspace(self, team_id: str) -> Workspace:
         ws = self.workspaces.get(team_id)
@@ -330,7 +315,7 @@ class SlackBot:
         self.spawn(self._ask(
             team=str(body.get("team_id") or event.get("team") or self.team_id),
             channel=channel, user=str(event["user"]), message_ts=ts, thread_ts=thread_ts,
-            text=str(event.get("text") or ""), in_thread="thread_ts" in event,
+            text=str(event.get("text") or ""),
         ), name=f"slack-mention-{ts}")
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -348,8 +333,7 @@ class SlackBot:
         if event.get("channel_type") == "im":
             thread_ts = str(event.get("thread_ts") or ts)
             self.spawn(self._ask(team=team, channel=channel, user=str(user), message_ts=ts,
-                                 thread_ts=thread_ts, text=text,
-                                 in_thread="thread_ts" in event),
+                                 thread_ts=thread_ts, text=text),
                        name=f"slack-dm-{ts}")
         elif event.get("thread_ts"):
             self.spawn(self._follow_up(team=team, channel=channel, user=str(user),
@@ -361,63 +345,58 @@ class SlackBot:
 
     async def _follow_up(self, *, team: str, channel: str, user: str, message_ts: str,
                          thread_ts: str, text: str) -> None:
-        """A reply in a thread: a follow-up only in a Ponder thread, and only by its asker."""
-        asker = await self.ponder.thread_asker(PLATFORM, thread_key(channel, thread_ts))
-        if asker is None or asker != user:
+        """A reply in a thread: a follow-up only in a Ponder thread, and only by its asker
+        (the service's rule); anything else is people talking."""
+        request = self._request(team, channel, user, message_ts, thread_ts, text)
+        try:
+            admission = await self.ponder.follow_up(request)
+        except Refused as refusal:
+            await self._say(channel, thread_ts, f"🙅 {refusal.message}")
             return
-        await self._ask(team=team, channel=channel, user=user, message_ts=message_ts,
-                        thread_ts=thread_ts, text=text, in_thread=True)
+        if admission is not None:
+            await self._run(request, admission)
 
     async def _ask(self, *, team: str, channel: str, user: str, message_ts: str,
-                   thread_ts: str, text: str, in_thread: bool) -> None:
-        ws = self.workspace(team)
-        key = thread_key(channel, thread_ts)
-        history: tuple[Turn, ...] = ()
-        if in_thread:
-            history = await self.ponder.history(PLATFORM, key)
-        question = Question(question_text(text, self.bot_user_id), history=history)
-        request = ChainRequest(PLATFORM, question, asker=user, channel=channel, thread=key,
-                               workspace=team)
-        surface = SlackSurface(self.client, ws, channel, thread_ts, asker=user)
+                   thread_ts: str, text: str) -> None:
+        request = self._request(team, channel, user, message_ts, thread_ts, text)
         try:
-            handle = self.ponder.submit(request, surface)
+            admission = self.ponder.admit(request)
+        except Refused as refusal:
+            await self._say(channel, thread_ts, f"🙅 {refusal.message}")
+            return
+        await self._run(request, admission)
+
+    def _request(self, team: str, channel: str, user: str, message_ts: str, thread_ts: str,
+                 text: str) -> ChainRequest:
+        # The anchor: a restart finds the question's status and reaction by its ts.
+        return ChainRequest(PLATFORM, Question(question_text(text, self.bot_user_id)),
+                            asker=user, channel=channel, thread=thread_key(channel, thread_ts),
+                            workspace=team, anchor={"message_ts": message_ts})
+
+    async def _run(self, request: ChainRequest, admission: Any) -> None:
+        channel, _, thread_ts = request.thread.partition(":")
+        ws = self.workspace(request.workspace)
+        surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker)
+        try:
+            handle = self.ponder.submit(request, surface, admission)
         except Refused as refusal:
             await self._say(channel, thread_ts, f"🙅 {refusal.message}")
             return
         self._track(handle)
-        if message_ts != thread_ts:
-            # A restart finds the question's status and reaction by this (else: thread_ts).
-            try:
-                await self.ponder.store.put(_question_key(handle.chain_id), message_ts)
-            except Exception:
-                log.exception("could not record where the question is")
-        status = _Status(self.client, ws, channel, thread_ts, message_ts)
+        status = QuestionStatus(self.client, ws, channel, thread_ts,
+                                str(request.anchor["message_ts"]), handle.language)
         await status.begin()
-        await self._until_done(handle, status, channel, thread_ts)
+        await self._until_done(handle, status)
 
-    async def _until_done(self, handle: ChainHandle, status: _Status, channel: str,
-                          thread_ts: str) -> None:
-        ok: bool | None = False
+    async def _until_done(self, handle: ChainHandle, status: QuestionStatus) -> None:
         try:
             outcome = await handle.wait()
-            ok = outcome.answer is not None and outcome.failure is None
-            if handle.stopped_by == "shutdown" or (
-                    outcome.failure is not None and outcome.failure.reason == "interrupted"):
-                ok = None  # neither done nor failed: the next start picks it up again
         except asyncio.CancelledError:
-            if not handle.task.cancelled():
+            if handle.stopped_by != "shutdown":
                 raise  # this tracker is being stopped, not the chain
-            if handle.stopped_by == "shutdown":
-                ok = None
-        except Exception:
-            log.exception("chain %s crashed", handle.chain_id)
-            await self._say(channel, thread_ts, INTERNAL_ERROR)
-        if handle.done():
-            await status.end(ok)
-            if ok is not None and status.message_ts != thread_ts:
-                # Over for good: where its question was is not needed by any restart.
-                with contextlib.suppress(Exception):
-                    await self.ponder.store.delete(_question_key(handle.chain_id))
+            await status.end("resuming")
+            raise
+        await status.end(outcome.status)
 
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
         """One plain reply in the thread (refusals, errors); failures are only logged."""
@@ -428,62 +407,6 @@ class SlackBot:
             ))
         except SlackCallError as exc:
             log.warning("could not reply in %s/%s: %s", channel, thread_ts, exc)
-
-
-class _Status:
-    """"Thinking" on the question while a chain runs: the assistant status where the workspace
-    allows it, else an ⏳ reaction replaced by ✅ or ❌ at the end."""
-
-    def __init__(self, client: AsyncWebClient, ws: Workspace, channel: str, thread_ts: str,
-                 message_ts: str) -> None:
-        self.client, self.ws = client, ws
-        self.channel, self.thread_ts, self.message_ts = channel, thread_ts, message_ts
-        self.mode: str | None = None
-
-    async def begin(self) -> None:
-        """Show "thinking" (again, after a restart: an ⏳ already there is taken over)."""
-        if self.ws.status_mode == "assistant":
-            try:
-                await call("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
-                    channel_id=self.channel, thread_ts=self.thread_ts, status=THINKING_STATUS,
-                ))
-                self.mode = "assistant"
-                return
-            except SlackCallError as exc:
-                log.info("assistant status not available in %s (%s): using reactions",
-                         self.ws.team_id, exc.error)
-                self.ws.status_mode = "reactions"
-        if await self._react("reactions.add", THINKING) in (None, "already_reacted"):
-            self.mode = "reactions"
-
-    async def end(self, ok: bool | None) -> None:
-        """✅ or ❌ for a chain that ended; `None` (stopped for a restart) only clears it."""
-        if self.mode == "assistant":
-            with contextlib.suppress(SlackCallError):
-                await call("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
-                    channel_id=self.channel, thread_ts=self.thread_ts, status="",
-                ))
-        elif self.mode == "reactions":
-            await self._react("reactions.remove", THINKING)
-            if ok is not None:
-                await self._react("reactions.add", DONE if ok else FAILED)
-
-    async def _react(self, method: str, name: str) -> str | None:
-        """None when done, else Slack's error code."""
-        fn = self.client.reactions_add if method == "reactions.add" else \
-            self.client.reactions_remove
-        try:
-            await call(method, fn(channel=self.channel, timestamp=self.message_ts, name=name))
-            return None
-        except SlackCallError as exc:
-            if exc.error not in ("already_reacted", "no_reaction"):
-                log.info("%s %s failed: %s", method, name, exc.error)
-            return exc.error
-
-
-def _question_key(chain_id: str) -> str:
-    """Where the store keeps a chain's question message ts (when it is not the thread's)."""
-    return f"slack:question:{chain_id}"
 
 
 def _from_a_bot(event: dict[str, Any]) -> bool:

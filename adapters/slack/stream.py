@@ -16,16 +16,15 @@ live about five minutes) is continued in a fresh streamed reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_sdk.models.messages.chunk import Chunk, MarkdownTextChunk, TaskUpdateChunk
 
 from adapters.slack.mrkdwn import escape
-from adapters.slack.surface import SlackCallError, call, channel_kind
+from adapters.slack.web import SlackCallError, SlackThread, call, channel_kind
 from bot.events import (
     AnswerDelta,
     ChainFailed,
@@ -38,18 +37,14 @@ from bot.events import (
     StepStarted,
 )
 from bot.presenter import (
-    Outcome,
-    SurfaceError,
     ThreadPresenter,
-    answer_markdown,
     failure_markdown,
-    step_markdown,
+    step_title,
     summary_line,
 )
-
-if TYPE_CHECKING:
-    from adapters.slack.surface import SlackSurface
-    from bot.store import StepRecord
+from bot.store import StepRecord
+from bot.surface import Outcome, Surface
+from bot.wording import say
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +60,6 @@ CHANNEL_REFUSALS = frozenset({
 })
 EXPIRED = frozenset({"message_not_in_streaming_state"})
 
-_CONTINUED = "\n\n_…continued below_"
 
 
 class StreamRefused(SlackCallError):
@@ -73,9 +67,11 @@ class StreamRefused(SlackCallError):
 
 
 class SlackPresenter:
-    """What `Ponder` runs for a Slack thread: a stream where possible, else post + edit."""
+    """What `Ponder` runs for a Slack thread: a stream where possible, else post + edit
+    (`surface`, the thread's plain Surface)."""
 
-    def __init__(self, surface: SlackSurface, language: Language = "en") -> None:
+    def __init__(self, thread: SlackThread, surface: Surface, language: Language = "en") -> None:
+        self.thread = thread
         self.surface = surface
         self.language: Language = language
         self.outcome = Outcome()
@@ -96,16 +92,16 @@ class SlackPresenter:
         await self._thread_presenter().notice(markdown, key)
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
-        surface, ws = self.surface, self.surface.workspace
-        if ws.may_stream(surface.channel) and ws.stream_starts.try_acquire():
-            stream = _Stream(surface, self.language)
+        ws = self.thread.workspace
+        if ws.may_stream(self.thread.channel) and ws.stream_starts.try_acquire():
+            stream = _Stream(self.thread, self.surface, self.language)
             if self._classic is not None:
-                stream.outcome.handles.extend(self._classic.outcome.handles)
+                stream.outcome.merge(self._classic.outcome)
             try:
                 await stream.open()
             except StreamRefused as exc:
                 self._remember(exc.error)
-            except SurfaceError as exc:
+            except SlackCallError as exc:
                 log.warning("could not open a stream (%s): posting and editing instead", exc)
             else:
                 self.outcome = stream.outcome
@@ -116,11 +112,11 @@ class SlackPresenter:
         return await presenter.present(events)
 
     def _remember(self, error: str) -> None:
-        ws = self.surface.workspace
+        ws = self.thread.workspace
         if error in CHANNEL_REFUSALS:
-            ws.no_stream_kinds.add(channel_kind(self.surface.channel))
+            ws.no_stream_kinds.add(channel_kind(self.thread.channel))
             log.info("Slack streaming is not offered in %s channels of %s (%s)",
-                     channel_kind(self.surface.channel), ws.team_id, error)
+                     channel_kind(self.thread.channel), ws.team_id, error)
         else:
             ws.streaming = False
             log.info("Slack streaming is not offered in workspace %s (%s): using chat.update",
@@ -130,11 +126,12 @@ class SlackPresenter:
 class _Stream:
     """One chain shown as a streamed reply (rolled over into a new one when needed)."""
 
-    def __init__(self, surface: SlackSurface, language: Language) -> None:
-        self.surface = surface
-        self.client = surface.client
-        self.ws = surface.workspace
-        self.lim = surface.workspace.limits
+    def __init__(self, thread: SlackThread, surface: Surface, language: Language) -> None:
+        self.thread = thread
+        self.surface = surface  # post + edit, once the stream breaks
+        self.client = thread.client
+        self.ws = thread.workspace
+        self.lim = thread.workspace.limits
         self.language: Language = language
         self.outcome = Outcome()
         self.ts: str | None = None
@@ -159,7 +156,7 @@ class _Stream:
         self.closing = False
         self.appending = False
         self.stopped = False
-        self.broken: SurfaceError | None = None
+        self.broken: SlackCallError | None = None
         self.flusher: asyncio.Task[None] | None = None
         self.fallback: ThreadPresenter | None = None
 
@@ -168,9 +165,9 @@ class _Stream:
     async def open(self, chunks: list[dict[str, Any]] | None = None) -> None:
         try:
             response = await call("chat.startStream", self.client.chat_startStream(
-                channel=self.surface.channel,
-                thread_ts=self.surface.thread_ts,
-                recipient_user_id=self.surface.asker or None,
+                channel=self.thread.channel,
+                thread_ts=self.thread.thread_ts,
+                recipient_user_id=self.thread.asker or None,
                 recipient_team_id=self.ws.team_id or None,
                 task_display_mode="timeline",
                 chunks=_chunks(chunks or [], self.lim.markdown_chunk) or None,
@@ -184,7 +181,7 @@ class _Stream:
         self.chars = _text_size(chunks or [])
         self.stream_tasks = {}
         self._shown(chunks or [])
-        self.outcome.handles.append({"stream": self.ts})  # told apart from posted messages
+        self.outcome.add("stream", {"stream": self.ts})  # told apart from posted messages
 
     def _shown(self, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:
@@ -209,7 +206,7 @@ class _Stream:
     async def _send_append(self, chunks: list[dict[str, Any]]) -> None:
         assert self.ts is not None
         await call("chat.appendStream", self.client.chat_appendStream(
-            channel=self.surface.channel, ts=self.ts,
+            channel=self.thread.channel, ts=self.ts,
             chunks=_chunks(chunks, self.lim.markdown_chunk),
         ))
         self.chars += _text_size(chunks)
@@ -231,7 +228,7 @@ class _Stream:
     async def _send_stop(self, chunks: list[dict[str, Any]]) -> None:
         assert self.ts is not None
         await call("chat.stopStream", self.client.chat_stopStream(
-            channel=self.surface.channel, ts=self.ts,
+            channel=self.thread.channel, ts=self.ts,
             chunks=_chunks(chunks, self.lim.markdown_chunk) or None,
         ))
         self._shown(chunks)
@@ -247,8 +244,10 @@ class _Stream:
         carry = [_card(id_, title, status) for id_, (title, status) in self.stream_tasks.items()
                  if status == "in_progress"]
         if stop_old:
-            with contextlib.suppress(SurfaceError):
+            try:
                 await self._send_stop(self._handing_over())
+            except SlackCallError as exc:  # it expires by itself; the chain goes on below
+                log.info("could not stop a stream before rolling over: %s", exc.error)
         await self.open(carry)
 
     def _handing_over(self) -> list[dict[str, Any]]:
@@ -256,7 +255,7 @@ class _Stream:
         # Cards still in progress here stop spinning: their steps go on below.
         closing = [_card(id_, title, "complete") for id_, (title, status)
                    in self.stream_tasks.items() if status == "in_progress"]
-        closing.append({"type": "markdown_text", "text": _CONTINUED})
+        closing.append({"type": "markdown_text", "text": _continued(self.language)})
         return closing
 
     # --- events ----------------------------------------------------------------------------
@@ -315,9 +314,7 @@ class _Stream:
             self._schedule()
 
     def _title(self, i: int, title: str, seconds: float | None = None) -> str:
-        head = step_markdown(i, title, "", self.language, seconds).split("\n", 1)[0]
-        text = head.replace("**", "").replace(" ⏳", "").strip()
-        return text if len(text) <= 250 else text[:249] + "…"
+        return _card_title(step_title(i, title, self.language, seconds))
 
     def _set_task(self, i: int, title: str, status: str) -> None:
         if self.task_state.get(i) == (title, status):
@@ -347,7 +344,7 @@ class _Stream:
         if not final and clean.startswith(("{", "```")):
             return  # may be a JSON-wrapped answer the engine unwraps at the end: wait for it
         if self.answer_sent is None:
-            header = answer_markdown("", self.language).split("\n", 1)[0].replace(" ⏳", "")
+            header = f"**{say('answer', self.language)}**"
             self._queue_text(("\n\n" if self.any_text else "") + header + "\n")
             self.answer_sent = ""
         delta, restarted = _delta(self.answer_sent, clean)
@@ -383,7 +380,7 @@ class _Stream:
             self.appending = True
             try:
                 await self._append(chunks)
-            except SurfaceError as exc:
+            except SlackCallError as exc:
                 log.warning("stream append failed (%s): the rest of the chain is posted", exc)
                 self.pending = chunks + self.pending
                 self.broken = exc
@@ -411,7 +408,7 @@ class _Stream:
                 await self._stop(self.pending)
                 self.pending = []
                 return
-            except SurfaceError as exc:
+            except SlackCallError as exc:
                 log.warning("could not stop the stream (%s): posting the end instead", exc)
                 self.broken = exc
         if self.fallback is None and self.broken is not None:
@@ -420,11 +417,13 @@ class _Stream:
             await self.fallback.finish()
             self._merge()
 
-    async def _fall_back(self, exc: SurfaceError, final: Event | None = None) -> None:
+    async def _fall_back(self, exc: SlackCallError, final: Event | None = None) -> None:
         """Hand the rest of the chain to post + edit, re-showing what is open right now."""
         if self.ts is not None and not self.stopped:
-            with contextlib.suppress(SurfaceError):
+            try:
                 await self._send_stop(self._handing_over())
+            except SlackCallError as stop_error:  # it expires by itself within minutes
+                log.info("could not stop the broken stream: %s", stop_error.error)
             self.stopped = True
         self.pending = []
         presenter = ThreadPresenter(self.surface, self.language)
@@ -440,43 +439,42 @@ class _Stream:
         elif self.answer_sent is not None and final is None:
             await presenter.handle(AnswerDelta(self.answer_sent))
         if final is not None:
-            await presenter.handle(final)  # type: ignore[arg-type]
+            await presenter.handle(final)
 
     def _merge(self) -> None:
         assert self.fallback is not None
-        inner = self.fallback.outcome
-        self.outcome.handles.extend(inner.handles)
-        self.outcome.answer = inner.answer or self.outcome.answer
-        self.outcome.failure = inner.failure or self.outcome.failure
-        self.outcome.steps = max(self.outcome.steps, inner.steps)
-        self.outcome.total_seconds = inner.total_seconds or self.outcome.total_seconds
+        self.outcome.merge(self.fallback.outcome)
 
 
-async def stop_leftover_stream(surface: SlackSurface, ts: str, steps: Sequence[StepRecord],
+async def stop_leftover_stream(thread: SlackThread, ts: str, steps: Sequence[StepRecord],
                                language: Language) -> None:
     """Stop a stream a dead process left open: its last stored step's card complete, the one
     it was thinking about marked as cut short, and a line saying the chain goes on below. A
     stream that was stopped already (or has expired) refuses; that is fine."""
-    def title(i: int, name: str, seconds: float | None = None) -> str:
-        head = step_markdown(i, name, "", language, seconds).split("\n", 1)[0]
-        return head.replace("**", "").replace(" ⏳", "").strip()[:250]
-
     chunks: list[dict[str, Any]] = []
     if steps:
         last = steps[-1]
-        chunks.append(_task(last.index, title(last.index, last.title, last.seconds), "complete"))
+        title = step_title(last.index, last.title, language, last.seconds)
+        chunks.append(_task(last.index, _card_title(title), "complete"))
     nxt = steps[-1].index + 1 if steps else 1
-    chunks.append(_task(nxt, f"{title(nxt, '')} · {_LABELS_CUT[language]}", "error"))
-    chunks.append({"type": "markdown_text", "text": _CONTINUED})
+    cut = f"{step_title(nxt, '', language)} · {say('cut_by_restart', language)}"
+    chunks.append(_task(nxt, _card_title(cut), "error"))
+    chunks.append({"type": "markdown_text", "text": _continued(language)})
     try:
-        await call("chat.stopStream", surface.client.chat_stopStream(
-            channel=surface.channel, ts=ts, chunks=_chunks(chunks, surface.workspace.limits
-                                                           .markdown_chunk)))
+        await call("chat.stopStream", thread.client.chat_stopStream(
+            channel=thread.channel, ts=ts,
+            chunks=_chunks(chunks, thread.workspace.limits.markdown_chunk)))
     except SlackCallError as exc:
         log.info("leftover stream %s not stopped (%s)", ts, exc.error)
 
 
-_LABELS_CUT: dict[Language, str] = {"en": "cut short by a restart", "zh": "因重启中断"}
+def _continued(language: Language) -> str:
+    return f"\n\n_{say('continued', language)}_"
+
+
+def _card_title(text: str) -> str:
+    """Slack refuses a task card title over 256 characters."""
+    return text if len(text) <= 250 else text[:249] + "…"
 
 
 def _task(i: int, title: str, status: str) -> dict[str, Any]:

@@ -1,287 +1,27 @@
-"""Slack's primitives for the presenter: post a thread reply, edit it, within Slack's budgets.
-
-- `SlackLimits`: the numbers (rates, sizes) in one place, so tests and the benchmark can shrink
-  the windows.
-- `Workspace`: what all chains in one workspace share — the `chat.update` budget (Tier 3, about
-  50 a minute for the whole workspace), per-channel `chat.postMessage` budgets (about 1/s), the
-  streaming budgets, and what the workspace turned out to support.
-- `SlackSurface`: the `Surface` for one thread.
-- `make_client`: an `AsyncWebClient` whose retries tell the shared budgets about every 429.
-"""
+"""The Slack `Surface` for one thread: replies posted under `thread_ts`, edited with
+`chat.update`, paced by the workspace's shared budgets (`adapters/slack/web.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
-import aiohttp
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.async_handler import AsyncRetryHandler
-from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
-from slack_sdk.http_retry.request import HttpRequest
-from slack_sdk.http_retry.response import HttpResponse
-from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import to_mrkdwn
-from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.presenter import (
-    SurfaceError,
-    SurfaceLimits,
-    settled_text,
-)
-from bot.prompts import detect_language
+from adapters.slack.stream import SlackPresenter, stop_leftover_stream
+from adapters.slack.web import SlackCallError, SlackThread, Workspace, call
+from bot.errors import SurfaceError
+from bot.events import Language
 from bot.ratelimit import RateLimiter
-from bot.store import ChainRecord, StepRecord
+from bot.store import StepRecord
+from bot.surface import BaseSurface, Handle, Presenter, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "slack"
 
-
-@dataclass(frozen=True)
-class SlackLimits:
-    """Slack's limits as Ponder paces itself under them. Defaults are for real Slack.
-
-    A token bucket of `rate` per `per` seconds with `burst` saved up lets at most
-    `burst + rate` calls through in any `per`-second window, so `rate + burst` stays under
-    Slack's figure (Tier 3 `chat.update`: 50/min per workspace).
-    """
-
-    update_rate: float = 45.0  # chat.update, per workspace
-    update_per: float = 60.0
-    update_burst: int = 5
-    post_rate: float = 1.0  # chat.postMessage, per channel
-    post_per: float = 1.0
-    post_burst: int = 2
-    edit_interval: float = 1.0  # one message is edited at most this often
-    max_chars: int = 3900  # chat.update / postMessage refuse text over 4,000 chars
-    # Streaming (chat.startStream / appendStream / stopStream)
-    append_rate: float = 80.0  # appendStream, Tier 4 (100+/min), per workspace
-    append_per: float = 60.0
-    append_burst: int = 10
-    append_interval: float = 1.0  # one stream is appended at most this often
-    stream_starts: float = 8.0  # streams opened per `stream_per` (start + stop are Tier 2)
-    stream_per: float = 60.0
-    stream_burst: int = 2
-    stream_max_age: float = 240.0  # Slack ends a stream after about 5 minutes: roll over first
-    stream_max_chars: int = 30000  # a streamed message is rolled over past this much text
-    markdown_chunk: int = 10000  # markdown_text is refused over 12,000 chars per chunk
-    request_timeout: int = 30  # seconds, every Web API call
-    max_429_retries: int = 12  # a 429 is waited out this many times in a row, then given up
-    max_5xx_retries: int = 3
-
-
-StatusMode = Literal["assistant", "reactions"]
-
-
-@dataclass
-class Workspace:
-    """Everything the chains of one workspace share."""
-
-    team_id: str
-    limits: SlackLimits
-    update_budget: RateLimiter = field(init=False)
-    append_budget: RateLimiter = field(init=False)
-    # Never waited on: when no stream may be opened now, a chain posts and edits instead of
-    # queueing behind others (start + stop are in a tight tier).
-    stream_starts: RateLimiter = field(init=False)
-    post_budgets: dict[str, RateLimiter] = field(default_factory=dict)
-    # What the workspace supports, learnt from its answers. `streaming` starts as the bot was
-    # configured (`SlackBot(streaming=...)`) and is the only switch for it.
-    streaming: bool = True
-    no_stream_kinds: set[str] = field(default_factory=set)  # channel kinds: "C", "G", "D"
-    status_mode: StatusMode = "assistant"
-
-    def __post_init__(self) -> None:
-        lim = self.limits
-        self.update_budget = RateLimiter(lim.update_rate, lim.update_per, lim.update_burst)
-        self.append_budget = RateLimiter(lim.append_rate, lim.append_per, lim.append_burst)
-        self.stream_starts = RateLimiter(lim.stream_starts, lim.stream_per, lim.stream_burst)
-
-    def post_budget(self, channel: str) -> RateLimiter:
-        budget = self.post_budgets.get(channel)
-        if budget is None:
-            lim = self.limits
-            budget = self.post_budgets[channel] = RateLimiter(
-                lim.post_rate, lim.post_per, lim.post_burst
-            )
-        return budget
-
-    def may_stream(self, channel: str) -> bool:
-        return self.streaming and channel_kind(channel) not in self.no_stream_kinds
-
-    def rate_limited(self, method: str, seconds: float, channel: str | None) -> None:
-        """Slack answered 429 to `method`: hold back everything that shares its budget."""
-        log.warning("Slack rate limit on %s: waiting %.0f s", method, seconds)
-        if method == "chat.update":
-            self.update_budget.pause(seconds)
-        elif method == "chat.postMessage":
-            # slack_sdk sends posts as JSON, which its retry hook does not show: when the
-            # channel is unknown, every channel's posts wait.
-            budgets = [self.post_budget(channel)] if channel else list(self.post_budgets.values())
-            for budget in budgets:
-                budget.pause(seconds)
-        elif method == "chat.appendStream":
-            self.append_budget.pause(seconds)
-        elif method in ("chat.startStream", "chat.stopStream"):
-            self.stream_starts.pause(seconds)
-
-
-def _ts_key(ts: str) -> tuple[int, int]:
-    """A Slack `ts` ("1700000000.000100") in time order (floats would round it)."""
-    whole, _, frac = ts.partition(".")
-    try:
-        return int(whole), int(frac or 0)
-    except ValueError:
-        return 0, 0
-
-
-def channel_kind(channel: str) -> str:
-    """Slack channel ids start with C (channel), G (private/group) or D (direct message)."""
-    return channel[:1].upper() or "C"
-
-
-# --- the Web API client ------------------------------------------------------------------
-
-
-class _RateLimitRetry(AsyncRetryHandler):
-    """Waits out a 429 for `Retry-After` seconds and tells the shared budgets first.
-
-    slack_sdk's own handler would sleep too, but the other chains of the workspace would keep
-    spending the budget meanwhile and meet 429s of their own.
-    """
-
-    def __init__(self, on_limited: Callable[[str, float, str | None], None],
-                 max_retry_count: int) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.on_limited = on_limited
-
-    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
-                               response: HttpResponse | None = None,
-                               error: Exception | None = None) -> bool:
-        return response is not None and response.status_code == 429
-
-    async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
-                                             response: HttpResponse | None = None,
-                                             error: Exception | None = None) -> None:
-        seconds = 1.0
-        if response is not None:
-            for key, values in response.headers.items():
-                if key.lower() == "retry-after" and values:
-                    try:
-                        seconds = max(0.0, float(values[0]))
-                    except ValueError:
-                        pass
-        method = request.url.rstrip("/").rsplit("/", 1)[-1]
-        channel = _channel_of(request)
-        try:
-            self.on_limited(method, seconds, channel)
-        except Exception:  # a budget bookkeeping error must not turn a 429 into a failure
-            log.exception("rate-limit callback failed")
-        state.next_attempt_requested = True
-        await asyncio.sleep(seconds + random.uniform(0.0, 0.25))
-        state.increment_current_attempt()
-
-
-class _ServerErrorRetry(AsyncRetryHandler):
-    """5xx from Slack: retried with backoff (slack_sdk's own handler only knows 500/503)."""
-
-    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
-                               response: HttpResponse | None = None,
-                               error: Exception | None = None) -> bool:
-        return response is not None and response.status_code >= 500
-
-
-def _channel_of(request: HttpRequest) -> str | None:
-    for source in (request.body_params, request.data):
-        if isinstance(source, dict) and source.get("channel"):
-            return str(source["channel"])
-    return None
-
-
-def make_client(
-    token: str,
-    base_url: str,
-    limits: SlackLimits,
-    on_limited: Callable[[str, float, str | None], None],
-) -> AsyncWebClient:
-    """A Web API client with a timeout on every call and retries for 429, 5xx and resets."""
-    return AsyncWebClient(
-        token=token,
-        base_url=base_url,
-        timeout=limits.request_timeout,
-        retry_handlers=[
-            _RateLimitRetry(on_limited, limits.max_429_retries),
-            _ServerErrorRetry(max_retry_count=limits.max_5xx_retries),
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
-        ],
-    )
-
-
-def new_session(limits: SlackLimits) -> aiohttp.ClientSession:
-    """One connection pool for all calls (slack_sdk would open a session per call)."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=limits.request_timeout, connect=10),
-        connector=aiohttp.TCPConnector(limit=64),
-        trace_configs=[_metrics_trace()],
-    )
-
-
-def _metrics_trace() -> aiohttp.TraceConfig:
-    """Every Web API call and every 429 counted, by method (`chat.update`, ...)."""
-    async def on_end(session: aiohttp.ClientSession, context: object,
-                     params: aiohttp.TraceRequestEndParams) -> None:
-        method = params.url.path.rsplit("/", 1)[-1]
-        PLATFORM_CALLS.labels("slack", method).inc()
-        if params.response.status == 429:
-            PLATFORM_429.labels("slack").inc()
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_end.append(on_end)
-    return trace
-
-
-def slack_error(exc: BaseException) -> str:
-    """The Slack error code of a failed call (`msg_too_long`, `ratelimited`, ...)."""
-    if isinstance(exc, SlackApiError):
-        data: Any = getattr(exc.response, "data", None)
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-        status = getattr(exc.response, "status_code", None)
-        return f"http_{status}" if status else "unknown_error"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientError):
-        return "connection_error"
-    return type(exc).__name__
-
-
-class SlackCallError(SurfaceError):
-    """A Web API call that failed after its retries; `error` is Slack's code for it."""
-
-    def __init__(self, method: str, error: str) -> None:
-        super().__init__(f"{method} failed: {error}")
-        self.method = method
-        self.error = error
-
-
-async def call(method: str, request: Awaitable[Any]) -> Any:
-    """Await a Web API call; a failure becomes `SlackCallError` with Slack's reason."""
-    try:
-        return await request
-    except (TimeoutError, SlackApiError, aiohttp.ClientError) as exc:
-        raise SlackCallError(method, slack_error(exc)) from exc
-
-
-# --- the surface ---------------------------------------------------------------------------
-
-
-class SlackSurface:
+class SlackSurface(BaseSurface):
     """One Slack thread: replies posted under `thread_ts`, edited with `chat.update`."""
 
     def __init__(
@@ -293,82 +33,104 @@ class SlackSurface:
         *,
         asker: str = "",
     ) -> None:
+        self.thread = SlackThread(client, workspace, channel, thread_ts, asker)
         self.client = client
         self.workspace = workspace
         self.channel = channel
         self.thread_ts = thread_ts
-        self.asker = asker
         lim = workspace.limits
         self.limits = SurfaceLimits(max_chars=lim.max_chars, edit_interval=lim.edit_interval)
         self.budget = workspace.update_budget
-        self.post_budget = workspace.post_budget(channel)
+        self._post_budget = workspace.post_budget(channel)
+        self._shown: dict[str, str] | None = None  # the thread as read once by `strays`
+
+    @property
+    def post_budget(self) -> RateLimiter:
+        return self._post_budget  # chat.postMessage: about 1/s per channel, apart from edits
 
     def render(self, markdown: str) -> str:
         return to_mrkdwn(markdown)
 
-    async def post(self, text: str) -> object:
-        response = await call("chat.postMessage", self.client.chat_postMessage(
-            channel=self.channel, thread_ts=self.thread_ts, text=text,
-            unfurl_links=False, unfurl_media=False,
-        ))
+    def presenter(self, language: Language) -> Presenter:
+        """Slack's streaming where the workspace offers it, else post + edit."""
+        return SlackPresenter(self.thread, self, language)
+
+    async def post(self, text: str) -> Handle:
+        try:
+            response = await call("chat.postMessage", self.client.chat_postMessage(
+                channel=self.channel, thread_ts=self.thread_ts, text=text,
+                unfurl_links=False, unfurl_media=False,
+            ))
+        except SlackCallError as exc:
+            raise SurfaceError(str(exc)) from exc
         return str(response["ts"])
 
-    async def edit(self, handle: object, text: str) -> None:
-        await call("chat.update", self.client.chat_update(
-            channel=self.channel, ts=str(handle), text=text,
-        ))
-
-    async def settle_leftovers(self, record: ChainRecord, steps: Sequence[StepRecord]) -> None:
-        """Before a chain a dead process left running is resumed here: its streams are
-        stopped, and its messages that still say "thinking" say they were cut short.
-
-        Its messages are the handles the store kept, and any bot message in the thread after
-        the first of them that still says "thinking" (a post the process died before it could
-        record). Nothing of this process writes to the thread yet (`Ponder.recover`)."""
-        from adapters.slack.stream import stop_leftover_stream
-
-        language = detect_language(record.question)
-        posted: set[str] = set()
-        for handle in record.handles:
-            if isinstance(handle, dict) and handle.get("stream"):
-                await stop_leftover_stream(self, str(handle["stream"]), steps, language)
-                posted.add(str(handle["stream"]))
-            elif isinstance(handle, str):
-                posted.add(handle)
-        first = min((_ts_key(ts) for ts in posted), default=(0, 0))
+    async def edit(self, handle: Handle, text: str) -> None:
         try:
-            messages = await self._replies(since=min(posted, key=_ts_key) if posted else None)
+            await call("chat.update", self.client.chat_update(
+                channel=self.channel, ts=str(handle), text=text,
+            ))
         except SlackCallError as exc:
-            log.warning("could not read thread %s to tidy it: %s", self.thread_ts, exc.error)
-            return
-        for message in messages:
-            ts, text = str(message.get("ts", "")), str(message.get("text") or "")
-            ours = ts in posted or (bool(message.get("bot_id")) and _ts_key(ts) > first)
-            tidy = settled_text(text, steps, language, self.render, self.limits.max_chars)
-            if not ours or tidy is None:
-                continue
-            await self.budget.acquire(urgent=True)
+            raise SurfaceError(str(exc)) from exc
+
+    # --- recovery: reading back what a dead process left -----------------------------------
+
+    async def strays(self, known: Sequence[Handle]) -> list[tuple[Handle, str]]:
+        """Bot messages after the first known one that no slot records (posted by a process
+        that died before it could record them). Reads the thread once; `read` answers from it."""
+        posted = {str(h) for h in known if isinstance(h, str)}
+        posted |= {str(h["stream"]) for h in known if isinstance(h, dict) and "stream" in h}
+        since = min(posted, key=_ts_key) if posted else None
+        try:
+            messages = await self._replies(since)
+        except SlackCallError as exc:
+            raise SurfaceError(f"could not read thread {self.thread_ts}: {exc.error}") from exc
+        self._shown = {str(m.get("ts", "")): str(m.get("text") or "") for m in messages}
+        first = _ts_key(since) if since else (0, 0)
+        return [(str(m.get("ts", "")), str(m.get("text") or "")) for m in messages
+                if bool(m.get("bot_id")) and str(m.get("ts", "")) not in posted
+                and _ts_key(str(m.get("ts", ""))) > first]
+
+    async def read(self, handle: Handle) -> str | None:
+        if not isinstance(handle, str):
+            return None
+        if self._shown is None or handle not in self._shown:
             try:
-                await self.edit(ts, tidy)
-            except SlackCallError as exc:  # e.g. another app's message: not ours to edit
-                log.warning("could not tidy message %s: %s", ts, exc.error)
+                messages = await self._replies(handle)
+            except SlackCallError as exc:
+                raise SurfaceError(f"could not read message {handle}: {exc.error}") from exc
+            if self._shown is None:
+                self._shown = {}
+            self._shown.update({str(m.get("ts", "")): str(m.get("text") or "")
+                                for m in messages})
+        return self._shown.get(handle)
+
+    async def close_leftover(self, handle: Handle, steps: Sequence[StepRecord],
+                             language: Language) -> bool:
+        if isinstance(handle, dict) and handle.get("stream"):
+            await stop_leftover_stream(self.thread, str(handle["stream"]), steps, language)
+            return True
+        return False
 
     async def _replies(self, since: str | None) -> list[dict[str, Any]]:
         """The thread's messages from `since` on (all of them without it), page by page: a
         long thread of follow-ups outgrows one page, and the dead chain's are the newest."""
         messages: list[dict[str, Any]] = []
         cursor: str | None = None
-        window = {"oldest": since, "inclusive": True} if since else {}
         while True:
             page = await call("conversations.replies", self.client.conversations_replies(
-                channel=self.channel, ts=self.thread_ts, limit=200, cursor=cursor, **window))
+                channel=self.channel, ts=self.thread_ts, limit=200, cursor=cursor,
+                oldest=since, inclusive=True if since else None))
             messages.extend(page.get("messages") or [])
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
             if not cursor:
                 return messages
 
-    def presenter(self) -> Any:
-        """The presenter the service should use for this thread (streaming where offered)."""
-        from adapters.slack.stream import SlackPresenter
 
-        return SlackPresenter(self)
+def _ts_key(ts: str) -> tuple[int, int]:
+    """A Slack `ts` ("1700000000.000100") in time order (floats would round it)."""
+    whole, _, frac = ts.partition(".")
+    try:
+        return int(whole), int(frac or 0)
+    except ValueError:
+        return 0, 0

@@ -34,7 +34,8 @@ from openai import AsyncOpenAI
 
 from bot import doctor, model
 from bot.config import load_settings
-from bot.llm import STEP_SCHEMA
+from bot.model.process import group_alive
+from bot.steps import STEP_SCHEMA
 
 pytestmark = [
     pytest.mark.vllm,
@@ -58,7 +59,7 @@ def free_port() -> int:
 
 
 def step_problem(data: object) -> str | None:
-    """Why `data` breaks bot.llm.STEP_SCHEMA, or None when it fits."""
+    """Why `data` breaks bot.steps.STEP_SCHEMA, or None when it fits."""
     props = STEP_SCHEMA["properties"]
     if not isinstance(data, dict):
         return f"not an object: {data!r:.80}"
@@ -124,7 +125,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[RealServer]:
     finally:
         pid = proc.pid
         await proc.stop()
-        assert pid is not None and not model._group_alive(pid), "vLLM left processes behind"
+        assert pid is not None and not group_alive(pid), "vLLM left processes behind"
     # Straight to the terminal, past output capture: these figures are the point of the run.
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
     capture = request.config.pluginmanager.getplugin("capturemanager")

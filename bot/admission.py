@@ -1,0 +1,154 @@
+"""Who may ask what, where, and when: the product's admission rules, for every platform.
+
+- a question must be readable and not too long;
+- the allow-lists (users, channels, workspaces);
+- an asker has at most `PONDER_USER_CONCURRENCY` chains at once and `PONDER_USER_RATE` a minute;
+- one chain at a time in a thread: a second question there waits for the first to end;
+- in a Ponder thread, only the person who started it follows up.
+
+An `Admission` holds the asker's slot and the thread from the moment it is granted, because a
+platform may take seconds to open a thread, and a second question in those seconds must be
+refused too.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.config import Settings
+from bot.errors import Refused
+from bot.events import Language, Question
+from bot.wording import say
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRequest:
+    """A question as a front door hands it over. `thread` names where the chain runs (empty
+    until a platform has opened one); `anchor` is the front door's note of where the chain's
+    opening message is, stored with the chain so a restart finds it again."""
+
+    platform: str
+    question: Question
+    asker: str
+    channel: str = ""
+    thread: str = ""
+    workspace: str = ""
+    anchor: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+AskerKey = tuple[str, str]  # (platform, asker)
+ThreadKey = tuple[str, str]  # (platform, thread)
+
+
+class Admission:
+    """A question admitted before its chain starts. `take` hands its slot to the chain;
+    `release` gives the slot (and the thread) back when the chain never starts."""
+
+    def __init__(self, gate: Gate, request: ChainRequest, language: Language) -> None:
+        self._gate = gate
+        self.request = request
+        self.language: Language = language
+        self.open = True
+        self.stop_requested = False  # Stop pressed before the chain started
+        self._thread: ThreadKey | None = None
+
+    def hold_thread(self, thread: str) -> None:
+        """The chain will run in `thread` (known only once a platform has opened it)."""
+        key = (self.request.platform, thread)
+        if thread and self._thread != key:
+            self._gate.release_thread(self._thread, self.request.question.id)
+            self._thread = key
+            self._gate.threads[key] = self.request.question.id
+
+    def take(self) -> ThreadKey | None:
+        """The chain has started: its slot and thread are the chain's now."""
+        self.open = False
+        return self._thread
+
+    def release(self) -> None:
+        if self.open:
+            self.open = False
+            self._gate.per_user[(self.request.platform, self.request.asker)] -= 1
+            self._gate.release_thread(self._thread, self.request.question.id)
+
+
+class Gate:
+    """The counters the rules need, shared by every front door of one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.per_user: dict[AskerKey, int] = defaultdict(int)
+        self.recent: dict[AskerKey, deque[float]] = defaultdict(deque)
+        self.threads: dict[ThreadKey, str] = {}  # thread -> the chain (or admission) in it
+        self.accepting = True
+
+    def busy(self, platform: str, thread: str) -> bool:
+        return bool(thread) and (platform, thread) in self.threads
+
+    def refusal(self, request: ChainRequest, language: Language) -> str | None:
+        """Why this question is not taken now, or None. Checked before anything is posted."""
+        s = self.settings
+        text = request.question.text.strip()
+        if not self.accepting:
+            return say("not_accepting", language)
+        if not visible(text):
+            return say("empty", language)
+        if len(text) > s.max_question_chars:
+            return say("too_long", language, n=f"{len(text):,}",
+                       limit=f"{s.max_question_chars:,}")
+        if s.allowed_users and request.asker not in s.allowed_users:
+            return say("user_not_allowed", language)
+        if s.allowed_channels and request.channel not in s.allowed_channels:
+            return say("channel_not_allowed", language)
+        if s.allowed_teams and request.workspace not in s.allowed_teams:
+            return say("team_not_allowed", language)
+        if self.busy(request.platform, request.thread):
+            return say("busy", language)
+        key = (request.platform, request.asker)
+        n = self.per_user[key]
+        if n >= s.user_concurrency:
+            return say("too_many_one", language) if n == 1 else say("too_many", language, n=n)
+        recent = self.recent[key]
+        now = time.monotonic()
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= s.user_rate_per_minute:
+            wait = int(60 - (now - recent[0])) + 1
+            return say("too_fast", language, n=s.user_rate_per_minute, s=wait)
+        return None
+
+    def admit(self, request: ChainRequest, language: Language) -> Admission:
+        reason = self.refusal(request, language)
+        if reason is not None:
+            raise Refused(reason)
+        key = (request.platform, request.asker)
+        self.recent[key].append(time.monotonic())
+        self.per_user[key] += 1
+        admission = Admission(self, request, language)
+        admission.hold_thread(request.thread)
+        return admission
+
+    def count_resumed(self, platform: str, asker: str, thread: str, chain_id: str) -> None:
+        """A chain resumed after a restart holds its asker's slot and its thread again."""
+        self.per_user[(platform, asker)] += 1
+        if thread:
+            self.threads[(platform, thread)] = chain_id
+
+    def finished(self, platform: str, asker: str, thread: ThreadKey | None,
+                 chain_id: str) -> None:
+        self.per_user[(platform, asker)] -= 1
+        self.release_thread(thread, chain_id)
+
+    def release_thread(self, thread: ThreadKey | None, chain_id: str) -> None:
+        if thread is not None and self.threads.get(thread) == chain_id:
+            del self.threads[thread]
+
+
+def visible(text: str) -> str:
+    """What is left of `text` to read: without control and invisible formatting characters
+    (zero-width spaces and joiners, direction marks, BOMs), which alone make no question."""
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip()

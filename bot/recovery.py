@@ -1,0 +1,105 @@
+"""After a crash: the messages a dead process left half-written stop saying "thinking".
+
+The store keeps each chain's message handles keyed by what they show (`step:3`, `answer`,
+`notice:model-wait`, ...), so nothing is parsed back out of rendered text: a step the store has
+as finished gets its final text (its last edit was lost), anything else still marked as
+running says it was cut short. Surfaces only read and write; this is the same for every
+platform.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from bot.errors import SurfaceError
+from bot.events import Event
+from bot.presenter import interrupted_text, render_pieces, step_markdown, still_running
+from bot.store import ChainRecord, StepRecord, Store
+from bot.surface import Handle, Presenter, Surface
+
+log = logging.getLogger(__name__)
+
+# Slots of an earlier run of a resumed chain: settled when it was resumed.
+SETTLED = "settled:"
+
+
+async def settle_leftovers(surface: Surface, record: ChainRecord,
+                           steps: Sequence[StepRecord]) -> None:
+    language = record.language
+    finished = {s.index: s for s in steps}
+    known = [h for handles in record.handles.values() for h in handles]
+    try:
+        # First, so a surface can read the whole thread once and answer `read` from that.
+        strays = await surface.strays(known)
+    except SurfaceError as exc:
+        log.warning("could not look for unrecorded messages: %s", exc)
+        strays = []
+    for slot, handles in record.handles.items():
+        if slot.startswith(SETTLED):
+            continue
+        final: list[str] | None = None
+        if slot.startswith("step:") and slot[5:].isdigit() and int(slot[5:]) in finished:
+            step = finished[int(slot[5:])]
+            final = render_pieces(surface, step_markdown(step.index, step.title, step.content,
+                                                         language, step.seconds))
+        for n, handle in enumerate(handles):
+            try:
+                if await surface.close_leftover(handle, steps, language):
+                    continue
+                shown = await surface.read(handle)
+                if shown is not None and not still_running(shown):
+                    continue
+                if final is not None:
+                    await _write(surface, handle, final[n] if n < len(final) else "…")
+                elif shown is not None:
+                    await _write(surface, handle, interrupted_text(shown, language))
+            except SurfaceError as exc:
+                log.warning("could not tidy a message (%s) left by the previous process: %s",
+                            slot, exc)
+    for handle, shown in strays:
+        if still_running(shown):
+            try:
+                await _write(surface, handle, interrupted_text(shown, language))
+            except SurfaceError as exc:
+                log.warning("could not tidy an unrecorded message: %s", exc)
+
+
+def settled(handles: dict[str, list[Handle]]) -> dict[str, list[Handle]]:
+    """A resumed chain's earlier handles, marked as tidied already (a second crash must not
+    write a step's final text over the message that says it was cut short)."""
+    return {slot if slot.startswith(SETTLED) else SETTLED + slot: list(hs)
+            for slot, hs in handles.items()}
+
+
+async def _write(surface: Surface, handle: Handle, text: str) -> None:
+    await surface.budget.acquire(urgent=True)
+    await surface.edit(handle, text)
+
+
+class HandleLog:
+    """The platform handles of a chain's messages, written to the store as they are posted, so
+    a start after a crash can find (and tidy) what the dead process left half-written."""
+
+    def __init__(self, store: Store, chain_id: str, presenter: Presenter,
+                 earlier: dict[str, list[Handle]]) -> None:
+        self.store, self.chain_id, self.presenter = store, chain_id, presenter
+        self.earlier = earlier  # a resumed chain's, from before
+        self.saved: dict[str, list[Handle]] = dict(earlier)
+
+    async def save(self) -> None:
+        handles = {**self.earlier, **{k: list(v) for k, v in
+                                      self.presenter.outcome.handles.items()}}
+        if handles == self.saved:
+            return
+        try:
+            await self.store.set_handles(self.chain_id, handles)
+            self.saved = handles
+        except Exception:
+            log.exception("could not record the chain's message handles")
+
+    async def saved_along(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            yield event
+            # The presenter asks for the next event once this one is shown (posted).
+            await self.save()

@@ -1,0 +1,136 @@
+"""Everything Ponder says to people, in English and Chinese, in one place.
+
+`say(key, language, **values)` gives one text. Every key exists in both languages with the
+same placeholders (tests/test_wording.py checks it), so a Chinese question never gets a
+stray English line. Model prompts are not here: they are `bot/prompts.py`.
+"""
+
+from __future__ import annotations
+
+from bot.events import Language
+
+_EN: dict[str, str] = {
+    # --- a chain's messages (the presenter) ---
+    "step": "Step {i}",
+    "thinking": "thinking…",
+    "cut_short": "(cut short)",
+    "answer": "Answer",
+    "took": "{s} s",
+    "summary": "Thought for {s} s · {n} steps",
+    "summary_one": "Thought for {s} s · 1 step",
+    "stopped": "Stopped after {s} s.",
+    "failed": "Gave up after {s} s.",
+    "continued": "…continued below",
+    "cut_by_restart": "cut short by a restart",
+    # --- the service's notices ---
+    "restarting": "Ponder is restarting — this chain will pick up where it stopped.",
+    "resuming": "↻ Ponder restarted — picking up again at step {n}.",
+    "waiting": "⏳ The model server is not answering; retrying for up to {s} s.",
+    "waited": "✓ The model server is answering again.",
+    "gave_up_waiting": "The model server did not answer for {s} s; trying once more.",
+    "waiting_stopped": "The model server was not answering.",
+    "internal": "Ponder hit an internal error on this question; please ask again.",
+    "no_answer": "The chain ended without an answer.",
+    # --- refusals (admission) ---
+    "not_accepting": "Ponder is restarting; please ask again in a minute.",
+    "empty": "Please include a question — for example: Is 221 prime?",
+    "too_long": "That question is {n} characters long; the limit is {limit}. "
+                "Please shorten it.",
+    "user_not_allowed": "Sorry, you are not on the list of people who may use Ponder here.",
+    "channel_not_allowed": "Sorry, Ponder does not answer in this channel.",
+    "team_not_allowed": "Sorry, Ponder is not enabled for this server or workspace.",
+    "too_many_one": "You already have 1 question being answered; please wait for one to "
+                    "finish.",
+    "too_many": "You already have {n} questions being answered; please wait for one to "
+                "finish.",
+    "too_fast": "You are asking faster than {n} a minute; please try again in {s} s.",
+    "busy": "I am still on the previous question here; press Stop or wait for its answer.",
+    # --- the line under a chain's opening message ---
+    "asked": "🤔 {who} asked:",
+    "follow_up_from": "↪️ Follow-up from {who}",
+    "running": "Reasoning step by step …",
+    "running_in": "Reasoning step by step in {where} …",
+    "will_resume": "↻ Interrupted by a restart; it picks up again when Ponder is back",
+    "stopped_line": "⏹️ Stopped after {s} s",
+    "could_not_start": "⚠️ Could not start: {why}",
+    "went_wrong": "⚠️ Something went wrong on Ponder's side; please try again.",
+    "went_wrong_thinking": "Something went wrong while thinking: {why}",
+    # --- Discord ---
+    "stop": "Stop",
+    "already_finished": "This chain has already finished.",
+    "only_asker_stops": "Only the person who asked, or someone who may manage messages, can "
+                        "stop this.",
+    "no_thread_here": "I could not start a thread here ({why}), so I answer here.",
+    "in_thread_already": "We are in a thread already, so I answer right here.",
+    "no_thread_permission": "I may not start threads in this channel (Create Public Threads "
+                            "and Send Messages in Threads), so I answer right here.",
+    "no_threads": "Threads are not available here, so I answer right here.",
+    # --- Slack ---
+    "thinking_status": "is thinking…",
+    "internal_slack": "⚠️ Something went wrong on Ponder's side while answering this. "
+                      "Please try again in a moment.",
+}
+
+_ZH: dict[str, str] = {
+    "step": "第 {i} 步",
+    "thinking": "思考中…",
+    "cut_short": "（已中断）",
+    "answer": "答案",
+    "took": "{s} 秒",
+    "summary": "思考用时 {s} 秒 · 共 {n} 步",
+    "summary_one": "思考用时 {s} 秒 · 共 1 步",
+    "stopped": "已在 {s} 秒后停止。",
+    "failed": "{s} 秒后放弃。",
+    "continued": "……下文继续",
+    "cut_by_restart": "因重启中断",
+    "restarting": "Ponder 正在重启——这条推理会从中断处继续。",
+    "resuming": "↻ Ponder 已重启——从第 {n} 步继续。",
+    "waiting": "⏳ 模型服务器没有响应；最多重试 {s} 秒。",
+    "waited": "✓ 模型服务器已恢复响应。",
+    "gave_up_waiting": "模型服务器 {s} 秒内没有响应；再试一次。",
+    "waiting_stopped": "模型服务器没有响应。",
+    "internal": "Ponder 处理这个问题时出现内部错误；请重新提问。",
+    "no_answer": "推理结束，但没有得到答案。",
+    "not_accepting": "Ponder 正在重启；请一分钟后再问。",
+    "empty": "请写上问题——例如：221 是质数吗？",
+    "too_long": "这个问题有 {n} 个字符，上限是 {limit}。请缩短一些。",
+    "user_not_allowed": "抱歉，你不在可以使用 Ponder 的名单上。",
+    "channel_not_allowed": "抱歉，Ponder 不在这个频道回答。",
+    "team_not_allowed": "抱歉，这个服务器或工作区没有启用 Ponder。",
+    "too_many_one": "你已有 1 个问题正在回答；请等它完成。",
+    "too_many": "你已有 {n} 个问题正在回答；请等其中一个完成。",
+    "too_fast": "你每分钟提问超过 {n} 次；请 {s} 秒后再试。",
+    "busy": "我还在回答这里的上一个问题；请按停止，或等它的答案。",
+    "asked": "🤔 {who} 提问：",
+    "follow_up_from": "↪️ {who} 的追问",
+    "running": "正在逐步推理 …",
+    "running_in": "正在 {where} 中逐步推理 …",
+    "will_resume": "↻ 因重启中断；Ponder 恢复后会继续",
+    "stopped_line": "⏹️ 已在 {s} 秒后停止",
+    "could_not_start": "⚠️ 无法开始：{why}",
+    "went_wrong": "⚠️ Ponder 这边出了问题；请再试一次。",
+    "went_wrong_thinking": "思考时出了问题：{why}",
+    "stop": "停止",
+    "already_finished": "这条推理已经结束。",
+    "only_asker_stops": "只有提问的人，或有管理消息权限的人，才能停止它。",
+    "no_thread_here": "我无法在这里开启子区（{why}），所以就在这里回答。",
+    "in_thread_already": "我们已经在子区里了，所以就在这里回答。",
+    "no_thread_permission": "我在这个频道没有开启子区的权限（创建公开子区、在子区中发送消息），"
+                            "所以就在这里回答。",
+    "no_threads": "这里不能开启子区，所以就在这里回答。",
+    "thinking_status": "正在思考…",
+    "internal_slack": "⚠️ Ponder 回答这个问题时出了问题。请稍后再试。",
+}
+
+TEXTS: dict[Language, dict[str, str]] = {"en": _EN, "zh": _ZH}
+
+
+def say(key: str, language: Language = "en", **values: object) -> str:
+    """The text for `key` in `language`, its `{placeholders}` filled from `values`."""
+    text = TEXTS[language][key]
+    return text.format(**values) if values else text
+
+
+def every(key: str) -> tuple[str, ...]:
+    """`key`'s text in every language (for recognising what an earlier process wrote)."""
+    return tuple(texts[key] for texts in TEXTS.values())
