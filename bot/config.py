@@ -9,14 +9,12 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.errors import SettingsError
+
 
 class Mode(StrEnum):
     CHAIN = "chain"
     NATIVE = "native"
-
-
-class SettingsError(Exception):
-    """A setting has a wrong value; the message is one readable line naming it."""
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode]

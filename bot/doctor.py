@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -17,10 +18,13 @@ from bot.config import Mode, Settings, SettingsError, load_settings
 from bot.llm import LLMClient, LLMError, TextDelta
 from bot.logs import held_logs
 from bot.model import detect_gpu
-from bot.platforms import MARKS, Check, Limits, Platform, discover, format_check
+from bot.platforms import Check, Limits, Platform, discover, format_check
 from bot.steps import StepResult
 
-__all__ = ["MARKS", "Check", "Limits", "format_check", "register_commands", "run_checks"]
+# Check, Limits and format_check live with the platform seam; tests and callers know them here.
+__all__ = ["Check", "Limits", "format_check", "register_commands", "run_checks"]
+
+log = logging.getLogger(__name__)
 
 
 # Enough for one short step; a model that needs more to name 5 apples is rambling whitespace.
@@ -137,14 +141,27 @@ async def _gpu(limits: Limits) -> Check:
                  required=False)
 
 
+async def _platform_checks(platform: Platform, settings: Settings,
+                           limits: Limits) -> Sequence[Check]:
+    try:
+        return await platform.checks(settings, limits)
+    except Exception as exc:
+        # A plugin's own bug: the other lines still come, this one says where to look.
+        log.exception("the %s checks failed", platform.name)
+        return [Check(platform.name, "fail", f"its check failed: {exc!r}",
+                      "see the log above; report it to the plugin's authors")]
+
+
 async def run_checks(
     settings: Settings | None,
     *,
     limits: Limits | None = None,
     emit: Callable[[Check], None] | None = None,
     gpu_check: Callable[[Limits], Awaitable[Check]] | None = None,
+    platforms: Sequence[Platform] | None = None,
 ) -> list[Check]:
-    """Run every check; `emit` sees each one as soon as it is decided, in a fixed order."""
+    """Run every check; `emit` sees each one as soon as it is decided, in a fixed order:
+    settings, the model server, each installed platform's (`bot.platforms`), the GPU."""
     limits = limits or Limits()
     checks: list[Check] = []
 
@@ -161,32 +178,34 @@ async def run_checks(
             return checks
     add(Check("settings", "ok", f"valid (model {settings.model}, mode {settings.mode.value})"))
 
-    async with aiohttp.ClientSession() as http:
-        # Platform and GPU checks do not depend on the model server: run them meanwhile.
-        side = asyncio.gather(
-            _discord(settings, http, limits),
-            _slack(settings, http, limits),
-            (gpu_check or _gpu)(limits),
-        )
-        probe = _ModelProbe(settings, limits)
-        try:
-            reach, ids = await probe.models()
-            add(reach)
-            if ids is None:
-                for name in ("model name", "structured outputs", "reasoning field"):
-                    add(Check(name, "skip", "not checked: no model server", required=False))
+    found = discover() if platforms is None else platforms
+    # Platform and GPU checks do not depend on the model server: run them meanwhile.
+    side = asyncio.gather(
+        asyncio.gather(*(_platform_checks(p, settings, limits) for p in found)),
+        (gpu_check or _gpu)(limits),
+    )
+    probe = _ModelProbe(settings, limits)
+    try:
+        reach, ids = await probe.models()
+        add(reach)
+        if ids is None:
+            for name in ("model name", "structured outputs", "reasoning field"):
+                add(Check(name, "skip", "not checked: no model server", required=False))
+        else:
+            add(probe.served(ids))
+            if checks[-1].status == "ok":
+                add(await probe.structured())
+                add(await probe.reasoning())
             else:
-                add(probe.served(ids))
-                if checks[-1].status == "ok":
-                    add(await probe.structured())
-                    add(await probe.reasoning())
-                else:
-                    for name in ("structured outputs", "reasoning field"):
-                        add(Check(name, "skip", "not checked: model not served", required=False))
-        finally:
-            await probe.close()
-            for check in await side:
+                for name in ("structured outputs", "reasoning field"):
+                    add(Check(name, "skip", "not checked: model not served", required=False))
+    finally:
+        await probe.close()
+        per_platform, gpu = await side
+        for platform_checks in per_platform:
+            for check in platform_checks:
                 add(check)
+        add(gpu)
     return checks
 
 
@@ -196,7 +215,9 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings | None) -> int:
     def emit(check: Check) -> None:
         print(format_check(check), flush=True)
 
-    checks = asyncio.run(run_checks(settings, limits=limits, emit=emit))
+    # Log lines (a retry, PONDER_LOG_LEVEL=DEBUG's requests) come after the checklist, whole.
+    with held_logs():
+        checks = asyncio.run(run_checks(settings, limits=limits, emit=emit))
     failed = [c for c in checks if not c.passed]
     if failed:
         print(f"{len(failed)} required check(s) failed", file=sys.stderr)

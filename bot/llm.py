@@ -2,7 +2,8 @@
 
 Every request streams. Failures that may pass (connection errors, timeouts, 429, 5xx, a stream
 cut mid-way) are retried with backoff and jitter; a consumer learns that an attempt was thrown
-away through a `Restart` marker and starts its partial text over.
+away through a `Restart` marker and starts its partial text over. Reading a step out of the
+streamed text is `bot.steps`'s part; this module only carries the text.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ class _ChainField(logging.Filter):
         return True
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Log lines on stderr that never cut through a terminal UI.
 
     While rich's Live draws a chain it swaps `sys.stderr` for a proxy that prints each line

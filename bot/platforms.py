@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import aiohttp
 
@@ -35,7 +35,7 @@ GROUP = "ponder.platforms"
 
 # A sub-command's handler: the parsed arguments and the settings in, the exit code out.
 Command = Callable[[argparse.Namespace, Settings], int]
-SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 # --- what `ponder doctor` shows ----------------------------------------------------------------

@@ -68,7 +68,7 @@ async def serve(settings: Settings, platforms: Sequence[Platform]) -> int:
     tasks = {asyncio.create_task(p.serve(services), name=f"platform-{p.name}"): p
              for p in platforms}
     stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-    reported: set[asyncio.Task[None]] = set()
+    reported: set[asyncio.Task[None]] = set()  # failures already shown, not to repeat
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -83,7 +83,8 @@ async def serve(settings: Settings, platforms: Sequence[Platform]) -> int:
         return code
     finally:
         await services.drain(settings.shutdown_grace)
-        for task in [*tasks, stopper]:
+        stopper.cancel()
+        for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for (task, platform), result in zip(tasks.items(), results, strict=True):

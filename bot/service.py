@@ -94,6 +94,27 @@ class ChainHandle:
             return Outcome(failure=ChainFailed("internal", say("internal", self.language), 0.0))
 
 
+class Memory:
+    """Small state a front door keeps between runs (a command set's hash, places where
+    something was explained once), in the service's store under the front door's keys."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, key: str) -> str | None:
+        return await self._store.get(key)
+
+    async def put(self, key: str, value: str) -> None:
+        await self._store.put(key, value)
+
+    async def once(self, key: str) -> bool:
+        """True the first time `key` is asked about, False ever after."""
+        if await self._store.get(key):
+            return False
+        await self._store.put(key, "1")
+        return True
+
+
 class Ponder:
     """The one service every front door talks to: it admits questions (`bot/admission.py`),
     runs each chain as an owned task (engine → presenter → store), stops, drains, recovers."""
@@ -104,6 +125,7 @@ class Ponder:
         self.llm = llm or LLMClient(settings)
         self.engine = Engine(self.llm, settings)
         self.store = store or Store(settings.db)
+        self.memory = Memory(self.store)
         self.running: dict[str, ChainHandle] = {}
         self.gate = Gate(settings)
         self.pending: dict[str, Admission] = {}  # admitted, not started yet (thread opening)
@@ -173,6 +195,10 @@ class Ponder:
 
     # --- admission -------------------------------------------------------------------------
 
+    def refusal(self, request: ChainRequest) -> str | None:
+        """Why this question would not be taken now, or None."""
+        return self.gate.refusal(request, detect_language(request.question.text))
+
     def admit(self, request: ChainRequest) -> Admission:
         """Count the question against its asker's limits (and hold its thread) now, or raise
         `Refused` with the reason to show, in the asker's language."""
@@ -236,6 +262,13 @@ class Ponder:
         elif pending is not None:
             pending.stop_requested = True
         return "stopping"
+
+    def language_of(self, chain_id: str) -> Language:
+        """The language a chain (running, or admitted and about to run) speaks."""
+        handle, pending = self.running.get(chain_id), self.pending.get(chain_id)
+        if handle is not None:
+            return handle.language
+        return pending.language if pending is not None else "en"
 
     def _launch(self, request: ChainRequest, surface: Surface, language: Language,
                 thread: tuple[str, str] | None, resumed: bool = False,

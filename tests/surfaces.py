@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bot.presenter import SurfaceError, SurfaceLimits
+from bot.errors import SurfaceError
 from bot.ratelimit import RateLimiter
+from bot.surface import BaseSurface, Handle, SurfaceLimits
 
 
-class RecordingSurface:
+class RecordingSurface(BaseSurface):
     def __init__(self, max_chars: int = 2000, edit_interval: float = 0.05,
                  budget: RateLimiter | None = None, fail_edits: int = 0,
                  post_delay: float = 0.0, fail_posts: int = 0) -> None:
@@ -24,7 +25,7 @@ class RecordingSurface:
     def render(self, markdown: str) -> str:
         return markdown.replace("@everyone", "@\u200beveryone").replace("&", "&amp;")
 
-    async def post(self, text: str) -> object:
+    async def post(self, text: str) -> Handle:
         if self.post_delay:
             await asyncio.sleep(self.post_delay)
         if self.fail_posts:
@@ -35,13 +36,16 @@ class RecordingSurface:
         self.calls.append(("post", handle, text, time.monotonic()))
         return handle
 
-    async def edit(self, handle: object, text: str) -> None:
+    async def edit(self, handle: Handle, text: str) -> None:
         assert isinstance(handle, int)
         if self.fail_edits:
             self.fail_edits -= 1
             raise SurfaceError("platform said no")
         self.shown[handle] = text
         self.calls.append(("edit", handle, text, time.monotonic()))
+
+    async def read(self, handle: Handle) -> str | None:
+        return self.shown.get(handle) if isinstance(handle, int) else None
 
     def edits(self, handle: int) -> list[str]:
         return [text for kind, h, text, _ in self.calls if kind == "edit" and h == handle]

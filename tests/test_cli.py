@@ -114,6 +114,8 @@ async def test_the_terminal_prompt_asks_follow_ups_with_their_history(
     last = fake_llm.requests[-1].body["messages"]
     assert {"role": "user", "content": "What is 2+2?"} in last
     assert {"role": "assistant", "content": "The answer is 42."} in last
+    # The terminal answers from its own engine: no store opened, no model watcher started.
+    assert not (Path.cwd() / "data").exists()
 
 
 async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI) -> None:
@@ -131,3 +133,54 @@ async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI)
     err = (await proc.stderr.read()).decode()
     assert "Traceback" not in err and "Fatal Python error" not in err, err
     assert proc.returncode in (0, 130, -signal.SIGINT)
+
+
+# --- quiet terminals: library loggers stay at WARNING unless PONDER_LOG_LEVEL=DEBUG ----------
+
+
+async def test_no_line_per_http_request_unless_debug(fake_llm: FakeOpenAI) -> None:
+    env = {"OPENAI_BASE_URL": fake_llm.base_url}
+    code, out, err = await ponder("ask", "--json", "Is 221 prime?", env=env)
+    assert code == 0, err
+    assert "HTTP Request" not in out + err, err
+    assert err == ""  # nothing at all beside the events at the default level
+    code, out, err = await ponder("ask", "--json", "Is 221 prime?",
+                                  env={**env, "PONDER_LOG_LEVEL": "DEBUG"})
+    assert code == 0, err
+    assert "INFO httpx2" in err and "HTTP Request: POST" in err
+    # The events stay alone on stdout, one JSON object a line.
+    assert [json.loads(line)["event"] for line in out.splitlines()][-1] == "final_answer"
+
+
+async def test_doctor_shows_requests_only_when_debug_and_after_the_checklist(
+        fake_llm: FakeOpenAI) -> None:
+    async def doctor(**env: str) -> tuple[int, list[str]]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "doctor", "--timeout", "3",
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_BASE_URL": fake_llm.base_url,
+                 **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode().splitlines()
+
+    code, lines = await doctor()
+    assert code == 0, lines
+    assert not any("HTTP Request" in line for line in lines), lines
+    assert all(line[:2] in ("✓ ", "– ") for line in lines), lines
+
+    code, lines = await doctor(PONDER_LOG_LEVEL="DEBUG")
+    assert code == 0, lines
+    marked = [i for i, line in enumerate(lines) if line[:2] in ("✓ ", "✗ ", "– ")]
+    # One block of checks, then the log lines held back while it was printed.
+    assert marked == list(range(len(marked))), lines
+    assert len(marked) >= 8 and lines[marked[-1]].startswith("– GPU")
+    assert any("HTTP Request: POST" in line for line in lines[len(marked):]), lines
+
+
+async def test_a_platform_that_cannot_start_is_one_line(fake_llm: FakeOpenAI) -> None:
+    # `ponder slack` without its token: a settings error, exit 2, one line naming it.
+    code, out, err = await ponder("slack", env={"OPENAI_BASE_URL": fake_llm.base_url})
+    assert code == 2 and out == "", err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert err.startswith("ponder: setting SLACK_BOT_TOKEN: needed for Slack")

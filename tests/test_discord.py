@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from adapters.discord import DiscordBot, DiscordError, run_discord
+from adapters.discord import DiscordBot, run_discord
 from adapters.discord.surface import LimiterRegistry
 from adapters.discord.sync import commands_hash
 from adapters.discord.text import render, thread_name
 from bot.config import Settings
+from bot.errors import PlatformError
 from bot.llm import LLMClient
 from bot.ratelimit import RateLimiter
 from bot.service import Ponder
@@ -716,7 +717,7 @@ async def test_a_wrong_token_is_a_readable_error(
     ponder = Ponder(settings)
     await ponder.start()
     try:
-        with pytest.raises(DiscordError, match="Discord refused DISCORD_TOKEN"):
+        with pytest.raises(PlatformError, match="Discord refused DISCORD_TOKEN"):
             await asyncio.wait_for(DiscordBot(ponder, settings).run(), 15)
     finally:
         await ponder.close()

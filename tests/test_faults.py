@@ -811,8 +811,7 @@ async def test_hostile_questions_on_discord_get_a_clear_reply_and_ping_nobody(
 async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
         tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     """The ⏳ a dead process left is on the question, not on the thread's first message:
-    where the question was is kept in the store, and a restart finds it there."""
-    from adapters.slack.app import _question_key
+    where the question was is the chain's anchor in the store, and a restart finds it there."""
     from bot.store import ChainRecord
 
     async with FakeSlack(streaming=False, update_limit=None, assistant_status=False) as slack:
@@ -825,8 +824,7 @@ async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
             await h.ponder.store.start_chain(ChainRecord(
                 id="c1", platform="slack", question="What is 2+2?", mode="chain",
                 workspace=slack.team_id, channel=CHANNEL, thread=f"{CHANNEL}:{parent.ts}",
-                asker="UASKER"))
-            await h.ponder.store.put(_question_key("c1"), question.ts)
+                asker="UASKER", anchor={"message_ts": question.ts}))
             fake_llm.script(*three_steps())
             (handle,) = await h.bot.recover()
             await h.settle()
@@ -834,7 +832,6 @@ async def test_a_resumed_chain_asked_inside_a_thread_clears_its_own_question(
             assert set(question.reactions) == {"white_check_mark"}
             assert parent.reactions == {}
             nothing_still_thinking(slack)
-            assert await h.ponder.store.get(_question_key("c1")) is None  # not kept forever
         finally:
             await stop_harness(h)
 
@@ -867,7 +864,7 @@ async def test_a_restart_tidies_a_message_posted_just_before_the_crash(
             await store.start_chain(ChainRecord(
                 id="c1", platform="slack", question="What is 2+2?", mode="chain",
                 workspace=slack.team_id, channel=CHANNEL, thread=f"{CHANNEL}:{question.ts}",
-                asker="UASKER", handles=[mine[0].ts]))  # the second was never recorded
+                asker="UASKER", handles={"step:1": [mine[0].ts]}))  # the 2nd never recorded
             await store.add_step("c1", StepRecord(1, "Restate", "We need 2+2.", 1.0))
             fake_llm.script(Step("Add", "2+2 is 4.", "continue"),
                             Step("Check", "4-2 is 2.", "final_answer"), Text("4"))
@@ -881,6 +878,8 @@ async def test_a_restart_tidies_a_message_posted_just_before_the_crash(
             nothing_still_thinking(slack)
             record = await store.chain("c1")
             assert record is not None and record.status == "answered"
-            assert record.handles[0] == mine[0].ts and len(record.handles) > 1  # old + new
+            # The old handles are kept, marked as tidied, beside the resumed run's own.
+            assert record.handles["settled:step:1"] == [mine[0].ts]
+            assert "step:2" in record.handles and "answer" in record.handles
         finally:
             await stop_harness(h)

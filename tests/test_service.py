@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ def request(text: str = "What is 6 times 7?", asker: str = "U1", thread: str = "
             qid: str | None = None) -> ChainRequest:
     question = Question(text) if qid is None else Question(text, id=qid)
     return ChainRequest("test", question, asker, channel="C1", thread=thread)
+
+
+def elsewhere(asker: str = "U1") -> ChainRequest:
+    """A question in a thread of its own (one thread runs one chain at a time)."""
+    return request(asker=asker, thread=uuid.uuid4().hex)
 
 
 async def started(fake: FakeOpenAI, tmp_path: Path, **overrides: object) -> Ponder:
@@ -70,19 +76,19 @@ async def test_events_are_logged_once_each_not_once_per_token(
 async def test_per_user_concurrency_and_rate_limits_refuse_politely(tmp_path: Path) -> None:
     async with FakeOpenAI(chunk_delay=0.05) as fake:
         ponder = await started(fake, tmp_path, user_concurrency=2, user_rate_per_minute=3)
-        first = ponder.submit(request(), RecordingSurface())
-        ponder.submit(request(), RecordingSurface())
+        first = ponder.submit(elsewhere(), RecordingSurface())
+        ponder.submit(elsewhere(), RecordingSurface())
         with pytest.raises(Refused, match="already have 2 questions"):
-            ponder.submit(request(), RecordingSurface())
-        ponder.submit(request(asker="U2"), RecordingSurface())  # others are not held back
+            ponder.submit(elsewhere(), RecordingSurface())
+        ponder.submit(elsewhere(asker="U2"), RecordingSurface())  # others are not held back
         first.cancel()
         await asyncio.gather(first.task, return_exceptions=True)
-        ponder.submit(request(), RecordingSurface())  # a slot is free again: the 3rd this minute
+        ponder.submit(elsewhere(), RecordingSurface())  # a slot is free again: the 3rd this minute
         for handle in list(ponder.running.values()):
             handle.cancel()
         await asyncio.gather(*(h.task for h in ponder.running.values()), return_exceptions=True)
         with pytest.raises(Refused, match="faster than 3 a minute"):
-            ponder.submit(request(), RecordingSurface())
+            ponder.submit(elsewhere(), RecordingSurface())
         await ponder.close()
 
 
@@ -90,23 +96,63 @@ async def test_an_admitted_question_holds_its_askers_slot_until_it_runs_or_is_re
         tmp_path: Path) -> None:
     async with FakeOpenAI(chunk_delay=0.05) as fake:
         ponder = await started(fake, tmp_path, user_concurrency=1)
-        admitted = ponder.admit(request())  # e.g. while a thread is being opened
+        admitted = ponder.admit(elsewhere())  # e.g. while a thread is being opened
         with pytest.raises(Refused, match="already have 1 question"):
-            ponder.admit(request())
+            ponder.admit(elsewhere())
         admitted.release()
         admitted.release()  # twice is harmless
-        again = ponder.admit(request())
-        handle = ponder.submit(request(), RecordingSurface(), again)
+        again = ponder.admit(elsewhere())
+        handle = ponder.submit(elsewhere(), RecordingSurface(), again)
         again.release()  # the slot is the chain's now: this gives nothing back
         with pytest.raises(Refused, match="already have 1 question"):
-            ponder.submit(request(), RecordingSurface())
+            ponder.submit(elsewhere(), RecordingSurface())
         handle.cancel()
         await asyncio.gather(handle.task, return_exceptions=True)
-        late = ponder.admit(request())
+        late = ponder.admit(elsewhere())
         await ponder.drain(grace=0)
         with pytest.raises(Refused, match="restarting"):
-            ponder.submit(request(), RecordingSurface(), late)
-        assert ponder.refusal(request()) is not None and not late.open
+            ponder.submit(elsewhere(), RecordingSurface(), late)
+        assert ponder.refusal(elsewhere()) is not None and not late.open
+        await ponder.close()
+
+
+async def test_one_chain_at_a_time_in_a_thread_on_every_platform(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.05) as fake:
+        ponder = await started(fake, tmp_path, user_concurrency=5)
+        first = ponder.submit(request(thread="T7"), RecordingSurface())
+        for platform in ("test", "other"):
+            busy = ChainRequest(platform, Question("And then?"), "U2", channel="C1",
+                                thread="T7")
+            if platform == "test":
+                with pytest.raises(Refused, match="still on the previous question here"):
+                    ponder.admit(busy)
+            else:  # the same thread name on another platform is another thread
+                ponder.release(ponder.admit(busy))
+        held = ponder.admit(request(thread=""))  # a thread not opened yet holds nothing
+        held.hold_thread("T8")  # ... until the platform has opened it
+        with pytest.raises(Refused, match="still on the previous question"):
+            ponder.admit(request(thread="T8"))
+        ponder.release(held)
+        ponder.release(ponder.admit(request(thread="T8")))
+        first.cancel()
+        await first.wait()
+        ponder.release(ponder.admit(request(thread="T7")))  # free again once it ended
+        await ponder.close()
+
+
+async def test_only_the_asker_follows_up_in_a_ponder_thread(tmp_path: Path) -> None:
+    async with FakeOpenAI(auto_steps=1) as fake:
+        ponder = await started(fake, tmp_path, min_steps=1)
+        await ponder.submit(request(thread="T5"), RecordingSurface()).wait()
+        assert await ponder.follow_up(request(thread="T5", asker="U2")) is None
+        assert await ponder.follow_up(request(thread="NOT-OURS")) is None
+        admission = await ponder.follow_up(request(thread="T5"))
+        assert admission is not None
+        surface = RecordingSurface()
+        outcome = await ponder.submit(request(thread="T5"), surface, admission).wait()
+        assert outcome.status == "answered"
+        first_request = fake.requests[-2].body["messages"]  # the follow-up knows the thread
+        assert any("The answer is 42." in m["content"] for m in first_request)
         await ponder.close()
 
 
@@ -148,7 +194,7 @@ async def test_shutdown_leaves_the_chain_resumable_and_says_so(tmp_path: Path) -
         await asyncio.sleep(0.8)
         await ponder.drain(grace=0.1)
         await asyncio.gather(handle.task, return_exceptions=True)
-        assert "⏸️ Ponder is restarting; this chain will pick up where it stopped" in surface.text()
+        assert "⏸️ Ponder is restarting — this chain will pick up where it stopped." in surface.text()
         refusal = ponder.refusal(request())
         assert refusal is not None and "restarting" in refusal
         record = await ponder.store.chain(handle.chain_id)

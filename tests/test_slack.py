@@ -734,7 +734,7 @@ async def test_run_slack_serves_socket_mode_until_cancelled(
 
 async def test_a_wrong_token_is_reported_in_one_line(
         tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> None:
-    from bot.config import SettingsError
+    from bot.errors import PlatformError
 
     cfg = make_settings(fake_llm.base_url, tmp_path, slack_bot_token="xoxb-not-the-token",
                         slack_signing_secret=SECRET, slack_api_url=slack.base_url)
@@ -742,8 +742,10 @@ async def test_a_wrong_token_is_reported_in_one_line(
     await ponder.start()
     try:
         bot = SlackBot(ponder, cfg)
-        refused = r"SLACK_BOT_TOKEN: Slack refused it \(invalid_auth\)"
-        with pytest.raises(SettingsError, match=refused):
+        # The same error as Discord's for the same failure: the runner reports both alike.
+        refused = r"Slack refused SLACK_BOT_TOKEN \(invalid_auth\)"
+        with pytest.raises(PlatformError, match=refused) as info:
             await bot.start()
+        assert info.value.platform == "slack"
     finally:
         await ponder.close()

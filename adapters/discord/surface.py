@@ -18,7 +18,6 @@ import asyncio
 import logging
 import re
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -27,11 +26,10 @@ import aiohttp
 import discord
 
 from adapters.discord.text import MAX_CONTENT, render
+from bot.errors import SurfaceError
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.presenter import SurfaceError, SurfaceLimits, settled_text
-from bot.prompts import detect_language
 from bot.ratelimit import RateLimiter
-from bot.store import ChainRecord, StepRecord
+from bot.surface import BaseSurface, Handle, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +139,9 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRef:
-    """What the presenter holds for a posted message: plain ids (the store keeps them)."""
-
-    channel_id: int
-    message_id: int
-
-
-class DiscordSurface:
-    """The Surface protocol for one Discord channel or thread."""
+class DiscordSurface(BaseSurface):
+    """The Surface for one Discord channel or thread. A handle is
+    `{"channel_id": …, "message_id": …}`: plain ids, as the store keeps them."""
 
     limits = SurfaceLimits(max_chars=MAX_CONTENT, edit_interval=EDIT_INTERVAL)
 
@@ -159,43 +150,47 @@ class DiscordSurface:
         self.channel = channel
         self.channel_id = channel_id
         self.budget = budget  # edits
-        self.post_budget = post_budget  # new messages: a bucket of their own on Discord
+        self._post_budget = post_budget
+
+    @property
+    def post_budget(self) -> RateLimiter:
+        return self._post_budget  # new messages: a bucket of their own on Discord
 
     def render(self, markdown: str) -> str:
         return render(markdown)
 
-    async def post(self, text: str) -> object:
+    async def post(self, text: str) -> Handle:
         message = await self._call(self.channel.send, content=text)
-        return MessageRef(self.channel_id, message.id)
+        return {"channel_id": self.channel_id, "message_id": message.id}
 
-    async def edit(self, handle: object, text: str) -> None:
-        if not isinstance(handle, MessageRef):
-            raise SurfaceError(f"not a Discord message handle: {handle!r}")
-        partial = discord.PartialMessage(channel=self.channel, id=handle.message_id)  # type: ignore[arg-type]
+    async def edit(self, handle: Handle, text: str) -> None:
+        message_id = self._mine(handle)
+        if message_id is None:
+            raise SurfaceError(f"not a message of this Discord channel: {handle!r}")
+        partial = discord.PartialMessage(channel=self._partial_parent(), id=message_id)
         await self._call(partial.edit, content=text)
 
-    async def settle_leftovers(self, record: ChainRecord, steps: Sequence[StepRecord]) -> None:
-        """Before a chain a dead process left running is resumed: its messages that still say
-        "thinking" show the step's stored final text, or say they were cut short."""
-        language = detect_language(record.question)
-        for handle in record.handles:
-            ref = _message_ref(handle)
-            if ref is None or ref.channel_id != self.channel_id:
-                continue
-            try:
-                message = await self._call(lambda r=ref: self.channel.fetch_message(r.message_id))
-            except SurfaceError as exc:
-                log.warning("could not read message %s to tidy it: %s", ref.message_id, exc)
-                continue
-            tidy = settled_text(message.content, steps, language, self.render,
-                                self.limits.max_chars)
-            if tidy is None:
-                continue
-            await self.budget.acquire(urgent=True)
-            try:
-                await self.edit(ref, tidy)
-            except SurfaceError as exc:
-                log.warning("could not tidy message %s: %s", ref.message_id, exc)
+    async def read(self, handle: Handle) -> str | None:
+        message_id = self._mine(handle)
+        if message_id is None:
+            return None
+        message = await self._call(lambda: self.channel.fetch_message(message_id))
+        return str(message.content)
+
+    def _mine(self, handle: Handle) -> int | None:
+        """The message id of a handle of this channel (None for any other)."""
+        if not isinstance(handle, dict):
+            return None
+        try:
+            channel_id, message_id = int(handle["channel_id"]), int(handle["message_id"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return message_id if channel_id == self.channel_id else None
+
+    def _partial_parent(self) -> Any:
+        # discord.py types PartialMessage's channel as a union of concrete channel classes;
+        # every Messageable that has an id works in practice (threads, partial messageables).
+        return self.channel
 
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         """One write, with discord.py's retries, a deadline, and one wait on a long 429."""
@@ -219,13 +214,3 @@ class DiscordSurface:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise SurfaceError(f"Discord did not answer: {exc!r}") from exc
         raise SurfaceError("unreachable")
-
-
-def _message_ref(handle: object) -> MessageRef | None:
-    """A handle as the store kept it (`{"channel_id": …, "message_id": …}`)."""
-    if isinstance(handle, dict):
-        try:
-            return MessageRef(int(handle["channel_id"]), int(handle["message_id"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-    return None

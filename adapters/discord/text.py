@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
-from bot.events import ChainFailed, Language
-from bot.presenter import Outcome, seconds_text, summary_line
+from bot.events import Language
+from bot.presenter import seconds_text, summary_line
+from bot.surface import Outcome
+from bot.wording import say
 
 MAX_CONTENT = 2000
 THREAD_NAME_LIMIT = 100
@@ -56,41 +58,34 @@ def quote(text: str, limit: int) -> str:
     return "\n".join(f"> {line}" if line.strip() else ">" for line in text.splitlines())
 
 
-def opening(question: str, asker_mention: str, note: str | None = None) -> str:
+def opening(question: str, asker_mention: str, note: str | None = None,
+            language: Language = "en") -> str:
     """The message a chain starts from (a thread's first message, or the inline header)."""
-    head = f"🤔 {asker_mention} asked:"
+    head = say("asked", language, who=asker_mention)
     tail = f"\n_{note}_" if note else ""
     room = MAX_CONTENT - len(head) - len(tail) - 200  # room for the closing summary line
     return render(f"{head}\n{quote(question, room)}{tail}")
 
 
-def running_line(where: str | None) -> str:
-    return f"Reasoning step by step in {where} …" if where else "Reasoning step by step …"
+def running_line(where: str | None, language: Language = "en") -> str:
+    return say("running_in", language, where=where) if where else say("running", language)
 
 
-def interrupted_line(where: str | None) -> str:
+def outcome_line(outcome: Outcome, language: Language, where: str | None) -> str:
+    """One line for the opening message once the chain is over, from its status."""
     link = f" · {where}" if where else ""
-    return f"↻ Interrupted by a restart; it picks up again when Ponder is back{link}"
-
-
-def outcome_line(outcome: Outcome | None, error: str | None, language: Language,
-                 where: str | None) -> str:
-    """One line for the opening message once the chain is over."""
-    link = f" · {where}" if where else ""
-    if error is not None:
-        return f"⚠️ {error}{link}"
-    if outcome is None:
-        return f"⚠️ The chain ended without an answer.{link}"
-    failure: ChainFailed | None = outcome.failure
-    if failure is not None and failure.reason == "interrupted":
-        return interrupted_line(where)
-    if failure is not None and failure.reason == "cancelled":
-        return f"⏹️ Stopped after {seconds_text(failure.total_seconds)} s{link}"
-    if failure is not None:
-        return f"⚠️ {failure.message}{link}"
-    if outcome.answer is None:
-        return f"⚠️ The chain ended without an answer.{link}"
-    return f"✅ {summary_line(outcome.total_seconds, outcome.steps, language)}{link}"
+    failure = outcome.failure
+    match outcome.status:
+        case "resuming":
+            return say("will_resume", language) + link
+        case "stopped":
+            seconds = failure.total_seconds if failure is not None else outcome.total_seconds
+            return say("stopped_line", language, s=seconds_text(seconds)) + link
+        case "failed":
+            message = failure.message if failure is not None else say("no_answer", language)
+            return f"⚠️ {message}{link}"
+        case "answered":
+            return f"✅ {summary_line(outcome.total_seconds, outcome.steps, language)}{link}"
 
 
 def with_status(opening_text: str, line: str) -> str:

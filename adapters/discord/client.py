@@ -1,0 +1,80 @@
+"""discord.py's client with Ponder's `/reason` command; every event goes to a `Handlers`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Protocol
+
+import discord
+from discord import app_commands
+
+from adapters.discord.calls import rest
+from bot.wording import say
+
+log = logging.getLogger(__name__)
+
+ModeChoice = Literal["chain", "native"]
+
+
+class Handlers(Protocol):
+    """What the client hands its events to (the front door, `DiscordBot`)."""
+
+    async def sync(self, client: PonderClient) -> None: ...
+
+    def on_ready(self) -> None: ...
+
+    async def on_message(self, message: discord.Message) -> None: ...
+
+    async def on_reason(self, interaction: discord.Interaction[Any], question: str,
+                        mode: str | None) -> None: ...
+
+    async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None: ...
+
+
+class PonderClient(discord.Client):
+    def __init__(self, handlers: Handlers, intents: discord.Intents,
+                 dynamic_items: tuple[type[discord.ui.DynamicItem[Any]], ...] = (),
+                 **options: Any) -> None:
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none(),
+                         **options)
+        self.handlers = handlers
+        self.dynamic_items = dynamic_items
+        self.tree = app_commands.CommandTree(self)
+        self.tree.error(self._on_tree_error)
+        _add_commands(self.tree, handlers)
+
+    async def setup_hook(self) -> None:
+        # Dynamic: buttons still answer after a restart, when no view object exists any more.
+        self.add_dynamic_items(*self.dynamic_items)
+        await self.handlers.sync(self)
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s (%s guilds)", self.user, len(self.guilds))
+        self.handlers.on_ready()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.handlers.on_message(message)
+
+    async def _on_tree_error(self, interaction: discord.Interaction[Any],
+                             error: app_commands.AppCommandError) -> None:
+        log.error("command failed", exc_info=error)
+        message = say("went_wrong")
+        try:
+            if interaction.response.is_done():
+                await rest(interaction.edit_original_response(content=message, view=None))
+            else:
+                await rest(interaction.response.send_message(message, ephemeral=True))
+        except (discord.HTTPException, TimeoutError) as exc:
+            log.warning("could not tell the user the command failed: %s", exc)
+
+
+def _add_commands(tree: app_commands.CommandTree[Any], handlers: Handlers) -> None:
+    @tree.command(name="reason", description="Think a question through step by step, "
+                                             "one message per step, in a thread")
+    @app_commands.describe(
+        question="What should Ponder think about?",
+        mode="chain: one JSON step at a time (default) · native: the model's own reasoning",
+    )
+    async def reason(interaction: discord.Interaction[Any], question: str,
+                     mode: ModeChoice | None = None) -> None:
+        await handlers.on_reason(interaction, question, mode)
