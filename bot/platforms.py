@@ -100,7 +100,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ponder: Ponder | None = None
-        self._failed: BaseException | None = None
+        self._failed: Exception | None = None
         self._lock = asyncio.Lock()
 
     async def ponder(self) -> Ponder:

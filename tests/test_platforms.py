@@ -131,8 +131,9 @@ async def test_a_platform_error_is_one_line_and_stops_the_others(
     assert capsys.readouterr().err == "ponder: Failing refused its token\n"
     assert steady.cancelled
     # Both shared the one service, started for the platform that asked and closed after.
-    assert steady.served_by is failing.served_by is not None
-    assert steady.served_by._ponder is None
+    services = steady.served_by
+    assert services is not None and services is failing.served_by
+    assert settings.db.exists() and services._ponder is None  # opened, then closed
 
 
 async def test_a_settings_error_is_exit_2(settings: Settings,
