@@ -124,6 +124,35 @@ async def test_store_keeps_chains_steps_history_and_dedup(tmp_path: Path) -> Non
     await reopened.close()
 
 
+async def test_a_store_from_before_slots_gains_language_anchor_and_reads_old_handles(
+        tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    from bot.store import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(f"BEGIN; {_MIGRATIONS[0]}; PRAGMA user_version=1; COMMIT;")
+    db.execute("INSERT INTO chains (id, platform, question, mode, status, started_at, handles)"
+               " VALUES ('old', 'slack', 'Q', 'chain', 'running', 0, ?)",
+               (json.dumps(["1700000000.000100"]),))
+    db.commit()
+    db.close()
+    store = Store(path)
+    await store.open()
+    old = await store.chain("old")
+    assert old is not None and old.language == "en" and old.anchor == {}
+    assert old.handles == {"": ["1700000000.000100"]}  # what each showed is read back later
+    await store.start_chain(ChainRecord("new", "discord", "二加二是多少？", "chain",
+                                        language="zh", anchor={"message": 5}))
+    await store.set_handles("new", {"step:1": [{"channel_id": 1, "message_id": 2}]})
+    new = await store.chain("new")
+    assert new is not None and new.language == "zh" and new.anchor == {"message": 5}
+    assert new.handles == {"step:1": [{"channel_id": 1, "message_id": 2}]}
+    await store.close()
+
+
 async def test_refusals_are_polite_and_specific(tmp_path: Path) -> None:
     settings = make_settings("http://127.0.0.1:9/v1", tmp_path, max_question_chars=20,
                              allowed_users="U1,U2")
@@ -137,6 +166,7 @@ async def test_refusals_are_polite_and_specific(tmp_path: Path) -> None:
     assert "limit is 20" in (ask("x" * 21) or "")
     assert "not on the list" in (ask("hi", asker="U9") or "")
     assert ask("hi") is None
+    assert "上限是 20" in (ask("请" * 21) or "")  # in the asker's language
     with pytest.raises(Refused):
         ponder.submit(ChainRequest("slack", Question(""), "U1"), surface=None)  # type: ignore[arg-type]
     await ponder.close()

@@ -232,6 +232,37 @@ async def test_a_chain_left_running_is_resumed_from_its_last_step(tmp_path: Path
         await ponder.close()
 
 
+async def test_recovery_tidies_by_slot_not_by_reading_rendered_text(tmp_path: Path) -> None:
+    """What each message showed is known from its slot: a step the store has as finished gets
+    its final text back (the last edit was lost), anything else still "thinking" says it was
+    cut short — in the chain's language, whatever the text looks like."""
+    async with FakeOpenAI(auto_steps=3) as fake:
+        ponder = await started(fake, tmp_path)
+        surface = RecordingSurface()
+        shown = {0: "**第 1 步 · 重述** ⏳\n我们需要", 1: "**第 2 步** ⏳\n思考中…",
+                 2: "⏳ 模型服务器没有响应；最多重试 120 秒。", 3: "某人的消息 ⏳"}
+        surface.shown.update(shown)
+        await ponder.store.start_chain(ChainRecord(
+            "dead", "test", "二加二是多少？", "chain", thread="T3", asker="U1", language="zh",
+            handles={"step:1": [0], "step:2": [1], "notice:model-wait": [2]}))
+        await ponder.store.add_step("dead", StepRecord(1, "重述", "我们需要算 2+2。", 1.0))
+
+        async def surface_for(record: ChainRecord) -> RecordingSurface:
+            return surface
+
+        (handle,) = await ponder.recover("test", surface_for)
+        outcome = await handle.wait()
+        assert outcome.status == "answered"
+        assert surface.edits(0)[0] == "**第 1 步 · 重述** · 1.0 秒\n我们需要算 2+2。"
+        assert surface.edits(1)[0] == "**第 2 步**\n_（已中断）_"
+        assert surface.edits(2) == []  # a notice is final when posted: nothing to tidy
+        assert surface.edits(3) == []  # not one of the chain's messages
+        record = await ponder.store.chain("dead")
+        assert record is not None
+        assert record.handles["settled:step:1"] == [0] and "step:2" in record.handles
+        await ponder.close()
+
+
 async def test_while_the_model_is_down_a_question_waits_visibly(tmp_path: Path) -> None:
     async with FakeOpenAI() as fake:
         port = fake.port
