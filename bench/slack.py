@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from adapters.slack import SlackBot, SlackLimits
-from adapters.slack.app import MemorySeenEvents
+from adapters.slack.inbound import MemorySeenEvents
 from bot.config import load_settings
 from bot.events import ChainStarted, Event, FinalAnswer, Question, StepFinished
 from bot.service import Ponder

@@ -25,6 +25,8 @@ from bot.events import (
     StepFinished,
     Turn,
 )
+from bot.handle import ChainHandle
+from bot.health import ModelHealth
 from bot.llm import LLMClient
 from bot.logs import chain_id as chain_id_var
 from bot.mailbox import Mailbox
@@ -32,8 +34,6 @@ from bot.metrics import (
     CHAINS_FINISHED,
     CHAINS_RUNNING,
     CHAINS_STARTED,
-    MODEL_UP,
-    QUEUED,
     REFUSED,
     STEP_SECONDS,
     start_metrics_server,
@@ -50,48 +50,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Admission", "ChainHandle", "ChainRequest", "Ponder", "Refused", "StopResult"]
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
-
-
-class ChainHandle:
-    """A running chain. `cancel()` is the Stop button: the thread shows it was stopped."""
-
-    def __init__(self, request: ChainRequest, language: Language,
-                 task: asyncio.Task[Outcome]) -> None:
-        self.request = request
-        self.chain_id = request.question.id
-        self.language: Language = language
-        self.task = task
-        self.stopped_by: str | None = None
-        self.stop_requested = asyncio.Event()
-        self.producer: asyncio.Task[None] | None = None
-
-    def cancel(self, by: str = "user") -> None:
-        """Stop the chain's thinking; its thread still gets a last word (stopped/restarting).
-        The chain's own task is never cancelled, so that last word is always written."""
-        if self.task.done() or self.stopped_by is not None:
-            return
-        self.stopped_by = by
-        self.stop_requested.set()
-        if self.producer is not None:
-            # Deferred a turn: a task cancelled before its first step never runs its body, and
-            # the engine must start to end with `chain_failed: cancelled`. The producer's first
-            # step is already queued, so it always goes before this.
-            asyncio.get_running_loop().call_soon(self.producer.cancel)
-
-    def done(self) -> bool:
-        return self.task.done()
-
-    async def wait(self) -> Outcome:
-        """How the chain ended. Never raises: a crash (already logged) reads as a failure."""
-        try:
-            return await asyncio.shield(self.task)
-        except asyncio.CancelledError:
-            if not self.task.cancelled():
-                raise  # the waiter is being cancelled, not the chain
-            return Outcome(failure=ChainFailed("interrupted", say("restarting", self.language),
-                                               0.0))
-        except Exception:
-            return Outcome(failure=ChainFailed("internal", say("internal", self.language), 0.0))
 
 
 class Memory:
@@ -129,18 +87,21 @@ class Ponder:
         self.running: dict[str, ChainHandle] = {}
         self.gate = Gate(settings)
         self.pending: dict[str, Admission] = {}  # admitted, not started yet (thread opening)
-        self.model_up = asyncio.Event()
-        self.model_up.set()  # optimistic until the first check says otherwise
-        self._watcher: asyncio.Task[None] | None = None
+        self.health = ModelHealth(self.llm, settings)
         self._metrics: web.AppRunner | None = None
 
     @property
     def accepting(self) -> bool:
         return self.gate.accepting
 
+    @property
+    def model_up(self) -> asyncio.Event:
+        """Set while the model server answers (checked every `PONDER_HEALTH_INTERVAL`)."""
+        return self.health.up
+
     async def start(self) -> None:
         await self.store.open()
-        self._watcher = asyncio.create_task(self._watch_model(), name="model-health")
+        self.health.start()
         if self.settings.metrics_port:
             self._metrics = await start_metrics_server(self.settings.metrics_port,
                                                        lambda: self.model_up.is_set())
@@ -150,31 +111,11 @@ class Ponder:
             handle.cancel(by="shutdown")
         await asyncio.gather(*(h.task for h in list(self.running.values())),
                              return_exceptions=True)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.health.close()
         if self._metrics is not None:
             await self._metrics.cleanup()
         await self.llm.close()
         await self.store.close()
-
-    async def _watch_model(self) -> None:
-        """Keep `model_up` current, so new questions wait (visibly) instead of failing."""
-        while True:
-            try:
-                up = await self.llm.ping()
-            except Exception:
-                log.exception("model health check failed")
-                up = False
-            if up != self.model_up.is_set():
-                log.log(logging.INFO if up else logging.WARNING, "model server %s",
-                        "answers again" if up else "is not answering")
-            MODEL_UP.set(1 if up else 0)
-            if up:
-                self.model_up.set()
-            else:
-                self.model_up.clear()
-            await asyncio.sleep(self.settings.health_interval if up else 2.0)
 
     async def drain(self, grace: float) -> None:
         """Stop taking questions; give running chains `grace` seconds, then stop the rest."""
@@ -331,7 +272,7 @@ class Ponder:
         if resumed:
             await presenter.notice(say("resuming", language, n=len(q.done_steps) + 1))
         if not self.model_up.is_set() and not handle.stop_requested.is_set():
-            await self._wait_for_model(presenter, language, handle.stop_requested)
+            await self.health.wait_visibly(presenter, language, handle.stop_requested)
         if handle.stop_requested.is_set():  # stopped before thinking began
             stopped = ChainFailed("cancelled", "stopped", time.monotonic() - began)
             try:
@@ -365,29 +306,6 @@ class Ponder:
                                   time.monotonic() - began)
             async for event in self._recorded(question.id, _once(failure)):
                 mailbox.put(event)
-
-    async def _wait_for_model(self, presenter: Presenter, language: Language,
-                              stop: asyncio.Event) -> None:
-        wait = self.settings.model_wait
-        await presenter.notice(say("waiting", language, s=int(wait)), key="model-wait")
-        QUEUED.inc()
-        up = asyncio.create_task(self.model_up.wait())
-        stopped = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait((up, stopped), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            up.cancel()
-            stopped.cancel()
-            QUEUED.dec()
-        if self.model_up.is_set():
-            await presenter.notice(say("waited", language), key="model-wait")
-        elif not stop.is_set():
-            # It stays down: the engine's own attempts end with a readable message.
-            log.warning("model server still down after %.0f s; trying anyway", wait)
-            await presenter.notice(say("gave_up_waiting", language, s=int(wait)),
-                                   key="model-wait")
-        else:
-            await presenter.notice(say("waiting_stopped", language), key="model-wait")
 
     async def _recorded(self, chain_id: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         handle = self.running.get(chain_id)

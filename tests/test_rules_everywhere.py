@@ -8,6 +8,7 @@ the service looked up optional presenter features by name.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
@@ -15,10 +16,12 @@ from tests.fakes.slack_server import FakeSlack
 from tests.slack_harness import ASKER, CHANNEL, Harness, start_harness, stop_harness
 
 
-async def until(check: object, seconds: float = 15.0) -> None:
+async def until(check: Callable[[], bool], seconds: float = 15.0) -> None:
     """Poll `check()` until it is true (the loop keeps running meanwhile)."""
     async with asyncio.timeout(seconds):
-        while not check():  # type: ignore[operator]
+        while True:
+            if check():
+                return
             await asyncio.sleep(0.02)
 
 

@@ -194,7 +194,8 @@ async def test_shutdown_leaves_the_chain_resumable_and_says_so(tmp_path: Path) -
         await asyncio.sleep(0.8)
         await ponder.drain(grace=0.1)
         await asyncio.gather(handle.task, return_exceptions=True)
-        assert "⏸️ Ponder is restarting — this chain will pick up where it stopped." in surface.text()
+        restarting = "⏸️ Ponder is restarting — this chain will pick up where it stopped."
+        assert restarting in surface.text()
         refusal = ponder.refusal(request())
         assert refusal is not None and "restarting" in refusal
         record = await ponder.store.chain(handle.chain_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.slack import SlackBot, SlackLimits
-from adapters.slack.app import MemorySeenEvents, question_text
+from adapters.slack.inbound import MemorySeenEvents, question_text
 from adapters.slack.mrkdwn import to_mrkdwn
 from bot.service import Ponder
 from tests.conftest import make_settings

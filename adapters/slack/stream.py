@@ -18,13 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
-from slack_sdk.models.messages.chunk import Chunk, MarkdownTextChunk, TaskUpdateChunk
-
+from adapters.slack.chunks import (
+    card,
+    card_title,
+    continued,
+    task,
+    text_delta,
+    text_size,
+    to_chunks,
+)
 from adapters.slack.mrkdwn import escape
-from adapters.slack.web import SlackCallError, SlackThread, call, channel_kind
+from adapters.slack.web import SlackCallError, SlackThread, call
 from bot.events import (
     AnswerDelta,
     ChainFailed,
@@ -42,7 +49,6 @@ from bot.presenter import (
     step_title,
     summary_line,
 )
-from bot.store import StepRecord
 from bot.surface import Outcome, Surface
 from bot.wording import say
 
@@ -66,64 +72,7 @@ class StreamRefused(SlackCallError):
     """Slack said this workspace or channel has no streaming."""
 
 
-class SlackPresenter:
-    """What `Ponder` runs for a Slack thread: a stream where possible, else post + edit
-    (`surface`, the thread's plain Surface)."""
-
-    def __init__(self, thread: SlackThread, surface: Surface, language: Language = "en") -> None:
-        self.thread = thread
-        self.surface = surface
-        self.language: Language = language
-        self.outcome = Outcome()
-        self._classic: ThreadPresenter | None = None
-
-    def _thread_presenter(self) -> ThreadPresenter:
-        if self._classic is None:
-            self._classic = ThreadPresenter(self.surface, self.language)
-            self.outcome = self._classic.outcome
-        return self._classic
-
-    async def notice(self, markdown: str, key: str | None = None) -> None:
-        """A one-off reply shown at once (a resumed chain, a model server that is down).
-
-        Always a plain reply, never the start of a stream: the service may wait a long time
-        after a notice, or be stopped before `present`, and a stream must not hang open.
-        """
-        await self._thread_presenter().notice(markdown, key)
-
-    async def present(self, events: AsyncIterator[Event]) -> Outcome:
-        ws = self.thread.workspace
-        if ws.may_stream(self.thread.channel) and ws.stream_starts.try_acquire():
-            stream = _Stream(self.thread, self.surface, self.language)
-            if self._classic is not None:
-                stream.outcome.merge(self._classic.outcome)
-            try:
-                await stream.open()
-            except StreamRefused as exc:
-                self._remember(exc.error)
-            except SlackCallError as exc:
-                log.warning("could not open a stream (%s): posting and editing instead", exc)
-            else:
-                self.outcome = stream.outcome
-                self.outcome = await stream.present(events)
-                return self.outcome
-        presenter = self._thread_presenter()
-        self.outcome = presenter.outcome
-        return await presenter.present(events)
-
-    def _remember(self, error: str) -> None:
-        ws = self.thread.workspace
-        if error in CHANNEL_REFUSALS:
-            ws.no_stream_kinds.add(channel_kind(self.thread.channel))
-            log.info("Slack streaming is not offered in %s channels of %s (%s)",
-                     channel_kind(self.thread.channel), ws.team_id, error)
-        else:
-            ws.streaming = False
-            log.info("Slack streaming is not offered in workspace %s (%s): using chat.update",
-                     ws.team_id, error)
-
-
-class _Stream:
+class Stream:
     """One chain shown as a streamed reply (rolled over into a new one when needed)."""
 
     def __init__(self, thread: SlackThread, surface: Surface, language: Language) -> None:
@@ -170,7 +119,7 @@ class _Stream:
                 recipient_user_id=self.thread.asker or None,
                 recipient_team_id=self.ws.team_id or None,
                 task_display_mode="timeline",
-                chunks=_chunks(chunks or [], self.lim.markdown_chunk) or None,
+                chunks=to_chunks(chunks or [], self.lim.markdown_chunk) or None,
             ))
         except SlackCallError as exc:
             if exc.error in WORKSPACE_REFUSALS or exc.error in CHANNEL_REFUSALS:
@@ -178,7 +127,7 @@ class _Stream:
             raise
         self.ts = str(response["ts"])
         self.opened_at = time.monotonic()
-        self.chars = _text_size(chunks or [])
+        self.chars = text_size(chunks or [])
         self.stream_tasks = {}
         self._shown(chunks or [])
         self.outcome.add("stream", {"stream": self.ts})  # told apart from posted messages
@@ -207,9 +156,9 @@ class _Stream:
         assert self.ts is not None
         await call("chat.appendStream", self.client.chat_appendStream(
             channel=self.thread.channel, ts=self.ts,
-            chunks=_chunks(chunks, self.lim.markdown_chunk),
+            chunks=to_chunks(chunks, self.lim.markdown_chunk),
         ))
-        self.chars += _text_size(chunks)
+        self.chars += text_size(chunks)
         self._shown(chunks)
 
     async def _stop(self, chunks: list[dict[str, Any]]) -> None:
@@ -229,19 +178,19 @@ class _Stream:
         assert self.ts is not None
         await call("chat.stopStream", self.client.chat_stopStream(
             channel=self.thread.channel, ts=self.ts,
-            chunks=_chunks(chunks, self.lim.markdown_chunk) or None,
+            chunks=to_chunks(chunks, self.lim.markdown_chunk) or None,
         ))
         self._shown(chunks)
 
     def _needs_rollover(self, chunks: list[dict[str, Any]]) -> bool:
         too_old = time.monotonic() - self.opened_at > self.lim.stream_max_age
-        too_long = self.chars + _text_size(chunks) > self.lim.stream_max_chars
+        too_long = self.chars + text_size(chunks) > self.lim.stream_max_chars
         return too_old or (too_long and self.chars > 0)
 
     async def _rollover(self, stop_old: bool = True) -> None:
         """Close this streamed reply and go on in a fresh one, where the cards that were still
         in progress are declared again (their text goes on there)."""
-        carry = [_card(id_, title, status) for id_, (title, status) in self.stream_tasks.items()
+        carry = [card(id_, title, status) for id_, (title, status) in self.stream_tasks.items()
                  if status == "in_progress"]
         if stop_old:
             try:
@@ -253,9 +202,9 @@ class _Stream:
     def _handing_over(self) -> list[dict[str, Any]]:
         """The last words of a streamed reply whose chain goes on below it."""
         # Cards still in progress here stop spinning: their steps go on below.
-        closing = [_card(id_, title, "complete") for id_, (title, status)
+        closing = [card(id_, title, "complete") for id_, (title, status)
                    in self.stream_tasks.items() if status == "in_progress"]
-        closing.append({"type": "markdown_text", "text": _continued(self.language)})
+        closing.append({"type": "markdown_text", "text": continued(self.language)})
         return closing
 
     # --- events ----------------------------------------------------------------------------
@@ -283,16 +232,16 @@ class _Stream:
             case StepStarted(index=i):
                 self.open_step = i
                 self.step_sent[i] = ""
-                self._set_task(i, self._title(i, ""), "in_progress")
+                self._settask(i, self._title(i, ""), "in_progress")
             case StepDelta(index=i, title=title, content=content):
                 self.step_titles[i] = title
-                self._set_task(i, self._title(i, title), "in_progress")
+                self._settask(i, self._title(i, title), "in_progress")
                 self._step_text(i, content)
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
                 self.finished[i] = (title, content, seconds)
                 self.step_titles[i] = title
                 self._step_text(i, content)
-                self._set_task(i, self._title(i, title, seconds), "complete")
+                self._settask(i, self._title(i, title, seconds), "complete")
                 self.open_step = None
                 self.outcome.steps = max(self.outcome.steps, i)
             case AnswerDelta(text=text):
@@ -307,20 +256,20 @@ class _Stream:
                 self.outcome.failure, self.outcome.total_seconds = event, total
                 if self.open_step is not None:
                     i = self.open_step
-                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
+                    self._settask(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
                 self._queue_text("\n\n" + escape(failure_markdown(event, self.language)))
         if not (isinstance(event, FinalAnswer | ChainFailed)):
             self._schedule()
 
     def _title(self, i: int, title: str, seconds: float | None = None) -> str:
-        return _card_title(step_title(i, title, self.language, seconds))
+        return card_title(step_title(i, title, self.language, seconds))
 
-    def _set_task(self, i: int, title: str, status: str) -> None:
+    def _settask(self, i: int, title: str, status: str) -> None:
         if self.task_state.get(i) == (title, status):
             return  # nothing new to say about the card
         self.task_state[i] = (title, status)
-        chunk = _task(i, title, status)
+        chunk = task(i, title, status)
         for queued in self.pending:
             if queued["type"] == "task_update" and queued["id"] == chunk["id"]:
                 queued.update(chunk)  # a card is updated in place: its first position stays
@@ -330,7 +279,7 @@ class _Stream:
     def _step_text(self, i: int, content: str) -> None:
         sent = self.step_sent.get(i, "")
         new = content.strip()
-        delta, restarted = _delta(sent, new)
+        delta, restarted = text_delta(sent, new)
         if restarted:
             self._queue_text("\n\n↻")  # the model's attempt was retried: it starts over
             sent = ""
@@ -347,7 +296,7 @@ class _Stream:
             header = f"**{say('answer', self.language)}**"
             self._queue_text(("\n\n" if self.any_text else "") + header + "\n")
             self.answer_sent = ""
-        delta, restarted = _delta(self.answer_sent, clean)
+        delta, restarted = text_delta(self.answer_sent, clean)
         if restarted:
             self._queue_text("\n\n↻\n")
         self._queue_text(escape(delta))
@@ -402,7 +351,7 @@ class _Stream:
                 # Ended without a final event (the task was cancelled): close what is open.
                 if self.open_step is not None:
                     i = self.open_step
-                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
+                    self._settask(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
             try:
                 await self._stop(self.pending)
@@ -444,68 +393,3 @@ class _Stream:
     def _merge(self) -> None:
         assert self.fallback is not None
         self.outcome.merge(self.fallback.outcome)
-
-
-async def stop_leftover_stream(thread: SlackThread, ts: str, steps: Sequence[StepRecord],
-                               language: Language) -> None:
-    """Stop a stream a dead process left open: its last stored step's card complete, the one
-    it was thinking about marked as cut short, and a line saying the chain goes on below. A
-    stream that was stopped already (or has expired) refuses; that is fine."""
-    chunks: list[dict[str, Any]] = []
-    if steps:
-        last = steps[-1]
-        title = step_title(last.index, last.title, language, last.seconds)
-        chunks.append(_task(last.index, _card_title(title), "complete"))
-    nxt = steps[-1].index + 1 if steps else 1
-    cut = f"{step_title(nxt, '', language)} · {say('cut_by_restart', language)}"
-    chunks.append(_task(nxt, _card_title(cut), "error"))
-    chunks.append({"type": "markdown_text", "text": _continued(language)})
-    try:
-        await call("chat.stopStream", thread.client.chat_stopStream(
-            channel=thread.channel, ts=ts,
-            chunks=_chunks(chunks, thread.workspace.limits.markdown_chunk)))
-    except SlackCallError as exc:
-        log.info("leftover stream %s not stopped (%s)", ts, exc.error)
-
-
-def _continued(language: Language) -> str:
-    return f"\n\n_{say('continued', language)}_"
-
-
-def _card_title(text: str) -> str:
-    """Slack refuses a task card title over 256 characters."""
-    return text if len(text) <= 250 else text[:249] + "…"
-
-
-def _task(i: int, title: str, status: str) -> dict[str, Any]:
-    return _card(f"step-{i}", title, status)
-
-
-def _card(id_: str, title: str, status: str) -> dict[str, Any]:
-    return {"type": "task_update", "id": id_, "title": title, "status": status}
-
-
-def _delta(sent: str, new: str) -> tuple[str, bool]:
-    """What to append so `sent` becomes `new` (trailing blanks held back), or a restart."""
-    new = new.rstrip()
-    if new.startswith(sent):
-        return new[len(sent):], False
-    return new, True
-
-
-def _text_size(chunks: list[dict[str, Any]]) -> int:
-    return sum(len(c.get("text", "")) for c in chunks if c["type"] == "markdown_text")
-
-
-def _chunks(chunks: list[dict[str, Any]], limit: int) -> list[Chunk]:
-    """slack_sdk chunk objects; markdown longer than Slack takes in one chunk is cut."""
-    out: list[Chunk] = []
-    for chunk in chunks:
-        if chunk["type"] == "markdown_text":
-            text = chunk["text"]
-            for start in range(0, len(text), limit):
-                out.append(MarkdownTextChunk(text=text[start:start + limit]))
-        else:
-            out.append(TaskUpdateChunk(id=chunk["id"], title=chunk["title"],
-                                       status=chunk["status"]))
-    return out

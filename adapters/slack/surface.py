@@ -9,8 +9,9 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.chunks import stop_leftover_stream
 from adapters.slack.mrkdwn import to_mrkdwn
-from adapters.slack.stream import SlackPresenter, stop_leftover_stream
+from adapters.slack.presenter import SlackPresenter
 from adapters.slack.web import SlackCallError, SlackThread, Workspace, call
 from bot.errors import SurfaceError
 from bot.events import Language

@@ -31,7 +31,8 @@ from bot.events import (
     event_to_dict,
 )
 from bot.logs import chain_id
-from bot.presenter import interrupted_text, seconds_text, summary_line
+from bot.presenter import interrupted_text, seconds_text, step_title, summary_line
+from bot.wording import say
 
 
 async def ask_json(engine: Engine, question: Question, out: TextIO = sys.stdout) -> int:
@@ -107,15 +108,17 @@ class _LiveView:
                 self.answer = text
                 self.footer = summary_line(total, n, self.language)
             case ChainFailed(message=message, total_seconds=total):
-                self.footer = f"{message} ({seconds_text(total)} s)"
+                took = say("took", self.language, s=seconds_text(total))
+                self.footer = f"{message} ({took})"
                 self.failed = True
 
     def render(self) -> Group:
         parts: list[object] = []
         for i, (title, content, secs) in sorted(self.steps.items()):
-            name = f"Step {i}" + (f" · {title}" if title else "")
+            name = step_title(i, title, self.language)
             if secs is not None:
-                body, state, border = content, f"{seconds_text(secs)} s", "dim"
+                took = say("took", self.language, s=seconds_text(secs))
+                body, state, border = content, took, "dim"
             elif self.failed:  # the chain is over: nothing may still look like it is thinking
                 body, state, border = interrupted_text(content, self.language), "✗", "red"
             else:
@@ -123,7 +126,8 @@ class _LiveView:
             parts.append(Panel(Markdown(body), title=name, subtitle=state, title_align="left",
                                subtitle_align="right", border_style=border))
         if self.answer:
-            parts.append(Panel(Markdown(self.answer), title="Answer", title_align="left",
+            parts.append(Panel(Markdown(self.answer), title=say("answer", self.language),
+                               title_align="left",
                                border_style="green"))
         if self.footer:
             parts.append(Text(self.footer, style="bold red" if self.failed else "bold"))

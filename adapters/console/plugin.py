@@ -29,7 +29,7 @@ class ConsolePlatform:
         return False  # no credentials to set: `ponder run` falls back to it instead
 
     async def serve(self, services: Services) -> None:
-        from adapters.console import repl
+        from adapters.console.live import repl
         from bot.engine import Engine
         from bot.llm import LLMClient
 
@@ -44,7 +44,7 @@ class ConsolePlatform:
 
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
-    from adapters import console
+    from adapters.console import live as console
     from bot.engine import Engine
     from bot.events import Question
     from bot.llm import LLMClient
