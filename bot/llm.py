@@ -27,15 +27,21 @@ from bot.config import Settings
 from bot.errors import PonderError
 from bot.metrics import MODEL_CALL_SECONDS
 from bot.steps import STEP_SCHEMA, StepProgress, StepReader, StepResult
+from bot.wire import (
+    NO_SERVER,
+    TIMED_OUT,
+    error_text,
+    message_of,
+    retry_after,
+    sse_batches,
+    unreachable,
+)
 
 log = logging.getLogger(__name__)
 
 # Asks the SDK for the undecoded, unread response (its `with_streaming_response` marker).
 RAW_STREAM = ("X-Stainless-Raw-Response", "stream")
 
-# Short causes, as a probe shows them; `_unavailable` turns them into a chain's message.
-_NO_SERVER = "cannot connect"
-_TIMED_OUT = "timed out"
 
 OutputFormat = Literal["json_schema", "json_object", "text"]
 _FORMATS: tuple[OutputFormat, ...] = ("json_schema", "json_object", "text")
@@ -181,7 +187,7 @@ class LLMClient:
         except openai.APIStatusError as exc:
             raise self._final(self._classify(exc)) from None
         except openai.APIConnectionError as exc:
-            raise self._final(_Retryable(_unreachable(exc))) from None
+            raise self._final(_Retryable(unreachable(exc))) from None
         try:
             body = response.json()
         except ValueError:
@@ -318,11 +324,11 @@ class LLMClient:
         except openai.APIStatusError as exc:
             raise self._classify(exc) from None
         except openai.APIConnectionError as exc:
-            raise _Retryable(_unreachable(exc)) from None
+            raise _Retryable(unreachable(exc)) from None
         try:
             # One chunk per network read, not per SSE event: under load a read carries several
             # events, and every layer above pays per item.
-            async for batch in _sse_batches(response):
+            async for batch in sse_batches(response):
                 reasoning: list[str] = []
                 content: list[str] = []
                 finish: str | None = None
@@ -335,7 +341,7 @@ class LLMClient:
                     if not isinstance(event, dict):
                         continue
                     if "error" in event:
-                        raise _Retryable(f"server error mid-stream: {_message_of(event)}")
+                        raise _Retryable(f"server error mid-stream: {message_of(event)}")
                     choices = event.get("choices")
                     if not choices:
                         continue
@@ -359,18 +365,18 @@ class LLMClient:
     def _downgrade(self, fmt: OutputFormat, exc: openai.APIStatusError) -> None:
         nxt = _FORMATS[_FORMATS.index(fmt) + 1]
         log.warning("the model server refused %s output (%s); using %s from now on",
-                    fmt, _error_text(exc), nxt)
+                    fmt, error_text(exc), nxt)
         self._format = nxt
 
     def _classify(self, exc: openai.APIStatusError) -> _Retryable | LLMError:
         status = exc.status_code
         if status == 429 or status >= 500 or status == 408:
-            return _Retryable(f"HTTP {status}", _retry_after(exc), status, _error_text(exc))
+            return _Retryable(f"HTTP {status}", retry_after(exc), status, error_text(exc))
         return self._refusal(exc)
 
     def _refusal(self, exc: openai.APIStatusError) -> LLMError:
         return LLMError("model_error", self._refused(exc), status=exc.status_code,
-                        detail=f"HTTP {exc.status_code}: {_error_text(exc)}")
+                        detail=f"HTTP {exc.status_code}: {error_text(exc)}")
 
     def _final(self, failure: _Retryable | LLMError) -> LLMError:
         """The error to raise once `failure` may not be retried any more."""
@@ -387,10 +393,10 @@ class LLMClient:
         return min(base + random.uniform(0, base / 2), 20.0)
 
     def _unavailable(self, detail: str) -> str:
-        if detail == _NO_SERVER:
+        if detail == NO_SERVER:
             return (f"no model server answers at {self.base_url} — start one with "
                     "`ponder model serve` or set OPENAI_BASE_URL")
-        if detail == _TIMED_OUT:
+        if detail == TIMED_OUT:
             # It accepted the connection: it is there, but too slow or overloaded.
             return (f"the model server at {self.base_url} did not answer within "
                     f"{self.settings.request_timeout:g} s — check its load, or raise "
@@ -401,52 +407,4 @@ class LLMClient:
     def _refused(self, exc: openai.APIStatusError) -> str:
         hint = " — check PONDER_MODEL" if exc.status_code == 404 else ""
         return (f"the model server refused the request (HTTP {exc.status_code}: "
-                f"{_error_text(exc)}){hint}")
-
-
-async def _sse_batches(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
-    """The `data:` payloads of a Server-Sent Events body, a list per network read, split from
-    raw bytes (the SDK's text and line layers cost more than the JSON at many tokens a second)."""
-    pending = b""
-    # vLLM never compresses; a proxy might, and then the decoding layer is needed.
-    blocks = response.aiter_bytes() if "content-encoding" in response.headers else (
-        response.aiter_raw())
-    async for block in blocks:
-        pending += block
-        *lines, pending = pending.split(b"\n")
-        batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
-        if batch:
-            yield batch
-    if pending.startswith(b"data:"):
-        yield [pending[5:].strip()]
-
-
-# --- failures --------------------------------------------------------------------------------
-
-
-def _unreachable(exc: openai.APIConnectionError) -> str:
-    # The aiohttp transport reports a refused connection as a connect *timeout*.
-    connect = isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
-    return _NO_SERVER if connect else _TIMED_OUT
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    header = exc.response.headers.get("retry-after") if exc.response is not None else None
-    try:
-        return float(header) if header is not None else None
-    except ValueError:
-        return None
-
-
-def _message_of(body: object) -> str:
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:200]
-        if body.get("message"):
-            return str(body["message"])[:200]
-    return ""
-
-
-def _error_text(exc: openai.APIStatusError) -> str:
-    return _message_of(exc.body) or str(exc.message)[:200]
+                f"{error_text(exc)}){hint}")
