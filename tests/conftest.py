@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from bot.engine import Engine
 from bot.events import Event, Question
 from bot.llm import LLMClient
 from tests.fakes.openai_server import FakeOpenAI
+
+# Started as a background job of a shell script (`make test &`), the suite and its xdist workers
+# inherit SIGINT ignored, and so would every process a test starts: a Ctrl-C sent to one would
+# never arrive, and the test would wait out its deadline.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
