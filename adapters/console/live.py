@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel
@@ -113,7 +113,7 @@ class _LiveView:
                 self.failed = True
 
     def render(self) -> Group:
-        parts: list[object] = []
+        parts: list[RenderableType] = []
         for i, (title, content, secs) in sorted(self.steps.items()):
             name = step_title(i, title, self.language)
             if secs is not None:
@@ -131,7 +131,7 @@ class _LiveView:
                                border_style="green"))
         if self.footer:
             parts.append(Text(self.footer, style="bold red" if self.failed else "bold"))
-        return Group(*parts)  # type: ignore[arg-type]
+        return Group(*parts)
 
 
 class _Lines:
