@@ -125,11 +125,20 @@ async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI)
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    seen = b""
-    while b"? " not in seen:  # the prompt, waiting for a line that never comes
-        seen += await asyncio.wait_for(proc.stdout.read(256), 30)
-    proc.send_signal(signal.SIGINT)
-    await asyncio.wait_for(proc.wait(), 5)
+    try:
+        seen = b""
+        while b"? " not in seen:  # the prompt, waiting for a line that never comes
+            chunk = await asyncio.wait_for(proc.stdout.read(256), 30)
+            assert chunk, f"exited before the prompt:\n{(await proc.stderr.read()).decode()}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        # Generous for a loaded machine (parallel workers, shared cores): what this catches is
+        # a prompt that waits for Enter, which is forever.
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     err = (await proc.stderr.read()).decode()
     assert "Traceback" not in err and "Fatal Python error" not in err, err
     assert proc.returncode in (0, 130, -signal.SIGINT)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -295,23 +295,18 @@ async def test_hang_times_the_client_out_and_stop_does_not_wait_for_it() -> None
             await pending
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_it_runs_standalone_until_interrupted() -> None:
-    port = _free_port()
+    # Port 0: the server takes a free one and says which, so parallel tests never collide.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port),
+        sys.executable, "-m", "tests.fakes.openai_server", "--port", "0",
         "--auto-steps", "2", "--chunk-delay", "0", cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        assert f"http://127.0.0.1:{port}/v1" in line.decode()
-        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY",
+        found = re.search(r"http://127\.0\.0\.1:([1-9]\d*)/v1", line.decode())
+        assert found, line
+        async with AsyncOpenAI(base_url=found.group(0), api_key="EMPTY",
                                max_retries=0) as client:
             titles = await run_auto_chain(client, "Qwen2.5-7B-Instruct", stream=True)
         assert titles == ["Step 1", "Step 2", "The answer is 42."]

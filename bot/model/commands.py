@@ -12,7 +12,6 @@ from bot.config import Settings
 from bot.errors import ModelError
 from bot.model.command import find_vllm_python, server_spec
 from bot.model.gpu import detect_gpu
-from bot.model.serving import serve
 from bot.model.weights import DEFAULT_MODEL_ID, DEMO_MODEL_NAME, cache_root, download_model
 
 
@@ -45,6 +44,8 @@ async def _serve_main(args: argparse.Namespace, settings: Settings) -> int:
         data_parallel_size=args.data_parallel_size,
         extra_args=tuple(shlex.split(args.vllm_args or "")), gpu=gpu, out=print,
     )
+    from bot.model.serving import serve  # the model client (openai) only when serving
+
     return await serve(
         spec, python, cache, served_name=settings.model,
         api_key=settings.openai_api_key.get_secret_value(), ready_timeout=args.ready_timeout,

@@ -97,6 +97,12 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
 DEFAULT_GLOBAL_LIMIT = 50  # requests per second per bot (interaction callbacks excluded)
 
 
+def scaled_rate_limits(scale: float) -> dict[str, tuple[int, float]]:
+    """Discord's per-route buckets with every window `scale` times shorter, the same counts."""
+    return {route: (limit, window / scale)
+            for route, (limit, window) in DEFAULT_RATE_LIMITS.items()}
+
+
 @dataclass
 class RecordedRequest:
     method: str
