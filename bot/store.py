@@ -65,6 +65,12 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE chains ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
     ALTER TABLE chains ADD COLUMN anchor TEXT NOT NULL DEFAULT '{}';
+    UPDATE chains SET anchor = (SELECT value FROM kv WHERE key = 'discord:opening:' || chains.id)
+        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'discord:opening:' || chains.id);
+    UPDATE chains SET anchor = json_object('message_ts',
+            (SELECT value FROM kv WHERE key = 'slack:question:' || chains.id))
+        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'slack:question:' || chains.id);
+    DELETE FROM kv WHERE key LIKE 'discord:opening:%' OR key LIKE 'slack:question:%';
     """,
 )
 

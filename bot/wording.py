@@ -65,6 +65,10 @@ _EN: dict[str, str] = {
     "no_thread_permission": "I may not start threads in this channel (Create Public Threads "
                             "and Send Messages in Threads), so I answer right here.",
     "no_threads": "Threads are not available here, so I answer right here.",
+    "discord_wait": "Discord asks to wait {s} s",
+    "missing_permission": "missing permission",
+    "discord_said": "Discord said {status}: {why}",
+    "discord_timeout": "Discord did not answer in time",
     # --- Slack ---
     "thinking_status": "is thinking…",
     "internal_slack": "⚠️ Something went wrong on Ponder's side while answering this. "
@@ -118,6 +122,10 @@ _ZH: dict[str, str] = {
     "no_thread_permission": "我在这个频道没有开启子区的权限（创建公开子区、在子区中发送消息），"
                             "所以就在这里回答。",
     "no_threads": "这里不能开启子区，所以就在这里回答。",
+    "discord_wait": "Discord 要求等待 {s} 秒",
+    "missing_permission": "缺少权限",
+    "discord_said": "Discord 返回 {status}：{why}",
+    "discord_timeout": "Discord 没有及时响应",
     "thinking_status": "正在思考…",
     "internal_slack": "⚠️ Ponder 回答这个问题时出了问题。请稍后再试。",
 }

@@ -137,6 +137,13 @@ async def test_a_store_from_before_slots_gains_language_anchor_and_reads_old_han
     db.execute("INSERT INTO chains (id, platform, question, mode, status, started_at, handles)"
                " VALUES ('old', 'slack', 'Q', 'chain', 'running', 0, ?)",
                (json.dumps(["1700000000.000100"]),))
+    for chain in ("d1", "s1"):
+        db.execute("INSERT INTO chains (id, platform, question, mode, status, started_at)"
+                   " VALUES (?, 'x', 'Q', 'chain', 'running', 0)", (chain,))
+    # Where the old front doors kept a chain's opening message: now the chain's anchor.
+    db.execute("INSERT INTO kv VALUES ('discord:opening:d1', ?)",
+               (json.dumps({"channel": 7, "message": 8, "text": "🤔", "where": "<#9>"}),))
+    db.execute("INSERT INTO kv VALUES ('slack:question:s1', '1700000000.000200')")
     db.commit()
     db.close()
     store = Store(path)
@@ -144,6 +151,11 @@ async def test_a_store_from_before_slots_gains_language_anchor_and_reads_old_han
     old = await store.chain("old")
     assert old is not None and old.language == "en" and old.anchor == {}
     assert old.handles == {"": ["1700000000.000100"]}  # what each showed is read back later
+    discord_chain, slack_chain = await store.chain("d1"), await store.chain("s1")
+    assert discord_chain is not None and slack_chain is not None
+    assert discord_chain.anchor == {"channel": 7, "message": 8, "text": "🤔", "where": "<#9>"}
+    assert slack_chain.anchor == {"message_ts": "1700000000.000200"}
+    assert await store.get("slack:question:s1") is None
     await store.start_chain(ChainRecord("new", "discord", "二加二是多少？", "chain",
                                         language="zh", anchor={"message": 5}))
     await store.set_handles("new", {"step:1": [{"channel_id": 1, "message_id": 2}]})

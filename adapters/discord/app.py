@@ -171,7 +171,7 @@ class DiscordBot:
             self.ponder.release(admission)
             log.exception("could not start a chain for /reason")
             await self._quietly(opening.show(
-                say("could_not_start", admission.language, why=describe(exc))))
+                say("could_not_start", admission.language, why=describe(exc, admission.language))))
             return
         request = replace(request, thread=str(where.id), anchor=opening.anchor(where.where))
         await self._run(request, self._surface(where.channel, where.id), admission, opening,

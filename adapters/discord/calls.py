@@ -9,6 +9,8 @@ from typing import TypeVar
 import discord
 
 from adapters.discord.surface import REST_TIMEOUT
+from bot.events import Language
+from bot.wording import say
 
 T = TypeVar("T")
 
@@ -19,13 +21,15 @@ async def rest(awaitable: Awaitable[T], seconds: float = REST_TIMEOUT) -> T:
         return await awaitable
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, language: Language = "en") -> str:
+    """Why a Discord call failed, for the person who asked."""
     if isinstance(exc, discord.RateLimited):
-        return f"Discord asks to wait {exc.retry_after:.0f} s"
+        return say("discord_wait", language, s=f"{exc.retry_after:.0f}")
     if isinstance(exc, discord.Forbidden):
-        return "missing permission"
+        return say("missing_permission", language)
     if isinstance(exc, discord.HTTPException):
-        return f"Discord said {exc.status}: {exc.text or exc.response.reason}"
+        return say("discord_said", language, status=exc.status,
+                   why=exc.text or exc.response.reason)
     if isinstance(exc, TimeoutError):
-        return "Discord did not answer in time"
+        return say("discord_timeout", language)
     return str(exc) or type(exc).__name__

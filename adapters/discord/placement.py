@@ -54,7 +54,7 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
                 name=text.thread_name(q.text), auto_archive_duration=1440))
         except (discord.HTTPException, discord.RateLimited) as exc:
             # Thread creation has tight, sometimes minutes-long limits of its own.
-            note = say("no_thread_here", language, why=describe(exc))
+            note = say("no_thread_here", language, why=describe(exc, language))
     elif isinstance(channel, discord.Thread):
         note = say("in_thread_already", language)
     elif isinstance(channel, discord.TextChannel | discord.ForumChannel):
