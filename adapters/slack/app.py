@@ -8,6 +8,8 @@ Triggers:
   thread's earlier questions and answers as history.
 The bot's own messages, edits (`message_changed` and other subtypes) and other bots are ignored;
 events Slack delivers again (`X-Slack-Retry-Num`) are recognised by `event_id` and dropped.
+Who may ask, follow up or stop, and one chain at a time per thread, are the service's rules
+(`bot/admission.py`); this module only turns Slack's events into its calls.
 
 `run_slack` serves it over Socket Mode (`SLACK_APP_TOKEN`) or HTTP (`/slack/events`, signatures
 verified by bolt: a bad or stale signature gets 401).
@@ -39,6 +41,7 @@ from adapters.slack.web import (
     make_client,
     new_session,
 )
+from bot.admission import Admission
 from bot.config import Settings
 from bot.errors import PlatformError, Refused, SettingsError
 from bot.events import Question
@@ -309,7 +312,7 @@ class SlackBot:
                             asker=user, channel=channel, thread=thread_key(channel, thread_ts),
                             workspace=team, anchor={"message_ts": message_ts})
 
-    async def _run(self, request: ChainRequest, admission: Any) -> None:
+    async def _run(self, request: ChainRequest, admission: Admission) -> None:
         channel, _, thread_ts = request.thread.partition(":")
         ws = self.workspace(request.workspace)
         surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker)
