@@ -23,7 +23,7 @@ from bot.events import (
     StepStarted,
 )
 from bot.llm import LLMClient, LLMError, Restart, TextDelta
-from bot.steps import StepProgress, StepResult, parse_step
+from bot.steps import StepProgress, StepResult, answer_text
 
 Messages = list[dict[str, str]]
 
@@ -132,8 +132,8 @@ class Engine:
                 yield AnswerDelta("")
             elif isinstance(item, TextDelta) and item.content:
                 text += item.content
-                yield AnswerDelta(text)
-        yield FinalAnswer(_plain_answer(text) or fallback or _NO_STEP,
+                yield AnswerDelta(answer_text(text, complete=False))
+        yield FinalAnswer(answer_text(text, complete=True) or fallback or _NO_STEP,
                           time.monotonic() - began, 0.0, steps)
 
     # --- native mode: a reasoning model's own thinking, cut into steps --------------------
@@ -196,16 +196,6 @@ def _history(question: Question) -> Messages:
 
 def _same(a: str, b: str) -> bool:
     return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
-
-
-def _plain_answer(text: str) -> str:
-    """Small models sometimes answer in the step JSON they were shown; keep its content."""
-    text = text.strip()
-    if text.startswith(("{", "```")):
-        step = parse_step(text, complete=True)
-        if step and isinstance(step.get("content"), str) and step["content"].strip():
-            return step["content"].strip()
-    return text
 
 
 def _paragraph_cut(thought: str) -> int:

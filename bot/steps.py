@@ -164,3 +164,31 @@ def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
         except ValueError:
             return None
     return value if isinstance(value, dict) else None
+
+
+_FENCE_HEAD = re.compile(r"^```[\w-]*[ \t]*\n?")
+_STEP_KEYS = frozenset({"title", "content", "next_action"})
+
+
+def answer_text(raw: str, *, complete: bool) -> str:
+    """The final answer as a person should read it, also while it streams.
+
+    A model shown steps as JSON often answers in that format too (`{"title": "Final answer",
+    "content": "…"}`, sometimes in a ```json fence): then only its `content` is the answer, and
+    while it streams, the wrapper is never shown — nothing until the content begins. Anything
+    else, a JSON answer of the question's own included, is shown as it is."""
+    text = raw.strip()
+    body = _FENCE_HEAD.sub("", text, count=1) if text.startswith("```") else text
+    if not body.startswith("{"):
+        # A fence whose first line is not complete yet may still turn out to hold the JSON.
+        return "" if (not complete and text.startswith("```") and not body) else text
+    step = parse_step(body, complete=complete)
+    if complete:
+        content = step.get("content") if step else None
+        return content.strip() if isinstance(content, str) and content.strip() else text
+    if not step:
+        return ""  # `{` and not one key yet: cannot tell which it is
+    if step.keys() & _STEP_KEYS:
+        content = step.get("content")
+        return content if isinstance(content, str) else ""
+    return text

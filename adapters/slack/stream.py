@@ -232,16 +232,16 @@ class Stream:
             case StepStarted(index=i):
                 self.open_step = i
                 self.step_sent[i] = ""
-                self._settask(i, self._title(i, ""), "in_progress")
+                self._set_task(i, self._title(i, ""), "in_progress")
             case StepDelta(index=i, title=title, content=content):
                 self.step_titles[i] = title
-                self._settask(i, self._title(i, title), "in_progress")
+                self._set_task(i, self._title(i, title), "in_progress")
                 self._step_text(i, content)
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
                 self.finished[i] = (title, content, seconds)
                 self.step_titles[i] = title
                 self._step_text(i, content)
-                self._settask(i, self._title(i, title, seconds), "complete")
+                self._set_task(i, self._title(i, title, seconds), "complete")
                 self.open_step = None
                 self.outcome.steps = max(self.outcome.steps, i)
             case AnswerDelta(text=text):
@@ -256,7 +256,7 @@ class Stream:
                 self.outcome.failure, self.outcome.total_seconds = event, total
                 if self.open_step is not None:
                     i = self.open_step
-                    self._settask(i, self._title(i, self.step_titles.get(i, "")), "error")
+                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
                 self._queue_text("\n\n" + escape(failure_markdown(event, self.language)))
         if not (isinstance(event, FinalAnswer | ChainFailed)):
@@ -265,7 +265,7 @@ class Stream:
     def _title(self, i: int, title: str, seconds: float | None = None) -> str:
         return card_title(step_title(i, title, self.language, seconds))
 
-    def _settask(self, i: int, title: str, status: str) -> None:
+    def _set_task(self, i: int, title: str, status: str) -> None:
         if self.task_state.get(i) == (title, status):
             return  # nothing new to say about the card
         self.task_state[i] = (title, status)
@@ -290,8 +290,8 @@ class Stream:
 
     def _answer_text(self, text: str, final: bool) -> None:
         clean = text.lstrip()
-        if not final and clean.startswith(("{", "```")):
-            return  # may be a JSON-wrapped answer the engine unwraps at the end: wait for it
+        if not clean and not final:
+            return  # nothing of the answer yet (the engine holds back a JSON wrapper)
         if self.answer_sent is None:
             header = f"**{say('answer', self.language)}**"
             self._queue_text(("\n\n" if self.any_text else "") + header + "\n")
@@ -351,7 +351,7 @@ class Stream:
                 # Ended without a final event (the task was cancelled): close what is open.
                 if self.open_step is not None:
                     i = self.open_step
-                    self._settask(i, self._title(i, self.step_titles.get(i, "")), "error")
+                    self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
             try:
                 await self._stop(self.pending)
