@@ -190,14 +190,28 @@ class ThreadPresenter:
         self._blocks: dict[str, list[_Slot]] = {}
         self._texts: dict[str, str] = {}
         self._writers: set[asyncio.Task[None]] = set()
+        self._abandoned = False
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
         try:
             async for event in events:
                 await self.handle(event)
+        except asyncio.CancelledError:
+            # Cut off (its last words took too long: the platform may be gone): no more
+            # writes. Stop, by contrast, ends the events with `chain_failed` and gets here
+            # by the normal way, final texts written.
+            self.abandon()
+            raise
         finally:
-            await self.finish()
+            if not self._abandoned:
+                await self.finish()
         return self.outcome
+
+    def abandon(self) -> None:
+        """Give up every pending write at once."""
+        self._abandoned = True
+        for writer in list(self._writers):
+            writer.cancel()
 
     async def handle(self, event: Event) -> None:
         match event:

@@ -15,12 +15,17 @@ from collections.abc import Sequence
 from bot import errors
 from bot.config import Settings, SettingsError
 from bot.platforms import Platform, Services, configured, discover
-from bot.signals import on_stop_signals
+from bot.signals import exit_at_once, on_stop_signals
 
 log = logging.getLogger(__name__)
 
 # Exit codes, as for every `ponder` command: the work failed, a usage or settings error.
 FAILED, BAD_SETTINGS = 1, 2
+# Once running chains have had the shutdown grace, how long the front doors get to stop (their
+# chains' last words, closing connections) whatever the network does; past it the process
+# leaves anyway. A platform library may retry a vanished server for minutes, or lose a cancel
+# in its reconnect loop: nothing may keep a stopped process alive.
+STOP_DEADLINE = 12.0
 
 
 def configured_platforms(settings: Settings,
@@ -64,7 +69,7 @@ async def serve(settings: Settings, platforms: Sequence[Platform]) -> int:
     tune_gc()
     services = Services(settings)
     stop = asyncio.Event()
-    on_stop_signals(stop.set)
+    on_stop_signals(stop.set, again=lambda: exit_at_once("second stop signal"))
     tasks = {asyncio.create_task(p.serve(services), name=f"platform-{p.name}"): p
              for p in platforms}
     stopper = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -84,15 +89,22 @@ async def serve(settings: Settings, platforms: Sequence[Platform]) -> int:
     finally:
         await services.drain(settings.shutdown_grace)
         stopper.cancel()
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for (task, platform), result in zip(tasks.items(), results, strict=True):
-            # A platform that fails while it is being stopped still says so (once).
-            if isinstance(result, Exception) and task not in reported:
-                log.error("%s failed while stopping: %s", platform.name, result,
-                          exc_info=result)
-        await services.close()
+        try:
+            # One deadline for all that is left, whatever the network does meanwhile.
+            async with asyncio.timeout(STOP_DEADLINE):
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                for task, platform in tasks.items():
+                    result = None if task.cancelled() else task.exception()
+                    # A platform that fails while it is being stopped still says so (once).
+                    if result is not None and task not in reported:
+                        log.error("%s failed while stopping: %s", platform.name, result,
+                                  exc_info=result)
+                await services.close()
+        except TimeoutError:
+            stuck = ", ".join(p.name for t, p in tasks.items() if not t.done()) or "the service"
+            exit_at_once(f"{stuck} did not stop within {STOP_DEADLINE:.0f} s")
 
 
 async def serve_alone(settings: Settings, platform: Platform) -> int:

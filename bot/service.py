@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Admission", "ChainHandle", "ChainRequest", "Ponder", "Refused", "StopResult"]
 
+LAST_WORDS = 5.0  # seconds stopped chains get, on close, to write their last state
+
 StopResult = Literal["stopping", "finished", "not_allowed"]
 
 
@@ -107,10 +109,7 @@ class Ponder:
                                                        lambda: self.model_up.is_set())
 
     async def close(self) -> None:
-        for handle in list(self.running.values()):
-            handle.cancel(by="shutdown")
-        await asyncio.gather(*(h.task for h in list(self.running.values())),
-                             return_exceptions=True)
+        await self._stop_all()
         await self.health.close()
         if self._metrics is not None:
             await self._metrics.cleanup()
@@ -118,13 +117,27 @@ class Ponder:
         await self.store.close()
 
     async def drain(self, grace: float) -> None:
-        """Stop taking questions; give running chains `grace` seconds, then stop the rest."""
+        """Stop taking questions; give running chains `grace` seconds, then stop the rest, which
+        get `LAST_WORDS` seconds to say so in their threads before they are cut off (the
+        platform may be gone: nothing may hold the process). A chain stopped here stays
+        "running" in the store, and the next start resumes it."""
         self.gate.accepting = False
         pending = [h.task for h in self.running.values()]
         if pending:
             await asyncio.wait(pending, timeout=grace)
+        await self._stop_all()
+
+    async def _stop_all(self) -> None:
         for handle in list(self.running.values()):
             handle.cancel(by="shutdown")
+        chains = [h.task for h in self.running.values()]
+        if chains:
+            _, left = await asyncio.wait(chains, timeout=LAST_WORDS)
+            for task in left:
+                log.warning("chain %s: its last words took too long; cut off",
+                            task.get_name().removeprefix("chain-"))
+                task.cancel()
+            await asyncio.gather(*chains, return_exceptions=True)
 
     async def history(self, platform: str, thread: str) -> tuple[Turn, ...]:
         return await self.store.history(platform, thread)

@@ -37,10 +37,17 @@ class Tasks:
             await asyncio.wait(list(self._tasks))
 
     async def close(self, grace: float) -> None:
-        """Give running tasks `grace` seconds to finish, then cancel the rest."""
+        """Give running tasks `grace` seconds to finish, then cancel the rest and give them as
+        long again to go: a task that keeps awaiting a dead network after its cancel is left
+        behind (logged), not waited for."""
         pending = [t for t in self._tasks if not t.done()]
         if pending and grace > 0:
             await asyncio.wait(pending, timeout=grace)
-        for task in list(self._tasks):
+        cancelled = list(self._tasks)
+        for task in cancelled:
             task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if cancelled:
+            _, stuck = await asyncio.wait(cancelled, timeout=max(grace, 0.1))
+            for task in stuck:
+                log.warning("%s task %s did not stop when cancelled", self.owner,
+                            task.get_name())

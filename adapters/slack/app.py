@@ -328,13 +328,9 @@ class SlackBot:
         await self._until_done(handle, status)
 
     async def _until_done(self, handle: ChainHandle, status: QuestionStatus) -> None:
-        try:
-            outcome = await handle.wait()
-        except asyncio.CancelledError:
-            if handle.stopped_by != "shutdown":
-                raise  # this tracker is being stopped, not the chain
-            await status.end("resuming")
-            raise
+        # Cancelled on shutdown before the chain ended: its ⏳ stays for the resumed chain
+        # to take over (no call to a Slack that may be gone while this is being stopped).
+        outcome = await handle.wait()
         await status.end(outcome.status)
 
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
@@ -374,4 +370,6 @@ async def run_slack(ponder: Ponder, settings: Settings, *, http: bool = False,
             await bot.serve_socket()
         await asyncio.Event().wait()  # until the runner cancels this task
     finally:
-        await bot.close(grace=min(settings.shutdown_grace, 30.0))
+        # The runner has given running chains the shutdown grace already (`Ponder.drain`):
+        # what is left are their last words.
+        await bot.close(grace=LAST_WORDS)

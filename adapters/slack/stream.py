@@ -216,8 +216,17 @@ class Stream:
                 if isinstance(event, FinalAnswer | ChainFailed):
                     final = event
                 await self.handle(event)
-        finally:
-            await self._finish(final)
+        except asyncio.CancelledError:
+            # Cut off: no more calls (the stream expires by itself; a restart stops it).
+            if self.flusher is not None:
+                self.flusher.cancel()
+            if self.fallback is not None:
+                self.fallback.abandon()
+            raise
+        except Exception:
+            await self._finish(final)  # whatever went wrong, the stream is closed
+            raise
+        await self._finish(final)
         return self.outcome
 
     async def handle(self, event: Event) -> None:
