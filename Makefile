@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test test-exits lint bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# SIGTERM while the platform goes away, as real processes, many rounds (minutes; `make test`
+# runs each case once).
+EXIT_ROUNDS ?= 5
+test-exits: $(STAMP)
+	PONDER_EXIT_ROUNDS=$(EXIT_ROUNDS) $(VENV)/bin/pytest -q tests/test_clean_exits.py
 
 bench: $(STAMP)
 	$(PY) -m bench.engine

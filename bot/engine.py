@@ -54,7 +54,7 @@ class Engine:
                                         time.monotonic() - started, event.steps)
                 yield event
         except LLMError as exc:
-            yield ChainFailed(exc.reason, exc.message, time.monotonic() - started)
+            yield ChainFailed(exc.reason, exc.say(language), time.monotonic() - started)
         except asyncio.CancelledError:
             yield ChainFailed("cancelled", "stopped", time.monotonic() - started)
             raise

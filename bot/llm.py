@@ -25,6 +25,7 @@ from openai import AsyncOpenAI
 
 from bot.config import Settings
 from bot.errors import PonderError
+from bot.events import Language
 from bot.metrics import MODEL_CALL_SECONDS
 from bot.steps import STEP_SCHEMA, StepProgress, StepReader, StepResult
 from bot.wire import (
@@ -36,6 +37,7 @@ from bot.wire import (
     sse_batches,
     unreachable,
 )
+from bot.wording import say
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,20 @@ class LLMError(PonderError):
     """
 
     def __init__(self, reason: Literal["model_unavailable", "model_error"], message: str, *,
-                 detail: str = "", status: int | None = None) -> None:
+                 detail: str = "", status: int | None = None,
+                 wording: tuple[str, dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.detail = detail or message
         self.status = status
+        self.wording = wording  # (key, values) in bot/wording.py: the message in any language
+
+    def say(self, language: Language) -> str:
+        """The message in `language` (an asker's), as `message` is in English."""
+        if self.wording is None:
+            return self.message
+        key, values = self.wording
+        return say(key, language, **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +387,8 @@ class LLMClient:
 
     def _refusal(self, exc: openai.APIStatusError) -> LLMError:
         return LLMError("model_error", self._refused(exc), status=exc.status_code,
-                        detail=f"HTTP {exc.status_code}: {error_text(exc)}")
+                        detail=f"HTTP {exc.status_code}: {error_text(exc)}",
+                        wording=self._refused_wording(exc))
 
     def _final(self, failure: _Retryable | LLMError) -> LLMError:
         """The error to raise once `failure` may not be retried any more."""
@@ -384,7 +396,7 @@ class LLMClient:
             return failure
         detail = f"{failure}: {failure.text}" if failure.text else str(failure)
         return LLMError("model_unavailable", self._unavailable(str(failure)), detail=detail,
-                        status=failure.status)
+                        status=failure.status, wording=self._unavailable_wording(str(failure)))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -393,18 +405,22 @@ class LLMClient:
         return min(base + random.uniform(0, base / 2), 20.0)
 
     def _unavailable(self, detail: str) -> str:
+        key, values = self._unavailable_wording(detail)
+        return say(key, "en", **values)
+
+    def _unavailable_wording(self, detail: str) -> tuple[str, dict[str, object]]:
         if detail == NO_SERVER:
-            return (f"no model server answers at {self.base_url} — start one with "
-                    "`ponder model serve` or set OPENAI_BASE_URL")
+            return "llm_no_server", {"url": self.base_url}
         if detail == TIMED_OUT:
             # It accepted the connection: it is there, but too slow or overloaded.
-            return (f"the model server at {self.base_url} did not answer within "
-                    f"{self.settings.request_timeout:g} s — check its load, or raise "
-                    "PONDER_REQUEST_TIMEOUT")
-        return (f"the model server at {self.base_url} kept failing ({detail}) — "
-                "check its logs; retried with backoff")
+            return "llm_timed_out", {"url": self.base_url,
+                                     "s": f"{self.settings.request_timeout:g}"}
+        return "llm_failing", {"url": self.base_url, "detail": detail}
 
     def _refused(self, exc: openai.APIStatusError) -> str:
-        hint = " — check PONDER_MODEL" if exc.status_code == 404 else ""
-        return (f"the model server refused the request (HTTP {exc.status_code}: "
-                f"{error_text(exc)}){hint}")
+        key, values = self._refused_wording(exc)
+        return say(key, "en", **values)
+
+    def _refused_wording(self, exc: openai.APIStatusError) -> tuple[str, dict[str, object]]:
+        key = "llm_refused_model" if exc.status_code == 404 else "llm_refused"
+        return key, {"status": exc.status_code, "why": error_text(exc)}

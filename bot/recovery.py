@@ -10,10 +10,11 @@ platform.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 from bot.errors import SurfaceError
-from bot.events import Event
+from bot.events import Event, Language
 from bot.presenter import interrupted_text, render_pieces, step_markdown, still_running
 from bot.store import ChainRecord, StepRecord, Store
 from bot.surface import Handle, Presenter, Surface
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # Slots of an earlier run of a resumed chain: settled when it was resumed.
 SETTLED = "settled:"
+# The one slot of a chain stored before handles had slots: what each of its messages showed
+# is read back from the message itself (the step heading it begins with).
+LEGACY = ""
+_LEGACY_STEP = re.compile(r"^\*{1,2}(?:Step (\d+)|第 (\d+) 步)")
 
 
 async def settle_leftovers(surface: Surface, record: ChainRecord,
@@ -39,10 +44,8 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
         if slot.startswith(SETTLED):
             continue
         final: list[str] | None = None
-        if slot.startswith("step:") and slot[5:].isdigit() and int(slot[5:]) in finished:
-            step = finished[int(slot[5:])]
-            final = render_pieces(surface, step_markdown(step.index, step.title, step.content,
-                                                         language, step.seconds))
+        if slot.startswith("step:") and slot[5:].isdigit():
+            final = _final_pieces(surface, finished.get(int(slot[5:])), language, len(handles))
         for n, handle in enumerate(handles):
             try:
                 if await surface.close_leftover(handle, steps, language):
@@ -50,8 +53,12 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
                 shown = await surface.read(handle)
                 if shown is not None and not still_running(shown):
                     continue
-                if final is not None:
-                    await _write(surface, handle, final[n] if n < len(final) else "…")
+                own, piece = final, n
+                if slot == LEGACY and shown is not None:  # each message its own step
+                    own, piece = _final_pieces(surface, finished.get(_legacy_step(shown) or 0),
+                                               language, 1), 0
+                if own is not None:
+                    await _write(surface, handle, own[piece] if piece < len(own) else "…")
                 elif shown is not None:
                     await _write(surface, handle, interrupted_text(shown, language))
             except SurfaceError as exc:
@@ -63,6 +70,23 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
                 await _write(surface, handle, interrupted_text(shown, language))
             except SurfaceError as exc:
                 log.warning("could not tidy an unrecorded message: %s", exc)
+
+
+def _final_pieces(surface: Surface, step: StepRecord | None, language: Language,
+                  room: int) -> list[str] | None:
+    """A finished step's final text as the messages that showed it, or None when the step
+    was not finished or its text no longer fits the `room` messages posted for it (then they
+    say it was cut short instead of showing a part of it as if it were whole)."""
+    if step is None:
+        return None
+    pieces = render_pieces(surface, step_markdown(step.index, step.title, step.content,
+                                                  language, step.seconds))
+    return pieces if len(pieces) <= room else None
+
+
+def _legacy_step(shown: str) -> int | None:
+    match = _LEGACY_STEP.match(shown)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def settled(handles: dict[str, list[Handle]]) -> dict[str, list[Handle]]:

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Admission", "ChainHandle", "ChainRequest", "Ponder", "Refused", "StopResult"]
 
 LAST_WORDS = 5.0  # seconds stopped chains get, on close, to write their last state
+RECOVERY_WAIT = 30.0  # at most this long a follow-up waits for a platform's recovery to start
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
 
@@ -89,6 +90,7 @@ class Ponder:
         self.running: dict[str, ChainHandle] = {}
         self.gate = Gate(settings)
         self.pending: dict[str, Admission] = {}  # admitted, not started yet (thread opening)
+        self._claimed: dict[str, asyncio.Event] = {}  # per platform: resumed chains held
         self.health = ModelHealth(self.llm, settings)
         self._metrics: web.AppRunner | None = None
 
@@ -166,10 +168,26 @@ class Ponder:
         self.pending[request.question.id] = admission
         return admission
 
+    def expect_recovery(self, platform: str) -> None:
+        """A front door that will call `recover` once connected says so before it takes
+        events: follow-ups wait (a little) until the chains to resume hold their threads."""
+        self._recovery_claimed(platform)
+
+    def _recovery_claimed(self, platform: str) -> asyncio.Event:
+        return self._claimed.setdefault(platform, asyncio.Event())
+
     async def follow_up(self, request: ChainRequest) -> Admission | None:
         """A message in a thread: admitted as a follow-up when the thread is Ponder's and its
         asker wrote it; None when it is not one (talk among people, or not a Ponder thread).
         Raises `Refused` (a chain is still running there, limits)."""
+        claimed = self._claimed.get(request.platform)
+        if claimed is not None and not claimed.is_set():
+            try:
+                async with asyncio.timeout(RECOVERY_WAIT):
+                    await claimed.wait()
+            except TimeoutError:
+                log.warning("%s recovery has not started; taking the follow-up anyway",
+                            request.platform)
         asker = await self.store.thread_asker(request.platform, request.thread)
         if asker is None or asker != request.asker:
             return None
@@ -197,7 +215,8 @@ class Ponder:
         return handle
 
     def release(self, admission: Admission) -> None:
-        """The chain of `admission` will never start (its thread could not be opened)."""
+        """Give an admission's slot and thread back when its chain will never start (its
+        thread could not be opened); a no-op once the chain has started."""
         admission.release()
         self.pending.pop(admission.request.question.id, None)
 
@@ -217,12 +236,15 @@ class Ponder:
             pending.stop_requested = True
         return "stopping"
 
-    def language_of(self, chain_id: str) -> Language:
-        """The language a chain (running, or admitted and about to run) speaks."""
+    async def language_of(self, chain_id: str) -> Language:
+        """The language a chain speaks: running, about to run, or long over (the store)."""
         handle, pending = self.running.get(chain_id), self.pending.get(chain_id)
         if handle is not None:
             return handle.language
-        return pending.language if pending is not None else "en"
+        if pending is not None:
+            return pending.language
+        record = await self.store.chain(chain_id)
+        return record.language if record is not None else "en"
 
     def _launch(self, request: ChainRequest, surface: Surface, language: Language,
                 thread: tuple[str, str] | None, resumed: bool = False,
@@ -256,21 +278,22 @@ class Ponder:
         chain_id_var.set(q.id)  # this task's context: every log line names the chain
         log.info("chain started on %s by %s (%d chars)", request.platform, request.asker,
                  len(q.text))
-        if not resumed:
-            if request.thread and not q.history:
-                q = _with_history(q, await self.store.history(request.platform, request.thread))
-            await self.store.start_chain(ChainRecord(
-                id=q.id, platform=request.platform, question=q.text,
-                mode=str(q.mode or self.settings.mode), workspace=request.workspace,
-                channel=request.channel, thread=request.thread, asker=request.asker,
-                history=list(q.history), language=language, anchor=dict(request.anchor)))
         presenter: Presenter = surface.presenter(language) or ThreadPresenter(surface, language)
         try:
+            if not resumed:
+                if request.thread and not q.history:
+                    q = _with_history(q, await self.store.history(request.platform,
+                                                                  request.thread))
+                await self.store.start_chain(ChainRecord(
+                    id=q.id, platform=request.platform, question=q.text,
+                    mode=str(q.mode or self.settings.mode), workspace=request.workspace,
+                    channel=request.channel, thread=request.thread, asker=request.asker,
+                    history=list(q.history), language=language, anchor=dict(request.anchor)))
             return await self._show(q, handle, presenter, language, resumed, earlier, began)
         except Exception:
-            # A bug here (not in the engine, whose crashes become a failure event) must still
-            # leave the thread with a last word.
-            log.exception("chain crashed while being shown")
+            # A bug or a failing store (not the engine, whose failures become a failure
+            # event) must still leave the thread with a last word.
+            log.exception("chain crashed")
             try:
                 await presenter.notice(say("internal", language), key="internal")
             except Exception:
@@ -358,16 +381,25 @@ class Ponder:
 
         All of them are tidied first (`bot/recovery.py`), then all resumed: while a thread is
         tidied, nothing of this process writes to it yet."""
+        try:
+            records = [r for r in await self.store.chains_with_status("running")
+                       if r.platform == platform and r.id not in self.running]
+            # Held at once, before anything is awaited: a follow-up in one of these threads
+            # while they are tidied waits for its chain instead of running beside it.
+            for record in records:
+                self.gate.count_resumed(platform, record.asker, record.thread, record.id)
+        finally:
+            self._recovery_claimed(platform).set()
         ready: list[tuple[ChainRecord, Surface, list[StepRecord]]] = []
-        for record in await self.store.chains_with_status("running"):
-            if record.platform != platform or record.id in self.running:
-                continue
+        for record in records:
             try:
                 surface = await surface_for(record)
             except Exception:
                 log.exception("chain %s: its thread cannot be reached", record.id)
                 surface = None
             if surface is None:
+                self.gate.finished(platform, record.asker, _thread_key(platform, record.thread),
+                                   record.id)
                 await self.store.finish_chain(record.id, "interrupted",
                                               reason="interrupted: thread unreachable")
                 continue
@@ -384,16 +416,14 @@ class Ponder:
                                 done_steps=tuple((s.title, s.content) for s in steps))
             request = ChainRequest(platform, question, record.asker, record.channel,
                                    record.thread, record.workspace, anchor=record.anchor)
-            self.gate.count_resumed(platform, record.asker, record.thread, record.id)
-            thread = (platform, record.thread) if record.thread else None
-            handles.append(self._launch(request, surface, record.language, thread,
+            handles.append(self._launch(request, surface, record.language,
+                                        _thread_key(platform, record.thread),
                                         resumed=True, earlier=settled(record.handles)))
         return handles
 
-    async def anchor(self, chain_id: str) -> dict[str, object]:
-        """Where a chain's opening message is, as its front door described it."""
-        record = await self.store.chain(chain_id)
-        return dict(record.anchor) if record is not None else {}
+
+def _thread_key(platform: str, thread: str) -> tuple[str, str] | None:
+    return (platform, thread) if thread else None
 
 
 def _with_history(question: Question, history: tuple[Turn, ...]) -> Question:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.events import Language, Turn
+from bot.prompts import detect_language
 
 T = TypeVar("T")
 
@@ -136,6 +137,13 @@ class Store:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        if version < 2:
+            # Chains from before the language was stored: a Chinese one that is resumed
+            # after the upgrade must go on in Chinese.
+            rows = db.execute("SELECT id, question FROM chains WHERE status='running'")
+            for chain_id, question in rows.fetchall():
+                db.execute("UPDATE chains SET language=? WHERE id=?",
+                           (detect_language(question), chain_id))
         self._db = db
 
     @property

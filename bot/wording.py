@@ -31,6 +31,16 @@ _EN: dict[str, str] = {
     "waiting_stopped": "The model server was not answering.",
     "internal": "Ponder hit an internal error on this question; please ask again.",
     "no_answer": "The chain ended without an answer.",
+    # --- the model server failing (`bot/llm.py`) ---
+    "llm_no_server": "no model server answers at {url} — start one with `ponder model serve` "
+                     "or set OPENAI_BASE_URL",
+    "llm_timed_out": "the model server at {url} did not answer within {s} s — check its load, "
+                     "or raise PONDER_REQUEST_TIMEOUT",
+    "llm_failing": "the model server at {url} kept failing ({detail}) — check its logs; "
+                   "retried with backoff",
+    "llm_refused": "the model server refused the request (HTTP {status}: {why})",
+    "llm_refused_model": "the model server refused the request (HTTP {status}: {why}) — "
+                         "check PONDER_MODEL",
     # --- refusals (admission) ---
     "not_accepting": "Ponder is restarting; please ask again in a minute.",
     "empty": "Please include a question — for example: Is 221 prime?",
@@ -44,7 +54,7 @@ _EN: dict[str, str] = {
     "too_many": "You already have {n} questions being answered; please wait for one to "
                 "finish.",
     "too_fast": "You are asking faster than {n} a minute; please try again in {s} s.",
-    "busy": "I am still on the previous question here; press Stop or wait for its answer.",
+    "busy": "I am still on the previous question here; please wait for its answer.",
     # --- the line under a chain's opening message ---
     "asked": "🤔 {who} asked:",
     "follow_up_from": "↪️ Follow-up from {who}",
@@ -95,6 +105,13 @@ _ZH: dict[str, str] = {
     "waiting_stopped": "模型服务器没有响应。",
     "internal": "Ponder 处理这个问题时出现内部错误；请重新提问。",
     "no_answer": "推理结束，但没有得到答案。",
+    "llm_no_server": "{url} 没有模型服务器响应——请用 `ponder model serve` 启动一个，"
+                     "或设置 OPENAI_BASE_URL",
+    "llm_timed_out": "{url} 的模型服务器在 {s} 秒内没有响应——请检查它的负载，"
+                     "或调大 PONDER_REQUEST_TIMEOUT",
+    "llm_failing": "{url} 的模型服务器一再出错（{detail}）——请查看它的日志；已退避重试",
+    "llm_refused": "模型服务器拒绝了请求（HTTP {status}：{why}）",
+    "llm_refused_model": "模型服务器拒绝了请求（HTTP {status}：{why}）——请检查 PONDER_MODEL",
     "not_accepting": "Ponder 正在重启；请一分钟后再问。",
     "empty": "请写上问题——例如：221 是质数吗？",
     "too_long": "这个问题有 {n} 个字符，上限是 {limit}。请缩短一些。",
@@ -104,7 +121,7 @@ _ZH: dict[str, str] = {
     "too_many_one": "你已有 1 个问题正在回答；请等它完成。",
     "too_many": "你已有 {n} 个问题正在回答；请等其中一个完成。",
     "too_fast": "你每分钟提问超过 {n} 次；请 {s} 秒后再试。",
-    "busy": "我还在回答这里的上一个问题；请按停止，或等它的答案。",
+    "busy": "我还在回答这里的上一个问题；请等它的答案。",
     "asked": "🤔 {who} 提问：",
     "follow_up_from": "↪️ {who} 的追问",
     "running": "正在逐步推理 …",

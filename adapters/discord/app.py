@@ -75,6 +75,8 @@ class DiscordBot:
             raise SettingsError("setting DISCORD_TOKEN: needed for Discord")
         restore = point_discord_at(self.settings.discord_api_url,
                                    self.settings.discord_gateway_url)
+        # Chains to resume are found once connected (READY); follow-ups wait for that.
+        self.ponder.expect_recovery(PLATFORM)
         try:
             while True:
                 intents = discord.Intents.default()
@@ -165,17 +167,25 @@ class DiscordBot:
     async def _start(self, interaction: discord.Interaction[Any], request: ChainRequest,
                      admission: Admission, opening: Opening) -> None:
         try:
-            where = await place(self._client(), interaction, request.question, opening,
-                                admission.language, self.limiters, self.ponder.memory)
-        except Exception as exc:
+            try:
+                where = await place(self._client(), interaction, request.question, opening,
+                                    admission.language, self.limiters, self.ponder.memory)
+            except Exception as exc:
+                log.exception("could not start a chain for /reason")
+                await self._quietly(opening.show(say(
+                    "could_not_start", admission.language,
+                    why=describe(exc, admission.language))))
+                return
+            # Only a thread is a conversation of its own: inline in a channel or a DM, the
+            # chain has no thread, so no one else's earlier questions become its history.
+            thread = str(where.id) if isinstance(where.channel, discord.Thread) else ""
+            request = replace(request, thread=thread, anchor=opening.anchor(where.where))
+            await self._run(request, self._surface(where.channel, where.id), admission,
+                            opening, where.where)
+        finally:
+            # However it ended before the chain started (a dropped connection included), the
+            # asker's slot and the thread are given back; once started, this is a no-op.
             self.ponder.release(admission)
-            log.exception("could not start a chain for /reason")
-            await self._quietly(opening.show(
-                say("could_not_start", admission.language, why=describe(exc, admission.language))))
-            return
-        request = replace(request, thread=str(where.id), anchor=opening.anchor(where.where))
-        await self._run(request, self._surface(where.channel, where.id), admission, opening,
-                        where.where)
 
     async def _run(self, request: ChainRequest, surface: DiscordSurface, admission: Admission,
                    opening: Opening, where: str | None) -> None:
@@ -240,7 +250,7 @@ class DiscordBot:
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None:
         result = self.ponder.stop(key, str(interaction.user.id),
                                   may_manage=interaction.permissions.manage_messages)
-        language = self.ponder.language_of(key)
+        language = await self.ponder.language_of(key)
         if result == "finished":
             await rest(interaction.response.send_message(
                 say("already_finished", language), ephemeral=True))
@@ -286,19 +296,23 @@ class DiscordBot:
                          request: ChainRequest, admission: Admission) -> None:
         opening = Opening(say("follow_up_from", admission.language, who=message.author.mention),
                           channel=thread, limiter=self.limiters.get(thread.id))
-        await self.limiters.posts(thread.id).acquire(urgent=True)
         try:
-            control = await rest(message.reply(
-                content=text.with_status(opening.text,
-                                         text.running_line(None, admission.language)),
-                view=stop_view(request.question.id, admission.language), mention_author=False))
-        except (discord.HTTPException, TimeoutError) as exc:
-            self.ponder.release(admission)
-            log.warning("could not answer a follow-up in %s: %s", thread.id, exc)
-            return
-        opening.message_id = control.id
-        request = replace(request, anchor=opening.anchor(None))
-        await self._run(request, self._surface(thread, thread.id), admission, opening, None)
+            await self.limiters.posts(thread.id).acquire(urgent=True)
+            try:
+                control = await rest(message.reply(
+                    content=text.with_status(opening.text,
+                                             text.running_line(None, admission.language)),
+                    view=stop_view(request.question.id, admission.language),
+                    mention_author=False))
+            except (discord.HTTPException, TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("could not answer a follow-up in %s: %s", thread.id, exc)
+                return
+            opening.message_id = control.id
+            request = replace(request, anchor=opening.anchor(None))
+            await self._run(request, self._surface(thread, thread.id), admission, opening,
+                            None)
+        finally:
+            self.ponder.release(admission)  # a no-op once the chain has started
 
     async def _reply(self, message: discord.Message, thread: discord.Thread,
                      content: str) -> None:

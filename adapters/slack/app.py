@@ -315,12 +315,14 @@ class SlackBot:
     async def _run(self, request: ChainRequest, admission: Admission) -> None:
         channel, _, thread_ts = request.thread.partition(":")
         ws = self.workspace(request.workspace)
-        surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker)
         try:
+            surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker)
             handle = self.ponder.submit(request, surface, admission)
         except Refused as refusal:
             await self._say(channel, thread_ts, f"🙅 {refusal.message}")
             return
+        finally:
+            self.ponder.release(admission)  # a no-op once the chain has started
         self._track(handle)
         status = QuestionStatus(self.client, ws, channel, thread_ts,
                                 str(request.anchor["message_ts"]), handle.language)
