@@ -53,7 +53,7 @@ def report(platform: str, exc: BaseException) -> int:
 
     Ponder's own errors carry a line meant for a person: it is shown as it is. Anything else
     is a bug: logged with its traceback."""
-    if isinstance(exc, SettingsError | errors.SettingsError):
+    if isinstance(exc, SettingsError):
         sys.stderr.write(f"ponder: {exc}\n")
         return BAD_SETTINGS
     if isinstance(exc, errors.PonderError):
@@ -113,7 +113,7 @@ async def serve_alone(settings: Settings, platform: Platform) -> int:
     services = Services(settings)
     try:
         await platform.serve(services)
-    except (errors.PonderError, SettingsError) as exc:
+    except errors.PonderError as exc:
         return report(platform.name, exc)
     finally:
         await services.close()

@@ -30,6 +30,7 @@ from bot.health import ModelHealth
 from bot.llm import LLMClient
 from bot.logs import chain_id as chain_id_var
 from bot.mailbox import Mailbox
+from bot.memory import Memory
 from bot.metrics import (
     CHAINS_FINISHED,
     CHAINS_RUNNING,
@@ -53,27 +54,6 @@ LAST_WORDS = 5.0  # seconds stopped chains get, on close, to write their last st
 RECOVERY_WAIT = 30.0  # at most this long a follow-up waits for a platform's recovery to start
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
-
-
-class Memory:
-    """Small state a front door keeps between runs (a command set's hash, places where
-    something was explained once), in the service's store under the front door's keys."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def get(self, key: str) -> str | None:
-        return await self._store.get(key)
-
-    async def put(self, key: str, value: str) -> None:
-        await self._store.put(key, value)
-
-    async def once(self, key: str) -> bool:
-        """True the first time `key` is asked about, False ever after."""
-        if await self._store.get(key):
-            return False
-        await self._store.put(key, "1")
-        return True
 
 
 class Ponder:

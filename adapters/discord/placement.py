@@ -15,7 +15,7 @@ from adapters.discord.opening import Opening
 from adapters.discord.stop import stop_view
 from adapters.discord.surface import LimiterRegistry
 from bot.events import Language, Question
-from bot.service import Memory
+from bot.memory import Memory
 from bot.wording import say
 
 log = logging.getLogger(__name__)
