@@ -146,6 +146,18 @@ async def stop_harness(h: Harness) -> None:
     await h.ponder.close()
 
 
+async def unreachable_model() -> FakeOpenAI:
+    """A model server that was there and is gone: its address refuses connections. Never
+    started itself; the harness only reads its `base_url`."""
+    gone = FakeOpenAI()
+    await gone.start()
+    base_url = gone.base_url
+    await gone.stop()
+    llm = FakeOpenAI()
+    llm.base_url = base_url
+    return llm
+
+
 def three_steps() -> list[Any]:
     return [Step("Restate", "We need 2+2.", "continue"),
             Step("Add", "2+2 is 4.", "continue"),

@@ -18,7 +18,7 @@ from tests.conftest import make_settings
 from tests.fakes.discord_server import FakeDiscord, RecordedRequest, scaled_rate_limits
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
 from tests.fakes.slack_server import FakeSlack
-from tests.slack_harness import start_harness, stop_harness, three_steps
+from tests.slack_harness import start_harness, stop_harness, three_steps, unreachable_model
 from tests.surfaces import RecordingSurface
 from tests.test_discord import Harness, start, stop
 
@@ -246,13 +246,8 @@ async def test_slack_a_chinese_question_gets_its_failure_in_chinese(tmp_path: Pa
     ("模型服务器没有响应…") and then fails with the model client's English-only text ("no model
     server answers at … — start one with `ponder model serve`…") under a Chinese "秒后放弃":
     the one message a person must read is the one not in `bot/wording.py`."""
-    gone = FakeOpenAI()
-    await gone.start()
-    base_url = gone.base_url
-    await gone.stop()
+    llm = await unreachable_model()
     async with FakeSlack(streaming=False, update_limit=None) as slack:
-        llm = FakeOpenAI()  # never started: the harness only reads its address
-        llm.base_url = base_url
         h = await start_harness(tmp_path, slack, llm, model_wait=0.3, health_interval=0.1,
                                 connect_timeout=0.2, retry_base_delay=0.01)
         try:

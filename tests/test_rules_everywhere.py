@@ -13,7 +13,14 @@ from pathlib import Path
 
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
 from tests.fakes.slack_server import FakeSlack
-from tests.slack_harness import ASKER, CHANNEL, Harness, start_harness, stop_harness
+from tests.slack_harness import (
+    ASKER,
+    CHANNEL,
+    Harness,
+    start_harness,
+    stop_harness,
+    unreachable_model,
+)
 
 
 async def until(check: Callable[[], bool], seconds: float = 15.0) -> None:
@@ -89,13 +96,8 @@ async def test_slack_shutdown_while_waiting_for_the_model_says_it_will_resume(
         tmp_path: Path) -> None:
     """The model server is down, so the chain waits (visibly); Ponder is stopped meanwhile.
     The thread says the chain picks up where it stopped — not "something went wrong"."""
-    gone = FakeOpenAI()
-    await gone.start()
-    base_url = gone.base_url
-    await gone.stop()
+    llm = await unreachable_model()
     async with FakeSlack(streaming=True, update_limit=None) as slack:
-        llm = FakeOpenAI()  # never started: the harness only reads its address
-        llm.base_url = base_url
         h = await start_harness(tmp_path, slack, llm, model_wait=60, health_interval=0.1,
                                 connect_timeout=0.2)
         try:
