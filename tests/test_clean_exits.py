@@ -9,6 +9,7 @@ ends it at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -82,6 +83,26 @@ async def test_sigterm_as_discord_goes_away(tmp_path: Path, thinking_llm: FakeOp
                 await discord.slash("reason", question="What is 17 times 23?")
                 await eventually(lambda p=ponder: p.steps_stored() >= 1, 20, "a stored step")
                 await stopped_in_time(ponder, discord.close())
+            finally:
+                await ponder.kill()
+
+
+async def test_sigterm_while_discord_rest_hangs(tmp_path: Path,
+                                               thinking_llm: FakeOpenAI) -> None:
+    """Discord takes every request and answers none: the chains' last words, the opening
+    message's summary and the client's goodbye all wait on calls with long deadlines. The
+    process still leaves in time (past `STOP_DEADLINE` it exits at once)."""
+    for n in range(ROUNDS):
+        (tmp_path / str(n)).mkdir()
+        async with FakeDiscord() as discord:
+            ponder = DiscordProcess(tmp_path / str(n), discord, thinking_llm,
+                                    PONDER_SHUTDOWN_GRACE=str(GRACE))
+            try:
+                await ponder.start()
+                await discord.slash("reason", question="What is 17 times 23?")
+                await eventually(lambda p=ponder: p.steps_stored() >= 1, 20, "a stored step")
+                discord.hang()
+                await stopped_in_time(ponder, asyncio.sleep(0))
             finally:
                 await ponder.kill()
 

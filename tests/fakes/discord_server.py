@@ -214,6 +214,8 @@ class FakeDiscord:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._global_window: tuple[float, int] = (0.0, 0)
         self._sockets: set[web.WebSocketResponse] = set()
+        self._hung = asyncio.Event()  # cleared: REST hangs (`hang`)
+        self._hung.set()
         self._identified = asyncio.Event()
         self._seq = 0
         self._session_id = secrets.token_hex(16)
@@ -609,7 +611,13 @@ class FakeDiscord:
         await self._notify()
         return response
 
+    def hang(self) -> None:
+        """From now on REST takes requests and never answers them (a stuck proxy, a Discord
+        incident): the client's own deadlines are all that end a call."""
+        self._hung.clear()
+
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        await self._hung.wait()
         if self.latency:
             await asyncio.sleep(self.latency)
         for method, pattern, name, found in self._routes:
