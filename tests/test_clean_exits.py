@@ -55,7 +55,7 @@ class SlackSocketProcess(PonderProcess):
 @pytest.fixture
 async def thinking_llm() -> AsyncIterator[FakeOpenAI]:
     # Slow enough that the chain is mid-way when the signal comes.
-    async with FakeOpenAI(auto_steps=6, chunk_chars=2, chunk_delay=0.02) as fake:
+    async with FakeOpenAI(auto_steps=6, chunk_chars=4, chunk_delay=0.02) as fake:
         yield fake
 
 

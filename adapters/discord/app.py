@@ -45,7 +45,7 @@ from bot.wording import say
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
-SETTLE_SECONDS = 8.0  # after the drain, how long stopped chains get to write their last state
+SETTLE_SECONDS = 5.0  # after the drain, how long stopped chains get to write their last state
 SYNC_TIMEOUT = 60.0
 
 
