@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     # Storage and process
     db: Path = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
     shutdown_grace: float = Field(30.0, ge=0, validation_alias="PONDER_SHUTDOWN_GRACE")
+    delivery_hours: float = Field(24.0, gt=0, validation_alias="PONDER_DELIVERY_HOURS")
     model_wait: float = Field(120.0, ge=0, validation_alias="PONDER_MODEL_WAIT")
     health_interval: float = Field(15.0, gt=0, validation_alias="PONDER_HEALTH_INTERVAL")
     metrics_port: int = Field(0, ge=0, le=65535, validation_alias="PONDER_METRICS_PORT")

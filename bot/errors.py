@@ -34,7 +34,12 @@ class PlatformError(PonderError):
 
 
 class SurfaceError(PonderError):
-    """A post or edit the platform would not take, after the surface's own retries."""
+    """A post or edit the platform would not take, after the surface's own retries. `gone`:
+    the message edited no longer exists (deleted), so waiting will not help; post anew."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class Refused(PonderError):

@@ -32,6 +32,11 @@ PLATFORM_CALLS = Counter("ponder_platform_api_calls_total", "Platform API calls"
                          ["platform", "method"], registry=REGISTRY)
 PLATFORM_429 = Counter("ponder_platform_rate_limited_total", "Platform 429 answers",
                        ["platform"], registry=REGISTRY)
+UNDELIVERED = Counter("ponder_undelivered_total",
+                      "Answers the platform never took within PONDER_DELIVERY_HOURS",
+                      ["platform"], registry=REGISTRY)
+OWED = Gauge("ponder_deliveries_owed", "Chains whose final texts the platform has not taken yet",
+             registry=REGISTRY)
 MODEL_UP = Gauge("ponder_model_server_up", "1 when the model server answers", registry=REGISTRY)
 
 

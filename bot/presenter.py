@@ -24,7 +24,7 @@ from bot.events import (
     StepFinished,
     StepStarted,
 )
-from bot.surface import Handle, Outcome, Surface
+from bot.surface import Handle, Outcome, Owed, Surface
 from bot.wording import every, say
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,13 @@ def _cut_point(text: str, budget: int) -> int:
 class _Slot:
     """One platform message: what it shows, what it should show, and its pending writer."""
 
+    key: str
     handle: Handle
     written: str
     wanted: str
     last_write: float
     final: bool = False
+    retried: bool = False  # a final text the platform refused once is tried once more
     writer: asyncio.Task[None] | None = None
 
 
@@ -269,8 +271,10 @@ class ThreadPresenter:
             # New messages are posted at once and in order, so a thread reads top to bottom.
             handle = await self._post(piece, final)
             if handle is None:
+                if final:  # nothing comes after a final text: it is owed, in order
+                    self.outcome.owed.extend(Owed(key, None, p) for p in pieces[n:])
                 return
-            slot = _Slot(handle, piece, piece, time.monotonic(), final)
+            slot = _Slot(key, handle, piece, piece, time.monotonic(), final)
             slots.append(slot)
             self.outcome.add(key, handle)
         for slot in slots[len(pieces):]:
@@ -286,9 +290,12 @@ class ThreadPresenter:
             await budget.acquire(urgent=True)
             try:
                 return await self.surface.post(piece)
-            except SurfaceError:
+            except SurfaceError as exc:
                 if not pauses:
-                    log.exception("could not post a message; the chain goes on without it")
+                    if final:
+                        log.warning("could not post a final message (%s): it is owed", exc)
+                    else:
+                        log.warning("could not post a message (%s); the chain goes on", exc)
                     return None
                 pause = pauses.pop(0)
                 log.warning("could not post a final message; trying again in %.0f s", pause)
@@ -312,11 +319,15 @@ class ThreadPresenter:
             text = slot.wanted  # the latest text wins; the ones in between are never sent
             try:
                 await self.surface.edit(slot.handle, text)
-            except SurfaceError:
-                log.exception("could not edit a message")
+            except SurfaceError as exc:
+                log.warning("could not edit a message: %s", exc)
                 if not slot.final:
+                    return  # the next text will be tried anyway
+                if slot.retried or exc.gone:
+                    # Nothing comes after a final text: it is owed, for a later delivery.
+                    self.outcome.owed.append(Owed(slot.key, slot.handle, text))
                     return
-                slot.final = False  # one more try for the final text, then give up
+                slot.retried = True
                 slot.last_write = time.monotonic()
                 continue
             slot.written = text

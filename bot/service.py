@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bot.admission import Admission, ChainRequest, Gate
 from bot.config import Settings
+from bot.delivery import Deliveries, owed_of
 from bot.engine import Engine
 from bot.errors import Refused
 from bot.events import (
@@ -72,6 +73,7 @@ class Ponder:
         self.pending: dict[str, Admission] = {}  # admitted, not started yet (thread opening)
         self._claimed: dict[str, asyncio.Event] = {}  # per platform: resumed chains held
         self.health = ModelHealth(self.llm, settings)
+        self.deliveries = Deliveries(self.store, settings.delivery_hours)
         self._metrics: web.AppRunner | None = None
 
     @property
@@ -92,6 +94,7 @@ class Ponder:
 
     async def close(self) -> None:
         await self._stop_all()
+        await self.deliveries.close()
         await self.health.close()
         if self._metrics is not None:
             await self._metrics.cleanup()
@@ -269,7 +272,11 @@ class Ponder:
                     mode=str(q.mode or self.settings.mode), workspace=request.workspace,
                     channel=request.channel, thread=request.thread, asker=request.asker,
                     history=list(q.history), language=language, anchor=dict(request.anchor)))
-            return await self._show(q, handle, presenter, language, resumed, earlier, began)
+            outcome = await self._show(q, handle, presenter, language, resumed, earlier, began)
+            if outcome.owed:
+                await self.deliveries.owe(q.id, request.platform, surface, outcome.owed,
+                                          language)
+            return outcome
         except Exception:
             # A bug or a failing store (not the engine, whose failures become a failure
             # event) must still leave the thread with a last word.
@@ -389,6 +396,7 @@ class Ponder:
             except Exception:
                 log.exception("chain %s: could not tidy its earlier messages", record.id)
             ready.append((record, surface, steps))
+        await self._deliver_owed(platform, surface_for)
         handles = []
         for record, surface, steps in ready:
             question = Question(record.question, id=record.id, history=tuple(record.history),
@@ -400,6 +408,24 @@ class Ponder:
                                         _thread_key(platform, record.thread),
                                         resumed=True, earlier=settled(record.handles)))
         return handles
+
+    async def _deliver_owed(self, platform: str,
+                            surface_for: Callable[[ChainRecord], Awaitable[Surface | None]]
+                            ) -> None:
+        """Final texts an earlier process could not deliver: delivered by this one."""
+        for record in await self.store.chains_owing():
+            if record.platform != platform or self.deliveries.owing(record.id):
+                continue
+            try:
+                surface = await surface_for(record)
+            except Exception:
+                log.exception("chain %s: its thread cannot be reached yet", record.id)
+                surface = None
+            if surface is None:
+                continue  # still owed: the next start tries again (until the bound)
+            await self.deliveries.owe(record.id, platform, surface, owed_of(record.owed),
+                                      record.language,
+                                      since=record.finished_at or record.started_at)
 
 
 def _thread_key(platform: str, thread: str) -> tuple[str, str] | None:

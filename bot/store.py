@@ -73,6 +73,13 @@ _MIGRATIONS: tuple[str, ...] = (
         WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'slack:question:' || chains.id);
     DELETE FROM kv WHERE key LIKE 'discord:opening:%' OR key LIKE 'slack:question:%';
     """,
+    # Delivery, apart from thinking: final texts the platform has not taken yet ('owed'),
+    # kept until it does ('done') or until PONDER_DELIVERY_HOURS have passed ('expired').
+    """
+    ALTER TABLE chains ADD COLUMN delivery TEXT NOT NULL DEFAULT 'done';
+    ALTER TABLE chains ADD COLUMN owed TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX chains_delivery ON chains (delivery);
+    """,
 )
 
 
@@ -98,6 +105,8 @@ class ChainRecord:
     history: list[Turn] = field(default_factory=list)
     language: Language = "en"
     anchor: dict[str, Any] = field(default_factory=dict)
+    delivery: str = "done"  # 'owed' while final texts wait for the platform; 'expired'
+    owed: list[dict[str, Any]] = field(default_factory=list)  # Owed.as_json() each
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +196,17 @@ class Store:
         await self._call(self._conn.execute, "UPDATE chains SET handles=? WHERE id=?",
                          (json.dumps(handles), chain_id))
 
+    async def set_owed(self, chain_id: str, owed: list[dict[str, Any]],
+                       delivery: str | None = None) -> None:
+        """What of a chain the platform has still to take; `delivery` 'owed' while there is
+        any, 'done' once there is none, or 'expired' when it was given up on."""
+        state = delivery or ("owed" if owed else "done")
+        await self._call(self._conn.execute, "UPDATE chains SET owed=?, delivery=? WHERE id=?",
+                         (json.dumps(owed, ensure_ascii=False), state, chain_id))
+
+    async def chains_owing(self) -> list[ChainRecord]:
+        return await self._call(self._select, "WHERE delivery='owed' ORDER BY started_at", ())
+
     async def chain(self, chain_id: str) -> ChainRecord | None:
         rows = await self._call(self._select, "WHERE id=?", (chain_id,))
         return rows[0] if rows else None
@@ -226,7 +246,7 @@ class Store:
         rows = self._conn.execute(
             "SELECT id, platform, question, mode, workspace, channel, thread, asker, status,"
             " reason, answer, started_at, finished_at, total_seconds, handles, history,"
-            f" language, anchor FROM chains {where}", args).fetchall()
+            f" language, anchor, delivery, owed FROM chains {where}", args).fetchall()
         out = []
         for row in rows:
             record = ChainRecord(*row[:14])
@@ -235,6 +255,7 @@ class Store:
             record.history = [Turn(q, a) for q, a in json.loads(row[15])]
             record.language = "zh" if row[16] == "zh" else "en"
             record.anchor = json.loads(row[17])
+            record.delivery, record.owed = row[18], json.loads(row[19])
             out.append(record)
         return out
 

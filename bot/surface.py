@@ -29,6 +29,19 @@ class SurfaceLimits:
     edit_interval: float  # min seconds between two edits of one message
 
 
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A final text the platform did not take: to be written later into `handle` (the message
+    that shows an earlier state of it), or posted anew where there is none."""
+
+    slot: str
+    handle: Handle | None
+    text: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"slot": self.slot, "handle": self.handle, "text": self.text}
+
+
 @dataclass
 class Outcome:
     """How a chain ended as shown in its thread. `handles` are its messages keyed by what they
@@ -39,6 +52,7 @@ class Outcome:
     steps: int = 0
     total_seconds: float = 0.0
     handles: dict[str, list[Handle]] = field(default_factory=dict)
+    owed: list[Owed] = field(default_factory=list)  # final texts still to be delivered
 
     @property
     def status(self) -> Status:
@@ -57,6 +71,7 @@ class Outcome:
         for slot, handles in other.handles.items():
             mine = self.handles.setdefault(slot, [])
             mine.extend(h for h in handles if h not in mine)
+        self.owed.extend(o for o in other.owed if o not in self.owed)
         self.answer = other.answer or self.answer
         self.failure = other.failure or self.failure
         self.steps = max(self.steps, other.steps)

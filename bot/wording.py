@@ -22,6 +22,7 @@ _EN: dict[str, str] = {
     "failed": "Gave up after {s} s.",
     "continued": "…continued below",
     "cut_by_restart": "cut short by a restart",
+    "delayed": "(delayed: the platform could not be reached when this was written)",
     # --- the service's notices ---
     "restarting": "Ponder is restarting — this chain will pick up where it stopped.",
     "resuming": "↻ Ponder restarted — picking up again at step {n}.",
@@ -97,6 +98,7 @@ _ZH: dict[str, str] = {
     "failed": "{s} 秒后放弃。",
     "continued": "……下文继续",
     "cut_by_restart": "因重启中断",
+    "delayed": "（延迟送达：写下这条时无法连接平台）",
     "restarting": "Ponder 正在重启——这条推理会从中断处继续。",
     "resuming": "↻ Ponder 已重启——从第 {n} 步继续。",
     "waiting": "⏳ 模型服务器没有响应；最多重试 {s} 秒。",

@@ -21,6 +21,7 @@ class RecordingSurface(BaseSurface):
         self.fail_edits = fail_edits
         self.fail_posts = fail_posts
         self.post_delay = post_delay  # a slow platform
+        self.down = False  # unreachable: every post and edit fails
 
     def render(self, markdown: str) -> str:
         return markdown.replace("@everyone", "@\u200beveryone").replace("&", "&amp;")
@@ -28,6 +29,8 @@ class RecordingSurface(BaseSurface):
     async def post(self, text: str) -> Handle:
         if self.post_delay:
             await asyncio.sleep(self.post_delay)
+        if self.down:
+            raise SurfaceError("platform unreachable")
         if self.fail_posts:
             self.fail_posts -= 1
             raise SurfaceError("platform said no")
@@ -38,6 +41,8 @@ class RecordingSurface(BaseSurface):
 
     async def edit(self, handle: Handle, text: str) -> None:
         assert isinstance(handle, int)
+        if self.down:
+            raise SurfaceError("platform unreachable")
         if self.fail_edits:
             self.fail_edits -= 1
             raise SurfaceError("platform said no")

@@ -209,8 +209,8 @@ class DiscordSurface(BaseSurface):
                 log.warning("Discord asks %s to wait %.1f s", self.channel_id, exc.retry_after)
                 await asyncio.sleep(exc.retry_after)
             except discord.HTTPException as exc:
-                raise SurfaceError(f"Discord refused the message: {exc.status} {exc.text}") \
-                    from exc
+                raise SurfaceError(f"Discord refused the message: {exc.status} {exc.text}",
+                                   gone=exc.status == 404) from exc
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise SurfaceError(f"Discord did not answer: {exc!r}") from exc
         raise SurfaceError("unreachable")

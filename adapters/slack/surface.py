@@ -21,6 +21,9 @@ from bot.surface import BaseSurface, Handle, Presenter, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
+# chat.update's answers for a message that is no more (deleted): waiting will not help.
+_GONE = frozenset({"message_not_found", "cant_update_message"})
+
 
 class SlackSurface(BaseSurface):
     """One Slack thread: replies posted under `thread_ts`, edited with `chat.update`."""
@@ -72,7 +75,7 @@ class SlackSurface(BaseSurface):
                 channel=self.channel, ts=str(handle), text=text,
             ))
         except SlackCallError as exc:
-            raise SurfaceError(str(exc)) from exc
+            raise SurfaceError(str(exc), gone=exc.error in _GONE) from exc
 
     # --- recovery: reading back what a dead process left -----------------------------------
 

@@ -1,0 +1,139 @@
+"""An answer is done only when the platform has it: final texts a platform did not take are
+owed, kept in the store, and delivered when it answers again — by the same process, or by the
+next one after a restart — or, past PONDER_DELIVERY_HOURS, logged and counted, never dropped
+in silence. (Through the real Discord and Slack fakes: tests/test_delivery_platforms.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot import delivery, presenter
+from bot.events import Question
+from bot.metrics import REGISTRY
+from bot.service import ChainRequest, Ponder
+from bot.store import ChainRecord
+from tests.conftest import make_settings
+from tests.fakes.openai_server import FakeOpenAI, Step, Text
+from tests.surfaces import RecordingSurface
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The presenter's own retries and the delivery backoff, scaled down; the same paths.
+    monkeypatch.setattr(presenter, "FINAL_POST_PAUSES", (0.05, 0.05))
+    monkeypatch.setattr(delivery, "FIRST_WAIT", 0.05)
+
+
+def script(llm: FakeOpenAI) -> None:
+    llm.script(Step("Add", "2+2 is 4.", "continue"), Step("Check", "4-2 is 2.", "final_answer"),
+               Text("The answer is **4**."))
+
+
+async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+
+def request() -> ChainRequest:
+    return ChainRequest("test", Question("What is 2+2?"), "U1", channel="C1", thread="T1")
+
+
+def goes_down_before_the_answer(surface: RecordingSurface) -> None:
+    """The platform vanishes as the answer is about to be posted, after every step."""
+    real_post = surface.post
+    gone = False
+
+    async def post(text: str) -> object:
+        nonlocal gone
+        if text.startswith("**Answer**") and not gone:
+            gone = surface.down = True  # once: it is up again when the test says so
+        return await real_post(text)
+
+    surface.post = post  # type: ignore[method-assign,assignment]
+
+
+def undelivered(platform: str) -> float:
+    return REGISTRY.get_sample_value("ponder_undelivered_total", {"platform": platform}) or 0.0
+
+
+async def test_an_answer_owed_through_an_outage_lands_when_the_platform_is_back(
+        tmp_path: Path) -> None:
+    async with FakeOpenAI() as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
+        await ponder.start()
+        surface = RecordingSurface()
+        goes_down_before_the_answer(surface)
+        handle = ponder.submit(request(), surface)
+        outcome = await handle.wait()
+        assert outcome.answer == "The answer is **4**." and outcome.owed
+        assert "The answer is" not in surface.text()  # nothing of it got through
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.status == "answered"
+        assert record.delivery == "owed" and record.owed
+        # The asker is not held while the answer waits for the platform.
+        assert ponder.gate.per_user[("test", "U1")] == 0
+        surface.down = False
+        await until(lambda: "_Thought for" in surface.text())
+        assert "The answer is **4**." in surface.text()
+        assert "delayed" in surface.text()  # posted late, and says so
+        await until(lambda: not ponder.deliveries.owing(handle.chain_id))
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.delivery == "done" and record.owed == []
+        await ponder.close()
+
+
+async def test_a_restart_during_the_outage_delivers_through_the_new_process(
+        tmp_path: Path) -> None:
+    async with FakeOpenAI() as llm:
+        script(llm)
+        first = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
+        await first.start()
+        surface = RecordingSurface()
+        goes_down_before_the_answer(surface)
+        handle = first.submit(request(), surface)
+        await handle.wait()
+        await first.close()  # SIGTERM during the outage: what is owed stays in the store
+        second = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
+        await second.start()
+        surface.down = False
+
+        async def surface_for(record: ChainRecord) -> RecordingSurface:
+            return surface
+
+        assert await second.recover("test", surface_for) == []  # nothing left to think about
+        await until(lambda: "_Thought for" in surface.text())
+        await until(lambda: not second.deliveries.owing(handle.chain_id))
+        record = await second.store.chain(handle.chain_id)
+        assert record is not None and record.delivery == "done"
+        await second.close()
+
+
+async def test_an_answer_owed_past_the_bound_is_logged_and_counted_not_dropped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeOpenAI() as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2,
+                                      delivery_hours=0.3 / 3600))
+        await ponder.start()
+        surface = RecordingSurface()
+        goes_down_before_the_answer(surface)
+        before = undelivered("test")
+        with caplog.at_level(logging.ERROR, logger="bot.delivery"):
+            handle = ponder.submit(request(), surface)
+            await handle.wait()
+            await until(lambda: not ponder.deliveries.owing(handle.chain_id))
+        assert undelivered("test") == before + 1
+        assert any("given up" in r.getMessage() for r in caplog.records)
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.delivery == "expired"
+        assert any("The answer is **4**." in o["text"] for o in record.owed)  # still kept
+        await ponder.close()
