@@ -26,6 +26,9 @@ What it does like Discord (and what tests can therefore assert on):
   GUILD_CREATE (a guild with a text channel, a forum channel, roles, members); heartbeats are
   ACKed; RESUME is answered. `slash`, `user_message` and `click` push INTERACTION_CREATE and
   MESSAGE_CREATE as Discord would; THREAD_CREATE follows a REST thread creation.
+- Outages (`go_down`, `come_back`, `outage(seconds)`, `is_down`; see `tests/fakes/outage.py`):
+  REST and gateway unreachable, open connections reset, everything recorded kept; back on the
+  same port, where discord.py's RESUME is answered and `wait_identified` waits for it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.outage import Outages
 
 API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
@@ -164,7 +169,7 @@ class _Bucket:
     hash: str
 
 
-class FakeDiscord:
+class FakeDiscord(Outages):
     def __init__(
         self,
         *,
@@ -176,6 +181,7 @@ class FakeDiscord:
         token_ttl: float = 15 * 60,
         token: str = "fake-bot-token",
     ) -> None:
+        Outages.__init__(self)
         self.rate_limits = DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits
         self.global_limit = global_limit
         self.latency = latency
@@ -249,12 +255,20 @@ class FakeDiscord:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def close(self) -> None:
+        self._end_outages()
         for ws in list(self._sockets):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 1.0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _listen_address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def _went_down(self) -> None:
+        # A client that comes back must identify or resume again before it hears anything.
+        self._identified.clear()
 
     @property
     def api_url(self) -> str:
@@ -412,6 +426,11 @@ class FakeDiscord:
         interaction.expired = True
 
     # --- gateway: pushing events ----------------------------------------------------------
+
+    @property
+    def gateway_connections(self) -> int:
+        """Gateway websockets open now."""
+        return len(self._sockets)
 
     async def wait_identified(self, seconds: float = 10.0) -> None:
         async with asyncio.timeout(seconds):
@@ -602,11 +621,13 @@ class FakeDiscord:
         record = RecordedRequest(request.method, path, dict(request.query), body,
                                  dict(request.headers), time.monotonic())
         self.requests.append(record)
+        generation = self._generation
         try:
-            response = await self._answer(request, record)
+            response = await self._answer(request, record, generation)
         except _Reply as reply:
             response = reply.response
-        record.status = response.status
+        # Status 0: the fake went down before answering; the client never heard back.
+        record.status = 0 if self._cut_off(generation) else response.status
         record.scope = response.headers.get("X-RateLimit-Scope", "")
         await self._notify()
         return response
@@ -616,10 +637,13 @@ class FakeDiscord:
         incident): the client's own deadlines are all that end a call."""
         self._hung.clear()
 
-    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.Response:
+    async def _answer(self, request: web.Request, record: RecordedRequest,
+                      generation: int) -> web.Response:
         await self._hung.wait()
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self._cut_off(generation):
+            return web.Response(status=503)  # never applied, never read: the host was gone
         for method, pattern, name, found in self._routes:
             match = pattern.match(record.path) if method == record.method else None
             if match:

@@ -22,7 +22,11 @@ What it can do to a client (all injectable while it runs):
 - `streaming = False` (or `stream_error = "..."`): the streaming methods answer an error, as in a
   workspace or channel that does not offer them; `stream_max_age`: a stream stops accepting
   appends after that many seconds (Slack ends streams after about five minutes);
-- `assistant_status = False`: `assistant.threads.setStatus` is refused (`status_error`).
+- `assistant_status = False`: `assistant.threads.setStatus` is refused (`status_error`);
+- `go_down()` / `come_back()` / `outage(seconds)` / `is_down`: Slack unreachable, Web API and
+  Socket Mode alike (refused connections, open ones reset; `tests/fakes/outage.py`), then back
+  on the same address with everything recorded kept. `socket_connected` is cleared while down,
+  so a test can wait for the client's reconnection.
 
 Socket Mode: `apps.connections.open` (with the app token, `xapp-…`) hands out a WebSocket URL on
 this server; it sends `hello`, then whatever `push_event(payload)` gives it as an `events_api`
@@ -49,6 +53,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from tests.fakes.outage import Outages
 
 MAX_TEXT = 4000
 MAX_MARKDOWN = 12000
@@ -133,7 +139,7 @@ class _Limit:
     seen: dict[str, deque[float]] = field(default_factory=dict)
 
 
-class FakeSlack:
+class FakeSlack(Outages):
     """A local Slack Web API for one workspace (`team_id`) and one bot user."""
 
     def __init__(
@@ -150,6 +156,7 @@ class FakeSlack:
         update_limit: tuple[int, float] | None = (50, 60.0),
         host: str = "127.0.0.1",
     ) -> None:
+        Outages.__init__(self)
         self.token = token
         self.app_token = app_token
         self.team_id = team_id
@@ -202,11 +209,18 @@ class FakeSlack:
         self._port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
+        self._end_outages()
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _listen_address(self) -> tuple[str, int]:
+        return self.host, self._port
+
+    def _went_down(self) -> None:
+        self.socket_connected.clear()
 
     @property
     def base_url(self) -> str:
@@ -286,6 +300,11 @@ class FakeSlack:
 
     # --- what tests read -------------------------------------------------------------------
 
+    @property
+    def socket_connections(self) -> int:
+        """Socket Mode websockets open now."""
+        return len(self._sockets)
+
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
 
@@ -319,8 +338,13 @@ class FakeSlack:
         body = await _parse_body(request)
         call = Call(method, body, dict(request.headers), time.monotonic())
         self.calls.append(call)
+        generation = self._generation
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self._cut_off(generation):
+            # Never applied, and the client never heard back: the host was gone.
+            call.status = 0
+            return web.Response(status=503)
         status, payload, headers = self._answer(method, body, request)
         call.status, call.response = status, payload
         for listener in self._listeners:
