@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot import delivery, presenter
@@ -20,6 +22,7 @@ from tests.fakes.slack_server import Call, FakeSlack
 from tests.slack_harness import start_harness, stop_harness
 from tests.test_discord import start as start_discord
 from tests.test_discord import stop as stop_discord
+from tests.test_faults import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +163,33 @@ async def test_discord_an_answer_written_during_an_outage_lands_when_discord_is_
         finally:
             watcher.cancel()
             await stop_discord(h)
+
+
+async def test_slack_an_answer_owed_past_the_bound_is_logged_and_on_metrics(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    async with FakeSlack(streaming=False, update_limit=None) as slack, FakeOpenAI() as llm:
+        script(llm)
+        outages = slack_down_at_the_answer(slack, seconds=600)  # it never comes back in time
+        h = await start_harness(tmp_path, slack, llm, min_steps=2, metrics_port=port,
+                                delivery_hours=1.0 / 3600)
+        try:
+            _, body = h.ask("What is 2+2?")
+            assert await h.post(body) == 200
+            await answered(lambda: bool(outages))
+            await answered(lambda: not h.ponder.running)
+            (record,) = await h.ponder.store.chains_with_status("answered")
+            with caplog.at_level(logging.ERROR, logger="bot.delivery"):
+                await answered(lambda: not h.ponder.deliveries.owing(record.id))
+            assert any("given up" in r.getMessage() for r in caplog.records)
+            expired = await h.ponder.store.chain(record.id)
+            assert expired is not None and expired.delivery == "expired" and expired.owed
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics = await resp.text()
+            counted = [line for line in metrics.splitlines()
+                       if line.startswith('ponder_undelivered_total{platform="slack"}')]
+            assert counted and float(counted[0].split()[-1]) >= 1
+        finally:
+            outages[0].cancel()
+            await stop_harness(h)
