@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -99,13 +100,14 @@ def _drop_connection_once(discord: FakeDiscord,
     dropped: list[int] = []
     answer = discord._answer
 
-    async def flaky(request: web.Request, record: RecordedRequest) -> web.Response:
+    async def flaky(request: web.Request, record: RecordedRequest,
+                    *rest: Any) -> web.Response:
         if not dropped and match(record):
             dropped.append(1)
             assert request.transport is not None
             request.transport.close()
             await asyncio.sleep(0.05)
-        return await answer(request, record)
+        return await answer(request, record, *rest)
 
     discord._answer = flaky  # type: ignore[method-assign]
     return dropped
@@ -212,10 +214,11 @@ async def test_discord_a_follow_up_while_a_chain_is_being_recovered_waits_its_tu
     # Reading back the dead process's messages takes a moment (a busy Discord).
     answer = discord._answer
 
-    async def slow_reads(request: web.Request, record: RecordedRequest) -> web.Response:
+    async def slow_reads(request: web.Request, record: RecordedRequest,
+                         *rest: Any) -> web.Response:
         if record.method == "GET" and "/messages/" in record.path:
             await asyncio.sleep(1.0)
-        return await answer(request, record)
+        return await answer(request, record, *rest)
 
     discord._answer = slow_reads  # type: ignore[method-assign]
     h2 = await start(tmp_path, discord, fake_llm)
