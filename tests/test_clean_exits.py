@@ -26,9 +26,11 @@ from tests.fakes.slack_server import FakeSlack
 from tests.slack_harness import ASKER, CHANNEL, envelope
 from tests.test_faults import DiscordProcess, PonderProcess, SlackProcess, eventually
 
+# Real processes, each stopped in its own way: minutes, so `make test-exits` (CI runs it).
+pytestmark = pytest.mark.exits
+
 GRACE = 0.3
-# The defect this guards against showed once in four runs: `make test-exits` (run by CI)
-# repeats each case; `make test` runs each once.
+# The defect this guards against showed once in four runs: each case is repeated.
 ROUNDS = int(os.environ.get("PONDER_EXIT_ROUNDS", "1"))
 
 
