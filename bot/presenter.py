@@ -269,6 +269,12 @@ class ThreadPresenter:
                 self._want(slots[n], piece, final)
                 continue
             # New messages are posted at once and in order, so a thread reads top to bottom.
+            if any(o.handle is None for o in self.outcome.owed):
+                # An earlier final text is owed as a new message: nothing may be posted before
+                # it lands, or the thread would read out of order (an answer above its steps).
+                if final:
+                    self.outcome.owed.extend(Owed(key, None, p) for p in pieces[n:])
+                return
             handle = await self._post(piece, final)
             if handle is None:
                 if final:  # nothing comes after a final text: it is owed, in order

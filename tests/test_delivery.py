@@ -137,3 +137,38 @@ async def test_an_answer_owed_past_the_bound_is_logged_and_counted_not_dropped(
         assert record is not None and record.delivery == "expired"
         assert any("The answer is **4**." in o["text"] for o in record.owed)  # still kept
         await ponder.close()
+
+
+async def test_owed_messages_land_in_order_an_answer_never_above_its_steps(
+        tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.01) as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
+        await ponder.start()
+        surface = RecordingSurface()
+        real_post = surface.post
+        finals = 0
+
+        async def post(text: str) -> object:
+            # Step 2 never gets through (its final text is owed), and the platform is back
+            # the moment the presenter gives up on it: before the answer is written.
+            nonlocal finals
+            tries = len(presenter.FINAL_POST_PAUSES) + 1
+            if text.startswith("**Step 2") and finals < tries:
+                surface.down = True
+                finals += "⏳" not in text
+            try:
+                return await real_post(text)
+            finally:
+                if finals == tries:
+                    surface.down = False
+
+        surface.post = post  # type: ignore[method-assign,assignment]
+        handle = ponder.submit(request(), surface)
+        await handle.wait()
+        await until(lambda: not ponder.deliveries.owing(handle.chain_id))
+        order = [text.split("\n", 1)[0] for text in surface.shown.values()]
+        steps = [n for n, head in enumerate(order) if head.startswith("**Step")]
+        answer = [n for n, head in enumerate(order) if head.startswith("**Answer")]
+        assert len(steps) == 2 and answer and max(steps) < min(answer), order
+        await ponder.close()
