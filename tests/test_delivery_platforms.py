@@ -157,6 +157,9 @@ async def test_discord_an_answer_written_during_an_outage_lands_when_discord_is_
             await answered(lambda: any("Thought for" in t for t in h.texts(thread_id)))
             answer = [t for t in h.texts(thread_id) if t.startswith("**Answer**")]
             assert answer and "The answer is **4**." in answer[-1]
+            # The message the chain hangs from gets its summary too, once Discord is back.
+            opening = await h.finished(interaction)
+            assert "Thought for" in opening.rsplit("\n", 1)[-1]
             await answered(lambda: not h.ponder.deliveries.owing(record.id))
             done = await h.ponder.store.chain(record.id)
             assert done is not None and done.delivery == "done"

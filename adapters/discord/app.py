@@ -197,9 +197,28 @@ class DiscordBot:
         await self._watch(handle, opening, where)
 
     async def _watch(self, handle: ChainHandle, opening: Opening, where: str | None) -> None:
-        """Wait for the chain; then the opening message gets its one-line summary."""
+        """Wait for the chain; then the opening message gets its one-line summary, however
+        long Discord takes to be reachable again (within PONDER_DELIVERY_HOURS)."""
         outcome = await handle.wait()
-        await self._quietly(opening.show(text.outcome_line(outcome, handle.language, where)))
+        line = text.outcome_line(outcome, handle.language, where)
+        deadline = time.monotonic() + self.settings.delivery_hours * 3600
+        wait = 1.0
+        while True:
+            try:
+                await opening.show(line)
+                return
+            except (discord.NotFound, discord.Forbidden) as exc:
+                log.warning("chain %s: its opening message is gone (%s)", handle.chain_id, exc)
+                return
+            except (discord.HTTPException, TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    log.error("chain %s: its opening message never took its summary: %s",
+                              handle.chain_id, exc)
+                    return
+                log.info("chain %s: opening message not updated (%s); again in %.0f s",
+                         handle.chain_id, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
 
     # --- restart recovery -----------------------------------------------------------------
 
