@@ -5,8 +5,10 @@ same address, with everything it had recorded still there.
     await fake.go_down(); ...; await fake.come_back()
 
 While down, connecting to the fake's port is refused, and every connection that was open
-(keep-alive REST connections, websockets) is reset: clients see exactly the errors of a host
-that is gone, not a polite close or an HTTP error. A request the fake was still working on when
+(keep-alive REST connections, websockets) is cut without a closing handshake: clients get
+connection errors, never an HTTP error or a websocket close code, and get them at once (a host
+that drops packets instead would only make them wait out their own timeouts, which tests cannot
+afford; FakeDiscord.hang() shows that case). A request the fake was still working on when
 it went down (waiting out `latency` or `hang`) is never applied: its answer could not reach the
 client anyway, and a platform that vanished did not act on it.
 """
