@@ -196,3 +196,32 @@ async def test_slack_an_answer_owed_past_the_bound_is_logged_and_on_metrics(
         finally:
             outages[0].cancel()
             await stop_harness(h)
+
+
+async def test_discord_a_question_asked_as_discord_vanishes_is_answered_when_it_is_back(
+        tmp_path: Path) -> None:
+    """The /reason arrives and is deferred; then Discord is unreachable before the thread can
+    be opened. The question waits (its interaction token lives 15 minutes) and is answered
+    once Discord is back, instead of being dropped."""
+    async with FakeDiscord(rate_limits=scaled_rate_limits(10)) as discord, \
+            FakeOpenAI() as llm:
+        script(llm)
+        outages: list[asyncio.Task[None]] = []
+
+        async def down_after_the_defer() -> None:
+            await discord.wait_for(lambda: any(r.path.endswith("/callback")
+                                               for r in discord.requests), 30)
+            outages.append(discord.outage(1.5))
+
+        h = await start_discord(tmp_path, discord, llm, min_steps=2)
+        watcher = asyncio.create_task(down_after_the_defer())
+        try:
+            interaction = await h.ask("What is 2+2?")
+            await answered(lambda: bool(outages))
+            opening = await h.finished(interaction, seconds=40)
+            assert "Thought for" in opening.rsplit("\n", 1)[-1]
+            answer = [t for t in h.texts(h.thread_of(interaction)) if t.startswith("**Answer")]
+            assert answer and "The answer is **4**." in answer[-1]
+        finally:
+            watcher.cancel()
+            await stop_discord(h)

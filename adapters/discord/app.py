@@ -21,8 +21,8 @@ import discord
 from adapters.discord import text
 from adapters.discord.calls import describe, rest
 from adapters.discord.client import PonderClient
-from adapters.discord.opening import Opening
-from adapters.discord.placement import place
+from adapters.discord.opening import TOKEN_LIFETIME, Opening
+from adapters.discord.placement import Place, place
 from adapters.discord.seams import point_discord_at
 from adapters.discord.stop import StopButton, stop_view
 from adapters.discord.surface import (
@@ -168,8 +168,7 @@ class DiscordBot:
                      admission: Admission, opening: Opening) -> None:
         try:
             try:
-                where = await place(self._client(), interaction, request.question, opening,
-                                    admission.language, self.limiters, self.ponder.memory)
+                where = await self._place(interaction, request, admission, opening)
             except Exception as exc:
                 log.exception("could not start a chain for /reason")
                 await self._quietly(opening.show(say(
@@ -186,6 +185,23 @@ class DiscordBot:
             # However it ended before the chain started (a dropped connection included), the
             # asker's slot and the thread are given back; once started, this is a no-op.
             self.ponder.release(admission)
+
+    async def _place(self, interaction: discord.Interaction[Any], request: ChainRequest,
+                     admission: Admission, opening: Opening) -> Place:
+        """Open where the chain is shown. Discord unreachable (a blip, an incident) is waited
+        out while the interaction token lives: the question is answered late, not dropped."""
+        wait = 1.0
+        while True:
+            try:
+                return await place(self._client(), interaction, request.question, opening,
+                                   admission.language, self.limiters, self.ponder.memory)
+            except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as exc:
+                if time.monotonic() - opening.received + wait > TOKEN_LIFETIME:
+                    raise
+                log.info("Discord unreachable while opening a thread (%s); again in %.0f s",
+                         exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
 
     async def _run(self, request: ChainRequest, surface: DiscordSurface, admission: Admission,
                    opening: Opening, where: str | None) -> None:
