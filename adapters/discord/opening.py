@@ -29,6 +29,9 @@ class Opening:
     interaction: discord.Interaction[Any] | None = None
     received: float = field(default_factory=time.monotonic)
     limiter: RateLimiter | None = None
+    # The thread (or forum post) opened for the chain, once there is one: opening it again
+    # after a failure half-way (Discord unreachable) must not open a second.
+    thread: discord.Thread | None = None
 
     def token_valid(self) -> bool:
         return (self.interaction is not None

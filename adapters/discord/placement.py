@@ -42,15 +42,17 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
     thread: discord.Thread | None = None
     note: str | None = None
 
-    if isinstance(channel, discord.ForumChannel) and can_thread:
-        thread = await _forum_post(channel, q, opening, language, limiters)
+    if opening.thread is not None:
+        thread = opening.thread  # opened by an earlier try that failed after it
+    elif isinstance(channel, discord.ForumChannel) and can_thread:
+        thread = opening.thread = await _forum_post(channel, q, opening, language, limiters)
     elif isinstance(channel, discord.TextChannel) and can_thread:
         message = await rest(interaction.edit_original_response(
             content=running, view=stop_view(q.id, language)))
         opening.message_id, opening.channel = message.id, channel
         opening.limiter = limiters.get(channel.id)
         try:
-            thread = await rest(message.create_thread(
+            thread = opening.thread = await rest(message.create_thread(
                 name=text.thread_name(q.text), auto_archive_duration=1440))
         except (discord.HTTPException, discord.RateLimited) as exc:
             # Thread creation has tight, sometimes minutes-long limits of its own.
