@@ -379,11 +379,7 @@ class Ponder:
             self._recovery_claimed(platform).set()
         ready: list[tuple[ChainRecord, Surface, list[StepRecord]]] = []
         for record in records:
-            try:
-                surface = await surface_for(record)
-            except Exception:
-                log.exception("chain %s: its thread cannot be reached", record.id)
-                surface = None
+            surface = await _reach(surface_for, record)
             if surface is None:
                 self.gate.finished(platform, record.asker, _thread_key(platform, record.thread),
                                    record.id)
@@ -416,16 +412,22 @@ class Ponder:
         for record in await self.store.chains_owing():
             if record.platform != platform or self.deliveries.owing(record.id):
                 continue
-            try:
-                surface = await surface_for(record)
-            except Exception:
-                log.exception("chain %s: its thread cannot be reached yet", record.id)
-                surface = None
+            surface = await _reach(surface_for, record)
             if surface is None:
                 continue  # still owed: the next start tries again (until the bound)
             await self.deliveries.owe(record.id, platform, surface, owed_of(record.owed),
                                       record.language,
                                       since=record.finished_at or record.started_at)
+
+
+async def _reach(surface_for: Callable[[ChainRecord], Awaitable[Surface | None]],
+                 record: ChainRecord) -> Surface | None:
+    """The thread of a chain from an earlier process, or None where it cannot be written."""
+    try:
+        return await surface_for(record)
+    except Exception:
+        log.exception("chain %s: its thread cannot be reached", record.id)
+        return None
 
 
 def _thread_key(platform: str, thread: str) -> tuple[str, str] | None:

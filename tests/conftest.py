@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 async def fake_llm() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as fake:
         yield fake
+
+
+async def until(check: Callable[[], object], seconds: float = 30.0,
+                interval: float = 0.02) -> None:
+    """Poll `check()` until it is truthy (the loop runs meanwhile); TimeoutError after
+    `seconds`. For state no fake can signal (a store row, a service's counters)."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(interval)
 
 
 def make_settings(base_url: str, tmp: Path | None = None, **overrides: Any) -> Settings:

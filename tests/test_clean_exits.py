@@ -74,7 +74,13 @@ async def stopped_in_time(ponder: PonderProcess, platform_gone: Awaitable[None])
     assert ponder.status() == "running", ponder.log_tail()  # the next start resumes it
 
 
-async def test_sigterm_as_discord_goes_away(tmp_path: Path, thinking_llm: FakeOpenAI) -> None:
+@pytest.mark.parametrize("network", ["gone", "hanging"])
+async def test_sigterm_as_discord_goes_away_or_hangs(tmp_path: Path, thinking_llm: FakeOpenAI,
+                                                     network: str) -> None:
+    """"gone": the host vanishes (connections refused, the gateway reset). "hanging": Discord
+    takes every request and answers none, so the chains' last words, the opening message's
+    summary and the client's goodbye all wait on calls with long deadlines. Either way the
+    process leaves in time (past `STOP_DEADLINE` it exits at once)."""
     for n in range(ROUNDS):
         (tmp_path / str(n)).mkdir()
         async with FakeDiscord() as discord:
@@ -84,27 +90,10 @@ async def test_sigterm_as_discord_goes_away(tmp_path: Path, thinking_llm: FakeOp
                 await ponder.start()
                 await discord.slash("reason", question="What is 17 times 23?")
                 await eventually(lambda p=ponder: p.steps_stored() >= 1, 20, "a stored step")
-                await stopped_in_time(ponder, discord.close())
-            finally:
-                await ponder.kill()
-
-
-async def test_sigterm_while_discord_rest_hangs(tmp_path: Path,
-                                               thinking_llm: FakeOpenAI) -> None:
-    """Discord takes every request and answers none: the chains' last words, the opening
-    message's summary and the client's goodbye all wait on calls with long deadlines. The
-    process still leaves in time (past `STOP_DEADLINE` it exits at once)."""
-    for n in range(ROUNDS):
-        (tmp_path / str(n)).mkdir()
-        async with FakeDiscord() as discord:
-            ponder = DiscordProcess(tmp_path / str(n), discord, thinking_llm,
-                                    PONDER_SHUTDOWN_GRACE=str(GRACE))
-            try:
-                await ponder.start()
-                await discord.slash("reason", question="What is 17 times 23?")
-                await eventually(lambda p=ponder: p.steps_stored() >= 1, 20, "a stored step")
-                discord.hang()
-                await stopped_in_time(ponder, asyncio.sleep(0))
+                if network == "hanging":
+                    discord.hang()
+                await stopped_in_time(ponder, discord.go_down() if network == "gone"
+                                      else asyncio.sleep(0))
             finally:
                 await ponder.kill()
 
@@ -129,7 +118,7 @@ async def test_sigterm_as_slack_goes_away(tmp_path: Path, thinking_llm: FakeOpen
                 else:
                     await ponder.ask(slack, "What is 17 times 23?")
                 await eventually(lambda p=ponder: p.steps_stored() >= 1, 20, "a stored step")
-                await stopped_in_time(ponder, slack.close())
+                await stopped_in_time(ponder, slack.go_down())
             finally:
                 await ponder.kill()
 

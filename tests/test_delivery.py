@@ -5,9 +5,7 @@ in silence. (Through the real Discord and Slack fakes: tests/test_delivery_platf
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from bot.events import Question
 from bot.metrics import REGISTRY
 from bot.service import ChainRequest, Ponder
 from bot.store import ChainRecord
-from tests.conftest import make_settings
+from tests.conftest import make_settings, until
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
 from tests.surfaces import RecordingSurface
 
@@ -32,14 +30,6 @@ def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
 def script(llm: FakeOpenAI) -> None:
     llm.script(Step("Add", "2+2 is 4.", "continue"), Step("Check", "4-2 is 2.", "final_answer"),
                Text("The answer is **4**."))
-
-
-async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.02)
 
 
 def request() -> ChainRequest:

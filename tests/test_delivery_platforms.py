@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bot import delivery, presenter
+from tests.conftest import until
 from tests.fakes.discord_server import FakeDiscord, scaled_rate_limits
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
 from tests.fakes.slack_server import Call, FakeSlack
@@ -61,14 +61,6 @@ async def discord_down_at_the_answer(discord: FakeDiscord,
     outages.append(discord.outage(600))
 
 
-async def answered(check: Callable[[], bool], seconds: float = 30.0) -> None:
-    async with asyncio.timeout(seconds):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.05)
-
-
 async def test_slack_an_answer_written_during_an_outage_lands_when_slack_is_back(
         tmp_path: Path) -> None:
     async with FakeSlack(streaming=False, update_limit=None) as slack, FakeOpenAI() as llm:
@@ -78,17 +70,17 @@ async def test_slack_an_answer_written_during_an_outage_lands_when_slack_is_back
         try:
             question, body = h.ask("What is 2+2?")
             assert await h.post(body) == 200
-            await answered(lambda: bool(outages))
-            await answered(lambda: not h.ponder.running)  # thought through; not delivered
+            await until(lambda: bool(outages))
+            await until(lambda: not h.ponder.running)  # thought through; not delivered
             (record,) = await h.ponder.store.chains_with_status("answered")
             assert h.ponder.deliveries.owing(record.id)
             assert "Thought for" not in h.replies(question.ts)[-1].text
             outages[0].cancel()
             await slack.come_back()  # Slack is back; no restart
-            await answered(lambda: "Thought for" in h.replies(question.ts)[-1].text)
+            await until(lambda: "Thought for" in h.replies(question.ts)[-1].text)
             last = h.replies(question.ts)[-1].text
             assert "The answer is *4*." in last
-            await answered(lambda: not h.ponder.deliveries.owing(record.id))
+            await until(lambda: not h.ponder.deliveries.owing(record.id))
             done = await h.ponder.store.chain(record.id)
             assert done is not None and done.delivery == "done"
         finally:
@@ -103,8 +95,8 @@ async def test_slack_stopped_during_the_outage_the_next_process_delivers(
         h = await start_harness(tmp_path, slack, llm, min_steps=2)
         question, body = h.ask("What is 2+2?")
         assert await h.post(body) == 200
-        await answered(lambda: bool(outages))
-        await answered(lambda: not h.ponder.running)
+        await until(lambda: bool(outages))
+        await until(lambda: not h.ponder.running)
         (record,) = await h.ponder.store.chains_with_status("answered")
         assert h.ponder.deliveries.owing(record.id)
         await stop_harness(h)  # SIGTERM during the outage
@@ -115,9 +107,9 @@ async def test_slack_stopped_during_the_outage_the_next_process_delivers(
         h2 = await start_harness(tmp_path, slack, llm, min_steps=2)
         try:
             assert await h2.bot.recover() == []
-            await answered(lambda: "Thought for" in h2.replies(question.ts)[-1].text)
+            await until(lambda: "Thought for" in h2.replies(question.ts)[-1].text)
             assert "The answer is *4*." in h2.replies(question.ts)[-1].text
-            await answered(lambda: not h2.ponder.deliveries.owing(record.id))
+            await until(lambda: not h2.ponder.deliveries.owing(record.id))
             done = await h2.ponder.store.chain(record.id)
             assert done is not None and done.delivery == "done"
         finally:
@@ -147,20 +139,20 @@ async def test_discord_an_answer_written_during_an_outage_lands_when_discord_is_
         watcher = asyncio.create_task(discord_down_at_the_answer(discord, outages))
         try:
             interaction = await h.ask("What is 2+2?")
-            await answered(lambda: bool(outages))
-            await answered(lambda: not h.ponder.running)  # thought through; not delivered
+            await until(lambda: bool(outages))
+            await until(lambda: not h.ponder.running)  # thought through; not delivered
             (record,) = await h.ponder.store.chains_with_status("answered")
             assert h.ponder.deliveries.owing(record.id)
             outages[0].cancel()
             await discord.come_back()  # Discord is back; no restart
             thread_id = h.thread_of(interaction)
-            await answered(lambda: any("Thought for" in t for t in h.texts(thread_id)))
+            await until(lambda: any("Thought for" in t for t in h.texts(thread_id)))
             answer = [t for t in h.texts(thread_id) if t.startswith("**Answer**")]
             assert answer and "The answer is **4**." in answer[-1]
             # The message the chain hangs from gets its summary too, once Discord is back.
             opening = await h.finished(interaction)
             assert "Thought for" in opening.rsplit("\n", 1)[-1]
-            await answered(lambda: not h.ponder.deliveries.owing(record.id))
+            await until(lambda: not h.ponder.deliveries.owing(record.id))
             done = await h.ponder.store.chain(record.id)
             assert done is not None and done.delivery == "done"
         finally:
@@ -179,11 +171,11 @@ async def test_slack_an_answer_owed_past_the_bound_is_logged_and_on_metrics(
         try:
             _, body = h.ask("What is 2+2?")
             assert await h.post(body) == 200
-            await answered(lambda: bool(outages))
-            await answered(lambda: not h.ponder.running)
+            await until(lambda: bool(outages))
+            await until(lambda: not h.ponder.running)
             (record,) = await h.ponder.store.chains_with_status("answered")
             with caplog.at_level(logging.ERROR, logger="bot.delivery"):
-                await answered(lambda: not h.ponder.deliveries.owing(record.id))
+                await until(lambda: not h.ponder.deliveries.owing(record.id))
             assert any("given up" in r.getMessage() for r in caplog.records)
             expired = await h.ponder.store.chain(record.id)
             assert expired is not None and expired.delivery == "expired" and expired.owed
@@ -217,7 +209,7 @@ async def test_discord_a_question_asked_as_discord_vanishes_is_answered_when_it_
         watcher = asyncio.create_task(down_after_the_defer())
         try:
             interaction = await h.ask("What is 2+2?")
-            await answered(lambda: bool(outages))
+            await until(lambda: bool(outages))
             opening = await h.finished(interaction, seconds=40)
             assert "Thought for" in opening.rsplit("\n", 1)[-1]
             answer = [t for t in h.texts(h.thread_of(interaction)) if t.startswith("**Answer")]

@@ -7,10 +7,9 @@ the service looked up optional presenter features by name.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.conftest import until
 from tests.fakes.openai_server import FakeOpenAI, Step, Text
 from tests.fakes.slack_server import FakeSlack
 from tests.slack_harness import (
@@ -21,15 +20,6 @@ from tests.slack_harness import (
     stop_harness,
     unreachable_model,
 )
-
-
-async def until(check: Callable[[], bool], seconds: float = 15.0) -> None:
-    """Poll `check()` until it is true (the loop keeps running meanwhile)."""
-    async with asyncio.timeout(seconds):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.02)
 
 
 def texts(h: Harness, thread_ts: str) -> list[str]:
