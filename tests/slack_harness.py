@@ -36,6 +36,7 @@ FAST = SlackLimits(
     append_rate=100, append_per=1, append_burst=20, append_interval=0.05,
     stream_starts=100, stream_per=1, stream_burst=20,
     request_timeout=5,
+    connection_retries=1,  # each retry waits slack_sdk's backoff: outage tests would idle
 )
 
 _ids = itertools.count(1)

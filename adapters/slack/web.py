@@ -68,6 +68,7 @@ class SlackLimits:
     request_timeout: int = 30  # seconds, every Web API call
     max_429_retries: int = 12  # a 429 is waited out this many times in a row, then given up
     max_5xx_retries: int = 3
+    connection_retries: int = 2  # a refused or reset connection, retried with slack_sdk's backoff
 
 
 StatusMode = Literal["assistant", "reactions"]
@@ -203,7 +204,7 @@ def make_client(
         retry_handlers=[
             _RateLimitRetry(on_limited, limits.max_429_retries),
             _ServerErrorRetry(max_retry_count=limits.max_5xx_retries),
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncConnectionErrorRetryHandler(max_retry_count=limits.connection_retries),
         ],
     )
 
