@@ -13,16 +13,21 @@ refused too.
 
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import Settings
 from bot.errors import Refused
 from bot.events import Language, Question
 from bot.wording import say
+
+RATE_WINDOW = 60.0  # seconds over which PONDER_USER_RATE counts an asker's questions
+SWEEP_FLOOR = 1024  # askers held before the first sweep of the question times
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,13 @@ class ChainRequest:
     thread: str = ""
     workspace: str = ""
     anchor: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every platform's question comes through here: cleaned once, it can be stored, sent to
+        # the model server and quoted back without anything failing on it further on.
+        text = clean_text(self.question.text)
+        if text != self.question.text:
+            object.__setattr__(self, "question", replace(self.question, text=text))
 
 
 AskerKey = tuple[str, str]  # (platform, asker)
@@ -72,19 +84,27 @@ class Admission:
     def release(self) -> None:
         if self.open:
             self.open = False
-            self._gate.per_user[(self.request.platform, self.request.asker)] -= 1
+            self._gate.uncount((self.request.platform, self.request.asker))
             self._gate.release_thread(self._thread, self.request.question.id)
 
 
 class Gate:
-    """The counters the rules need, shared by every front door of one process."""
+    """The counters the rules need, shared by every front door of one process.
 
-    def __init__(self, settings: Settings) -> None:
+    Per-asker state is kept only while it matters: a count while the asker has a chain (or an
+    admission) open, the times of their questions while one is inside the rate window. Each
+    asker ever seen would otherwise stay for good (100k askers held ~100 MB)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
+        # A defaultdict so that reading an asker with nothing open gives 0; an entry is
+        # removed as soon as its count is back to 0.
         self.per_user: dict[AskerKey, int] = defaultdict(int)
-        self.recent: dict[AskerKey, deque[float]] = defaultdict(deque)
+        self.recent: dict[AskerKey, deque[float]] = {}
         self.threads: dict[ThreadKey, str] = {}  # thread -> the chain (or admission) in it
         self.accepting = True
+        self._sweep_at = SWEEP_FLOOR
 
     def busy(self, platform: str, thread: str) -> bool:
         return bool(thread) and (platform, thread) in self.threads
@@ -109,15 +129,19 @@ class Gate:
         if self.busy(request.platform, request.thread):
             return say("busy", language)
         key = (request.platform, request.asker)
-        n = self.per_user[key]
+        n = self.per_user.get(key, 0)  # looking must not add an entry
         if n >= s.user_concurrency:
             return say("too_many_one", language) if n == 1 else say("too_many", language, n=n)
-        recent = self.recent[key]
-        now = time.monotonic()
-        while recent and now - recent[0] > 60:
-            recent.popleft()
+        recent = self.recent.get(key)
+        if recent is None:
+            return None
+        now = self.clock()
+        _forget_old(recent, now)
+        if not recent:
+            del self.recent[key]
+            return None
         if len(recent) >= s.user_rate_per_minute:
-            wait = int(60 - (now - recent[0])) + 1
+            wait = int(RATE_WINDOW - (now - recent[0])) + 1
             return say("too_fast", language, n=s.user_rate_per_minute, s=wait)
         return None
 
@@ -126,8 +150,11 @@ class Gate:
         if reason is not None:
             raise Refused(reason)
         key = (request.platform, request.asker)
-        self.recent[key].append(time.monotonic())
+        now = self.clock()
+        self.recent.setdefault(key, deque()).append(now)
         self.per_user[key] += 1
+        if len(self.recent) > self._sweep_at:
+            self._sweep(now)
         admission = Admission(self, request, language)
         admission.hold_thread(request.thread)
         return admission
@@ -140,12 +167,49 @@ class Gate:
 
     def finished(self, platform: str, asker: str, thread: ThreadKey | None,
                  chain_id: str) -> None:
-        self.per_user[(platform, asker)] -= 1
+        self.uncount((platform, asker))
         self.release_thread(thread, chain_id)
+
+    def uncount(self, key: AskerKey) -> None:
+        """One of the asker's chains (or admissions) is over."""
+        n = self.per_user.get(key, 0) - 1
+        if n > 0:
+            self.per_user[key] = n
+        else:
+            self.per_user.pop(key, None)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the question times of askers with none inside the rate window. Run when the
+        table has doubled since the last sweep, so its cost is spread over the admissions
+        that grew it: O(1) per admission on average, and about twice the askers of the last
+        minute held at most."""
+        for key in [k for k, times in self.recent.items() if now - times[-1] > RATE_WINDOW]:
+            del self.recent[key]
+        self._sweep_at = max(SWEEP_FLOOR, 2 * len(self.recent))
 
     def release_thread(self, thread: ThreadKey | None, chain_id: str) -> None:
         if thread is not None and self.threads.get(thread) == chain_id:
             del self.threads[thread]
+
+
+def _forget_old(times: deque[float], now: float) -> None:
+    while times and now - times[0] > RATE_WINDOW:
+        times.popleft()
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """`text` as every store, model server and platform takes it: lone surrogates (which
+    UTF-8 cannot carry: a `\\ud800` escape in JSON, a terminal's undecodable bytes) become
+    U+FFFD, surrogate pairs the characters they encode, and control characters other than
+    tab and line breaks are dropped (PostgreSQL refuses NUL; nobody can read the rest)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return _UNSENDABLE.sub("", text)
 
 
 def visible(text: str) -> str:

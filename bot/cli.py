@@ -1,7 +1,7 @@
 """`ponder` — the command line. Exit codes: 0 done, 1 the work failed, 2 usage or settings.
 
 The front doors' own commands (`ask`, `discord`, `slack`, …) come from the installed platform
-plugins (`bot.platforms`); the core adds `run`, `model` and `doctor`.
+plugins (`bot.platforms`); the core adds `run`, `forget`, `model` and `doctor`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bot.platforms import Platform, discover
 log = logging.getLogger("ponder")
 
 # Core modules that add their own sub-commands (each has `register_commands(subparsers)`).
-_PLUGGED = ("bot.model", "bot.doctor")
+_PLUGGED = ("bot.model", "bot.doctor", "bot.evaluate")
 
 
 def build_parser(platforms: Sequence[Platform] | None = None) -> argparse.ArgumentParser:
@@ -34,6 +34,16 @@ def build_parser(platforms: Sequence[Platform] | None = None) -> argparse.Argume
     run = sub.add_parser("run", help="every platform with credentials (the console if none), "
                                      "with a model server started when none answers")
     run.set_defaults(func=_run)
+
+    forget = sub.add_parser("forget", help="delete everything stored of one user: chains, "
+                                           "steps, answers, follow-ups")
+    forget.add_argument("--user", required=True, metavar="ID",
+                        help="the user id as the platform gives it (Discord or Slack user id)")
+    forget.add_argument("--platform", metavar="P",
+                        help="only on this platform (discord, slack, …); default: every one")
+    forget.add_argument("--force", action="store_true",
+                        help="also delete chains still marked running")
+    forget.set_defaults(func=_forget)
 
     for name in _PLUGGED:
         importlib.import_module(name).register_commands(sub)
@@ -68,3 +78,40 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runner import serve_all
 
     return asyncio.run(serve_all(settings))
+
+
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    """`ponder forget --user ID`: works on the database, beside a live Ponder or without one.
+
+    A chain of the user still marked running may be one a live process is answering: nothing
+    is removed unless `--force`. Forced, that chain's next write finds no row to write to: it
+    ends in its thread with the could-not-save message, and nothing more of it is kept."""
+    from bot.store import Removed, Store, StoreFailed
+    from bot.wording import say
+
+    async def forget() -> Removed:
+        if not settings.db.exists() and all(p.is_dir() or not p.exists()
+                                            for p in settings.db.parents):
+            return Removed()  # nothing stored: no database is made just to say so
+        store = Store(settings.db)
+        await store.open()
+        try:
+            return await store.forget(args.user, args.platform, force=args.force)
+        finally:
+            await store.close()
+
+    try:
+        removed = asyncio.run(forget())
+    except SettingsError as exc:
+        sys.stderr.write(f"ponder: {exc}\n")
+        return 2
+    except StoreFailed as exc:
+        sys.stderr.write(f"ponder: {exc.message}\n")
+        return 1
+    if removed.running and not args.force:
+        sys.stderr.write(f"ponder: {say('forget_running', user=args.user, n=removed.running)}\n")
+        return 1
+    where = say("forget_on", platform=args.platform) if args.platform else ""
+    print(say("forgot", user=args.user, where=where, chains=removed.chains,
+              steps=removed.steps, rewritten=removed.rewritten))
+    return 0

@@ -5,8 +5,16 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import SettingsError
@@ -18,6 +26,8 @@ class Mode(StrEnum):
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
+
+MAX_VOTES = 9  # PONDER_VOTES, `/reason votes:` and `ponder ask --votes` at most
 
 
 class Settings(BaseSettings):
@@ -42,6 +52,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0, validation_alias="PONDER_CONNECT_TIMEOUT")
     max_attempts: int = Field(3, ge=1, le=10, validation_alias="PONDER_MAX_ATTEMPTS")
     session_header: str = Field("x-session-id", validation_alias="PONDER_SESSION_HEADER")
+    # Chains run for each question and voted on (self-consistency); 1 is off. Capped: each
+    # chain costs as much as the first.
+    votes: int = Field(1, ge=1, le=MAX_VOTES, validation_alias="PONDER_VOTES")
 
     # Where models, vLLM's caches and server logs live; the Python that has vLLM installed.
     cache_dir: Path = Field(Path(".cache/ponder"), validation_alias="PONDER_CACHE_DIR")
@@ -51,9 +64,13 @@ class Settings(BaseSettings):
     db: Path = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
     shutdown_grace: float = Field(30.0, ge=0, validation_alias="PONDER_SHUTDOWN_GRACE")
     delivery_hours: float = Field(24.0, gt=0, validation_alias="PONDER_DELIVERY_HOURS")
+    # Days a finished chain (question, steps, answer, asker id) is kept; 0 keeps everything.
+    retention_days: float = Field(90.0, ge=0, validation_alias="PONDER_RETENTION_DAYS")
     model_wait: float = Field(120.0, ge=0, validation_alias="PONDER_MODEL_WAIT")
     health_interval: float = Field(15.0, gt=0, validation_alias="PONDER_HEALTH_INTERVAL")
     metrics_port: int = Field(0, ge=0, le=65535, validation_alias="PONDER_METRICS_PORT")
+    # Loopback by default: /metrics tells anyone who can reach it how busy Ponder is.
+    metrics_host: str = Field("127.0.0.1", min_length=1, validation_alias="PONDER_METRICS_HOST")
     log_level: str = Field("INFO", validation_alias="PONDER_LOG_LEVEL")
 
     # Limits
@@ -100,6 +117,33 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/") if not value.endswith("/api/") else value
+
+    @field_validator("openai_api_key")
+    @classmethod
+    def _one_authorization(cls, value: SecretStr, info: Any) -> SecretStr:
+        url = info.data.get("openai_base_url") or ""
+        if urlsplit(url).username is not None and value.get_secret_value() != "EMPTY":
+            raise ValueError("cannot be used with a user:password in OPENAI_BASE_URL (both go "
+                             "in the Authorization header): got both, keep one")
+        return value
+
+    # OPENAI_BASE_URL's `user:password@`, taken out of the URL (which is shown and logged) and
+    # sent as HTTP basic auth instead (`openai_basic_auth`).
+    _openai_basic_auth: tuple[str, SecretStr] | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _url_credentials(self) -> Settings:
+        parts = urlsplit(self.openai_base_url)
+        if parts.username is not None:
+            self._openai_basic_auth = (unquote(parts.username),
+                                       SecretStr(unquote(parts.password or "")))
+            host = parts.netloc.rpartition("@")[2]
+            self.openai_base_url = urlunsplit(parts._replace(netloc=host))
+        return self
+
+    @property
+    def openai_basic_auth(self) -> tuple[str, SecretStr] | None:
+        return self._openai_basic_auth
 
     @field_validator("discord_gateway_url")
     @classmethod

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from bot.errors import SurfaceError
 from bot.events import Language
 from bot.metrics import OWED, UNDELIVERED
-from bot.store import Store
+from bot.store import Store, StoreFailed
 from bot.surface import Owed, Surface
 from bot.tasks import Tasks
 from bot.wording import say
@@ -44,7 +44,7 @@ class Deliveries:
     async def owe(self, chain_id: str, platform: str, surface: Surface, owed: Sequence[Owed],
                   language: Language, since: float | None = None) -> None:
         """Record what is owed and start delivering it (`since`: when it first was owed)."""
-        await self.store.set_owed(chain_id, [o.as_json() for o in owed])
+        await self._note(chain_id, owed)
         if chain_id in self._owing:
             return
         self._owing.add(chain_id)
@@ -73,8 +73,7 @@ class Deliveries:
                         continue
                     if time.time() >= deadline:
                         UNDELIVERED.labels(platform).inc()
-                        await self.store.set_owed(chain_id, [o.as_json() for o in owed],
-                                                  "expired")
+                        await self._note(chain_id, owed, "expired")
                         log.error("chain %s: %s did not take %d final text(s) within %g h; "
                                   "given up (they stay in the store)", chain_id, platform,
                                   len(owed), self.hours)
@@ -86,11 +85,20 @@ class Deliveries:
                     continue
                 owed.pop(0)
                 wait = FIRST_WAIT
-                await self.store.set_owed(chain_id, [o.as_json() for o in owed])
+                await self._note(chain_id, owed)
             log.info("chain %s: delivered all that was owed", chain_id)
         finally:
             OWED.dec()
             self._owing.discard(chain_id)
+
+    async def _note(self, chain_id: str, owed: Sequence[Owed], delivery: str | None = None
+                    ) -> None:
+        """Keep what is still owed in the store, for a later process. A store that refuses
+        (it has logged why) leaves the delivery to this process alone: it goes on."""
+        try:
+            await self.store.set_owed(chain_id, [o.as_json() for o in owed], delivery)
+        except StoreFailed:
+            pass
 
 
 async def _write(surface: Surface, item: Owed, language: Language) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bot import prompts
 from bot.config import Mode, Settings
+from bot.context import Fitted
 from bot.events import (
     AnswerDelta,
     ChainFailed,
@@ -21,14 +25,37 @@ from bot.events import (
     StepDelta,
     StepFinished,
     StepStarted,
+    TurnsLeftOut,
 )
-from bot.llm import LLMClient, LLMError, Restart, TextDelta
+from bot.llm import ContextOverflow, LLMClient, LLMError, Restart, TextDelta, TextDone
 from bot.steps import StepProgress, StepResult, answer_text
 
+log = logging.getLogger(__name__)
+
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 _NO_STEP = "(the model returned no readable step)"
 _NATIVE_MIN_STEP_CHARS = 240  # below this a paragraph break does not end a native step
+
+
+@dataclass(slots=True)
+class _Conversation:
+    """What a chain sends: `head` (the system prompt) and `tail` (the question, then the chain
+    so far) every time; between them as many of the thread's earlier `turns`, newest first,
+    as the context window leaves room for (`LLMClient.fit`)."""
+
+    head: Messages
+    turns: list[tuple[dict[str, str], dict[str, str]]]
+    tail: Messages = field(default_factory=list)
+    told: bool = False  # TurnsLeftOut said already
+
+    def told_of(self, fitted: Fitted) -> TurnsLeftOut | None:
+        """The event for turns this request leaves out, the first time any are."""
+        if self.told or not (fitted.left_out or fitted.cut):
+            return None
+        self.told = True
+        return TurnsLeftOut(fitted.left_out, len(self.turns), fitted.cut)
 
 
 class Engine:
@@ -67,28 +94,35 @@ class Engine:
         self, question: Question, language: Language
     ) -> AsyncGenerator[Event, None]:
         s = self.settings
-        messages: Messages = [
-            {"role": "system", "content": prompts.system_prompt(language, s.min_steps,
-                                                                s.max_steps)},
-            *_history(question),
-            {"role": "user", "content": question.text},
-        ]
+        chat = _Conversation(
+            [{"role": "system", "content": prompts.system_prompt(language, s.min_steps,
+                                                                 s.max_steps)}],
+            _turns(question), [{"role": "user", "content": question.text}])
         last_content = ""
         count = len(question.done_steps)
         empty_in_a_row = repeats = 0
         for n, (title, content) in enumerate(question.done_steps, start=1):
-            messages.append(_step_message(title, content, "continue"))
-            messages.append({"role": "user", "content": prompts.next_step(language, n + 1)})
+            chat.tail.append(_step_message(title, content, "continue"))
+            chat.tail.append({"role": "user", "content": prompts.next_step(language, n + 1)})
             last_content = content
         for index in range(count + 1, s.max_steps + 1):
-            room = self.llm.room(messages)
-            if room is not None and room < s.step_max_tokens // 2 + s.answer_max_tokens // 4:
+            fitted = await self.llm.fit(chat.head, chat.turns, chat.tail, s.step_max_tokens)
+            spare = fitted.spare
+            if spare is not None and spare < s.step_max_tokens // 2 + s.answer_max_tokens // 4:
                 break  # the context is nearly full: keep what is left for the answer
+            if (told := chat.told_of(fitted)) is not None:
+                yield told
             yield StepStarted(index)
             began = time.monotonic()
             result: StepResult | None = None
-            async for item in self.llm.stream_step(messages, chain_id=question.id):
-                if isinstance(item, Restart):
+
+            def step(messages: Messages) -> AsyncIterator[StepProgress | StepResult | Restart]:
+                return self.llm.stream_step(messages, chain_id=question.id)
+
+            async for item in self._sent(chat, fitted, s.step_max_tokens, step):
+                if isinstance(item, TurnsLeftOut):
+                    yield item
+                elif isinstance(item, Restart):
                     yield StepDelta(index, "", "")
                 elif isinstance(item, StepProgress):
                     yield StepDelta(index, item.title, item.content)
@@ -98,7 +132,7 @@ class Engine:
             count = index
             content = result.content or _NO_STEP
             yield StepFinished(index, result.title, content, time.monotonic() - began)
-            messages.append(_step_message(result.title, content, result.next_action))
+            chat.tail.append(_step_message(result.title, content, result.next_action))
             if result.content:
                 # A model that only repeats itself has nothing more to add: stop asking.
                 repeats = repeats + 1 if _same(result.content, last_content) else 0
@@ -114,20 +148,50 @@ class Engine:
             if result.next_action == "final_answer":
                 if index >= s.min_steps:
                     break
-                messages.append({"role": "user", "content": prompts.not_yet(language, index + 1)})
+                chat.tail.append({"role": "user", "content": prompts.not_yet(language,
+                                                                            index + 1)})
             else:
-                messages.append({"role": "user", "content": prompts.next_step(language,
+                chat.tail.append({"role": "user", "content": prompts.next_step(language,
                                                                               index + 1)})
-        messages.append({"role": "user", "content": prompts.final_request(language)})
-        async for event in self._answer(messages, question.id, count, last_content):
+        chat.tail.append({"role": "user", "content": prompts.final_request(language)})
+        async for event in self._answer(chat, question.id, count, last_content):
             yield event
 
-    async def _answer(self, messages: Messages, chain_id: str, steps: int,
+    async def _sent(self, chat: _Conversation, fitted: Fitted, budget: int,
+                    request: Callable[[Messages], AsyncIterator[T]]
+                    ) -> AsyncIterator[T | TurnsLeftOut]:
+        """`request` with the fitted messages. A request the server says is past its window
+        (the counts were off: it says by how much) is fitted again, tighter, and sent once
+        more; a second refusal ends the chain with a message the asker can act on."""
+        try:
+            async for item in request(fitted.messages):
+                yield item
+            return
+        except ContextOverflow as exc:
+            log.warning("the request was past the model's context (%s); fitting it again",
+                        exc.detail)
+        fitted = await self.llm.fit(chat.head, chat.turns, chat.tail, budget, tight=True)
+        if (told := chat.told_of(fitted)) is not None:
+            yield told
+        async for item in request(fitted.messages):
+            yield item
+
+    async def _answer(self, chat: _Conversation, chain_id: str, steps: int,
                       fallback: str) -> AsyncIterator[Event]:
         began = time.monotonic()
         text = ""
-        async for item in self.llm.stream_text(messages, chain_id=chain_id):
-            if isinstance(item, Restart):
+        budget = self.settings.answer_max_tokens
+        fitted = await self.llm.fit(chat.head, chat.turns, chat.tail, budget)
+        if (told := chat.told_of(fitted)) is not None:
+            yield told
+
+        def answer(messages: Messages) -> AsyncIterator[TextDelta | TextDone | Restart]:
+            return self.llm.stream_text(messages, chain_id=chain_id)
+
+        async for item in self._sent(chat, fitted, budget, answer):
+            if isinstance(item, TurnsLeftOut):
+                yield item
+            elif isinstance(item, Restart):
                 text = ""
                 yield AnswerDelta("")
             elif isinstance(item, TextDelta) and item.content:
@@ -142,12 +206,26 @@ class Engine:
         self, question: Question, language: Language
     ) -> AsyncGenerator[Event, None]:
         s = self.settings
-        messages: Messages = [*_history(question), {"role": "user", "content": question.text}]
+        chat = _Conversation([], _turns(question), [{"role": "user", "content": question.text}])
         began = time.monotonic()
         index, thought, step_began = 0, "", began
         answer = ""
         budget = s.step_max_tokens * s.max_steps + s.answer_max_tokens
-        async for item in self.llm.stream_text(messages, chain_id=question.id, max_tokens=budget):
+        # Earlier turns may take at most half the window: the thinking needs the rest.
+        window = await self.llm.context_window()
+        reserve = budget if window is None else min(budget, max(s.answer_max_tokens,
+                                                                 window // 2))
+        fitted = await self.llm.fit(chat.head, chat.turns, chat.tail, reserve)
+        if (told := chat.told_of(fitted)) is not None:
+            yield told
+
+        def think(messages: Messages) -> AsyncIterator[TextDelta | TextDone | Restart]:
+            return self.llm.stream_text(messages, chain_id=question.id, max_tokens=budget)
+
+        async for item in self._sent(chat, fitted, reserve, think):
+            if isinstance(item, TurnsLeftOut):
+                yield item
+                continue
             if isinstance(item, Restart):
                 thought, answer = "", ""
                 if index:
@@ -186,12 +264,9 @@ def _step_message(title: str, content: str, next_action: str) -> dict[str, str]:
     return {"role": "assistant", "content": json.dumps(step, ensure_ascii=False)}
 
 
-def _history(question: Question) -> Messages:
-    messages: Messages = []
-    for turn in question.history:
-        messages.append({"role": "user", "content": turn.question})
-        messages.append({"role": "assistant", "content": turn.answer})
-    return messages
+def _turns(question: Question) -> list[tuple[dict[str, str], dict[str, str]]]:
+    return [({"role": "user", "content": turn.question},
+             {"role": "assistant", "content": turn.answer}) for turn in question.history]
 
 
 def _same(a: str, b: str) -> bool:

@@ -26,6 +26,7 @@ class Question:
     mode: str | None = None  # None: the configured mode
     # Steps already taken (title, content) when a chain resumes after a restart.
     done_steps: tuple[tuple[str, str], ...] = ()
+    votes: int | None = None  # chains to run and vote over (None: PONDER_VOTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,18 @@ class StepFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnsLeftOut:
+    """Earlier turns of the thread were not sent to the model: the request would not have fit
+    its context window otherwise. Said at most once per chain, before the step it concerns;
+    `cut`: the newest turn that was sent had to be shortened."""
+
+    left_out: int
+    of: int
+    cut: bool = False
+    name = "turns_left_out"
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerDelta:
     """The final answer so far while it streams."""
 
@@ -71,11 +84,33 @@ class AnswerDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class VoteCount:
+    """One answer the chains of a vote gave (as short as it can be named), and how many did."""
+
+    answer: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Votes:
+    """How the chains of a self-consistency vote answered (`bot/votes.py`): `agree` of `total`
+    gave the answer shown; `answers` names every answer given, the one shown first."""
+
+    agree: int
+    total: int
+    answers: tuple[VoteCount, ...]
+    tie: bool = False  # another answer had as many chains: no majority
+    grouped: bool = False  # free-text answers the model grouped (one extra request)
+    failed: int = 0  # chains that ended without an answer
+
+
+@dataclass(frozen=True, slots=True)
 class FinalAnswer:
     text: str
     seconds: float
     total_seconds: float
     steps: int
+    votes: Votes | None = None  # several chains voted on this answer
     name = "final_answer"
 
 
@@ -99,9 +134,13 @@ class ChainFailed:
 
 Event = (
     ChainStarted | StepStarted | StepDelta | StepFinished | AnswerDelta | FinalAnswer | ChainFailed
+    | TurnsLeftOut
 )
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The event as one JSON-ready object: `{"event": name, ...fields}`."""
-    return {"event": event.name, **dataclasses.asdict(event)}
+    fields = dataclasses.asdict(event)
+    if isinstance(event, FinalAnswer) and event.votes is None:
+        del fields["votes"]  # one chain: the event reads as it always has
+    return {"event": event.name, **fields}

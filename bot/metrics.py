@@ -1,4 +1,5 @@
-"""Prometheus metrics and the `/metrics` + `/healthz` endpoint (PONDER_METRICS_PORT)."""
+"""Prometheus metrics and the `/metrics` + `/healthz` endpoint (PONDER_METRICS_PORT, on
+PONDER_METRICS_HOST)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ MODEL_UP = Gauge("ponder_model_server_up", "1 when the model server answers", re
 
 
 async def start_metrics_server(port: int, healthy: Callable[[], bool],
-                               host: str = "0.0.0.0") -> web.AppRunner:
-    """Serve /metrics and /healthz; the caller owns the returned runner (cleanup on exit)."""
+                               host: str = "127.0.0.1") -> web.AppRunner:
+    """Serve /metrics and /healthz on `host` (PONDER_METRICS_HOST); the caller owns the
+    returned runner (cleanup on exit)."""
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(REGISTRY)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.errors import SurfaceError
 from bot.events import (
@@ -23,7 +25,9 @@ from bot.events import (
     StepDelta,
     StepFinished,
     StepStarted,
+    Votes,
 )
+from bot.ratelimit import RateLimiter
 from bot.surface import Handle, Outcome, Owed, Surface
 from bot.wording import every, say
 
@@ -31,8 +35,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FINAL_POST_PAUSES", "Outcome", "ThreadPresenter", "answer_markdown", "failure_markdown",
-    "interrupted_text", "render_pieces", "seconds_text", "split_text", "step_markdown",
-    "still_running", "summary_line",
+    "final_summary", "interrupted_text", "render_pieces", "seconds_text", "split_text",
+    "step_markdown", "still_running", "summary_line", "vote_line",
 ]
 
 # --- wording of a chain's messages ---------------------------------------------------------
@@ -50,6 +54,35 @@ def summary_line(total_seconds: float, steps: int, language: Language = "en") ->
     """`Thought for 12.4 s · 6 steps` (or its Chinese form)."""
     key = "summary_one" if steps == 1 else "summary"
     return say(key, language, s=seconds_text(total_seconds), n=steps)
+
+
+_MARKS = re.compile(r"[*_`~|]+")
+
+
+def vote_line(votes: Votes, language: Language = "en") -> str:
+    """`3 of 5 lines of reasoning agree · others said 41 (1), 40 (1)` (or its Chinese form)."""
+    parts = [say("votes_tie" if votes.tie else "votes_agree", language, a=votes.agree,
+                 k=votes.total)]
+    # The answers are the model's words inside an italic line: no marks that would end it.
+    others = [say("votes_count", language, answer=_MARKS.sub("", c.answer).strip(), n=c.count)
+              for c in votes.answers[1:]]
+    if others:
+        parts.append(say("votes_others", language, others=say("votes_sep", language).join(others)))
+    if votes.failed:
+        parts.append(say("votes_failed", language, n=votes.failed))
+    if votes.grouped:
+        parts.append(say("votes_grouped", language))
+    return " · ".join(parts)
+
+
+def final_summary(answer: FinalAnswer, language: Language = "en") -> str:
+    """The line under a final answer, as every presenter shows it: the summary, and for a
+    voted answer the vote first and how many chains ran last (what the answer cost)."""
+    line = summary_line(answer.total_seconds, answer.steps, language)
+    if answer.votes is None:
+        return line
+    chains = say("summary_chains", language, n=answer.votes.total)
+    return f"{vote_line(answer.votes, language)} · {line} · {chains}"
 
 
 def step_title(index: int, title: str, language: Language = "en",
@@ -167,32 +200,70 @@ def _cut_point(text: str, budget: int) -> int:
 
 # --- message slots -------------------------------------------------------------------------
 
+# The blocks whose final text is the chain's last word: they go ahead of every other post.
+_LAST_WORDS = frozenset({"answer", "failure"})
+
 
 @dataclass(eq=False)
 class _Slot:
     """One platform message: what it shows, what it should show, and its pending writer."""
 
     key: str
-    handle: Handle
-    written: str
     wanted: str
-    last_write: float
     final: bool = False
+    handle: Handle | None = None  # None until it is posted
+    written: str = ""  # what the platform shows
+    last_write: float = 0.0
     retried: bool = False  # a final text the platform refused once is tried once more
+    claimed: bool = False  # holds a claim on the edit budget until its final text is written
     writer: asyncio.Task[None] | None = None
+    finalized: asyncio.Event = field(default_factory=asyncio.Event)  # set while `final`
+
+    def set_final(self, final: bool) -> None:
+        self.final = final
+        if final:
+            self.finalized.set()
+        else:
+            self.finalized.clear()
 
 
 class ThreadPresenter:
-    """Shows one chain on one surface. `await present(events)` returns when all is written."""
+    """Shows one chain on one surface. `await present(events)` returns when all is written.
 
-    def __init__(self, surface: Surface, language: Language = "en") -> None:
+    When the surface's budgets are shared with other chains and run short, what matters is
+    written first:
+
+    - A new message is posted when the post budget gives it a turn, with what it should show by
+      then: a step or an answer that finished while it waited is posted final, once, with
+      nothing left to edit.
+    - Final texts first. The chain's last word (its answer, or why it failed) goes ahead of
+      every other post, and every final text ahead of interim edits; interim edits may not
+      use the edit room held for the final texts still to come (`RateLimiter.claim`). Between
+      chains, the one that began first (`rank`) goes first, so under a short budget chains
+      finish one after another instead of all showing half.
+    - Fewer replies. While others wait for the post budget, a new step joins the reply of the
+      step before (one reply, edited in place, carries the steps that follow; each still shows
+      its title and text); the answer keeps its own reply.
+    """
+
+    def __init__(self, surface: Surface, language: Language = "en",
+                 rank: float | None = None) -> None:
         self.surface = surface
         self.language: Language = language
         self.outcome = Outcome()
+        self.rank = time.monotonic() if rank is None else rank
         self._blocks: dict[str, list[_Slot]] = {}
         self._texts: dict[str, str] = {}
         self._writers: set[asyncio.Task[None]] = set()
+        self._unposted: deque[_Slot] = deque()  # in thread order
+        self._poster: asyncio.Task[None] | None = None
         self._abandoned = False
+        # Steps as shown: each one's Markdown and whether it finished; the groups of
+        # consecutive steps that share one reply (its block key `step:2` or `step:2-4`).
+        self._steps: dict[int, tuple[str, bool]] = {}
+        self._groups: dict[str, list[int]] = {}
+        self._group_of: dict[int, str] = {}
+        self._last: str | None = None  # the block opened last: only it may take a new step
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
         try:
@@ -214,6 +285,9 @@ class ThreadPresenter:
         self._abandoned = True
         for writer in list(self._writers):
             writer.cancel()
+        if self._poster is not None:
+            self._poster.cancel()
+        self._release_all()
 
     async def handle(self, event: Event) -> None:
         match event:
@@ -224,104 +298,226 @@ class ThreadPresenter:
                 # step that finishes before then is posted once, already final (no edit spent).
                 pass
             case StepDelta(index=i, title=title, content=content):
-                await self._show(f"step:{i}", step_markdown(i, title, content, self.language))
+                self._step(i, step_markdown(i, title, content, self.language), done=False)
             case StepFinished(index=i, title=title, content=content, seconds=seconds):
                 self.outcome.steps = max(self.outcome.steps, i)
-                text = step_markdown(i, title, content, self.language, seconds)
-                await self._show(f"step:{i}", text, final=True)
+                self._step(i, step_markdown(i, title, content, self.language, seconds),
+                           done=True)
             case AnswerDelta(text=text):
-                await self._show("answer", answer_markdown(text, self.language))
+                self._close_steps()
+                self._show("answer", answer_markdown(text, self.language))
             case FinalAnswer(text=text, total_seconds=total, steps=steps):
                 self.outcome.answer, self.outcome.total_seconds = text, total
                 self.outcome.steps = steps
-                line = summary_line(total, steps, self.language)
-                await self._show("answer", answer_markdown(text, self.language, line), final=True)
+                line = final_summary(event, self.language)
+                self._close_steps()
+                self._show("answer", answer_markdown(text, self.language, line), final=True)
             case ChainFailed(total_seconds=total):
                 self.outcome.failure, self.outcome.total_seconds = event, total
-                await self._settle_open_blocks()
-                await self._show("failure", failure_markdown(event, self.language), final=True)
+                self._settle_open_blocks()
+                self._show("failure", failure_markdown(event, self.language), final=True)
 
     async def notice(self, markdown: str, key: str | None = None) -> None:
-        """A message of its own in the thread (a chain resumed, the model server is down).
-        Showing a notice again under the same `key` edits it instead of posting anew."""
+        """A message of its own in the thread (a chain resumed, the model server is down),
+        posted before this returns. Showing a notice again under the same `key` edits it
+        instead of posting anew."""
         name = key if key is not None else str(len(self._blocks))
-        await self._show(f"notice:{name}", markdown, final=True)
+        self._close_steps()
+        self._show(f"notice:{name}", markdown, final=True)
+        if self._posting():
+            assert self._poster is not None
+            await asyncio.wait({self._poster})  # its own wait: a caller cut off leaves it be
 
     async def finish(self) -> None:
         """Write the last text of every message; a cancelled chain still gets its final state."""
-        await self._settle_open_blocks()
-        while self._writers:
-            await asyncio.gather(*list(self._writers), return_exceptions=True)
+        self._settle_open_blocks()
+        while self._writers or self._posting():
+            pending = [*self._writers, *([self._poster] if self._poster is not None else [])]
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._release_all()
 
-    async def _settle_open_blocks(self) -> None:
+    # --- steps, one reply each or several to a reply -----------------------------------------
+
+    def _step(self, i: int, markdown: str, done: bool) -> None:
+        self._steps[i] = (markdown, done)
+        key = self._group_of.get(i) or self._place(i)
+        steps = self._groups[key]
+        text = "\n\n".join(self._steps[j][0] for j in steps)
+        finished = all(self._steps[j][1] for j in steps)
+        # A finished reply stays open while the channel is busy: the next step may join it.
+        self._show(key, text, final=finished and not self._busy(), exact=True)
+
+    def _place(self, i: int) -> str:
+        """The reply step `i` is shown in: the previous step's when the channel is busy (and
+        nothing came after it), else a new one."""
+        last = self._last
+        if last is not None and last in self._groups and self._busy():
+            return self._join(last, i)
+        self._close_steps()
+        key = f"step:{i}"
+        self._groups[key], self._group_of[i] = [i], key
+        return key
+
+    def _join(self, key: str, i: int) -> str:
+        steps = [*self._groups.pop(key), i]
+        new = f"step:{steps[0]}-{i}"  # the slot says which steps it shows (for recovery)
+        self._groups[new] = steps
+        for j in steps:
+            self._group_of[j] = new
+        slots = self._blocks[new] = self._blocks.pop(key, [])
+        for slot in slots:
+            slot.key = new
+        self._texts[new] = self._texts.pop(key, "")
+        if key in self.outcome.handles:
+            self.outcome.handles[new] = self.outcome.handles.pop(key)
+        self._last = new
+        return new
+
+    def _busy(self) -> bool:
+        """Others (or this chain) wait for the post budget: a new reply would wait too."""
+        return self.surface.post_budget.waiting > 0
+
+    def _close_steps(self) -> None:
+        """No step joins the last reply any more (something else comes after it)."""
+        key = self._last
+        steps = self._groups.get(key or "")
+        if key is None or not steps or not all(self._steps[j][1] for j in steps):
+            return
+        slots = self._blocks.get(key)
+        if slots and not slots[-1].final:
+            self._show(key, self._texts[key], final=True)
+
+    def _settle_open_blocks(self) -> None:
         # Nothing may keep showing "thinking…" once the chain is over.
         for key, slots in list(self._blocks.items()):
-            if slots and not slots[-1].final:
-                await self._show(key, interrupted_text(self._texts[key], self.language),
-                                 final=True)
+            if not slots or slots[-1].final:
+                continue
+            steps = self._groups.get(key)
+            if steps and all(self._steps[j][1] for j in steps):
+                self._show(key, self._texts[key], final=True)  # left open for a next step
+            else:
+                self._show(key, interrupted_text(self._texts[key], self.language), final=True)
 
-    async def _show(self, key: str, markdown: str, final: bool = False) -> None:
+    # --- messages ----------------------------------------------------------------------------
+
+    def _show(self, key: str, markdown: str, final: bool = False, exact: bool = False) -> None:
+        """`key`'s block should show `markdown`: its messages are posted (in thread order) or
+        edited in the background. `exact`: a final block may be opened again (a step joins)."""
+        if key not in self._blocks:
+            self._last = key
         self._texts[key] = markdown
         pieces = render_pieces(self.surface, markdown)
         slots = self._blocks.setdefault(key, [])
         for n, piece in enumerate(pieces):
             if n < len(slots):
-                self._want(slots[n], piece, final)
+                self._want(slots[n], piece, final, exact)
                 continue
-            # New messages are posted at once and in order, so a thread reads top to bottom.
-            if any(o.handle is None for o in self.outcome.owed):
-                # An earlier final text is owed as a new message: nothing may be posted before
-                # it lands, or the thread would read out of order (an answer above its steps).
-                if final:
-                    self.outcome.owed.extend(Owed(key, None, p) for p in pieces[n:])
-                return
-            handle = await self._post(piece, final)
-            if handle is None:
-                if final:  # nothing comes after a final text: it is owed, in order
-                    self.outcome.owed.extend(Owed(key, None, p) for p in pieces[n:])
-                return
-            slot = _Slot(key, handle, piece, piece, time.monotonic(), final)
+            slot = _Slot(key, piece)
+            slot.set_final(final)
             slots.append(slot)
-            self.outcome.add(key, handle)
+            self._unposted.append(slot)
         for slot in slots[len(pieces):]:
-            self._want(slot, "…", final)  # content shrank (a retried step): blank the leftovers
+            self._want(slot, "…", final, exact)  # content shrank (a retried step): blank them
+        if self._unposted and not self._posting() and not self._abandoned:
+            self._poster = asyncio.create_task(self._post_all(), name="presenter-posts")
 
-    async def _post(self, piece: str, final: bool) -> Handle | None:
-        """Post one message; None when the platform would not take it. Text that is not final
-        is shown again by the next event, so one failure is enough; a final text (a finished
-        step, the answer, a failure) has nothing after it and is tried again a little later."""
-        budget = self.surface.post_budget
-        pauses = list(FINAL_POST_PAUSES) if final else []
+    def _posting(self) -> bool:
+        return self._poster is not None and not self._poster.done()
+
+    async def _post_all(self) -> None:
+        """Post the new messages one by one, in thread order."""
+        while self._unposted:
+            slot = self._unposted[0]
+            if slot not in self._blocks.get(slot.key, ()):
+                self._unposted.popleft()  # given up on (its block will post anew)
+                continue
+            posted = None
+            if not any(o.handle is None for o in self.outcome.owed):
+                posted = await self._post(slot)
+            # else an earlier final text is owed as a new message: nothing may be posted before
+            # it lands, or the thread would read out of order (an answer above its steps).
+            self._unposted.popleft()
+            if posted is None:
+                self._drop(slot)
+                if slot.final:  # nothing comes after a final text: it is owed, in order
+                    self.outcome.owed.append(Owed(slot.key, None, slot.wanted))
+                continue
+            slot.handle, slot.written = posted
+            slot.last_write = time.monotonic()
+            self.outcome.add(slot.key, slot.handle)
+            self._want(slot, slot.wanted, slot.final)  # what changed while it was posted
+
+    def _drop(self, slot: _Slot) -> None:
+        slots = self._blocks.get(slot.key, [])
+        if slot in slots:
+            slots.remove(slot)
+
+    async def _post(self, slot: _Slot) -> tuple[Handle, str] | None:
+        """Post one message with the text it should show when its turn comes; None when the
+        platform would not take it. Text that is not final is shown again by the next event,
+        so one failure is enough; a final text (a finished step, the answer, a failure) has
+        nothing after it and is tried again a little later."""
+        pauses = list(FINAL_POST_PAUSES)
         while True:
-            await budget.acquire(urgent=True)
+            await self._turn(self.surface.post_budget, slot, post=True)
+            text = slot.wanted
             try:
-                return await self.surface.post(piece)
+                return await self.surface.post(text), text
             except SurfaceError as exc:
+                if not slot.final:
+                    log.warning("could not post a message (%s); the chain goes on", exc)
+                    return None
                 if not pauses:
-                    if final:
-                        log.warning("could not post a final message (%s): it is owed", exc)
-                    else:
-                        log.warning("could not post a message (%s); the chain goes on", exc)
+                    log.warning("could not post a final message (%s): it is owed", exc)
                     return None
                 pause = pauses.pop(0)
                 log.warning("could not post a final message; trying again in %.0f s", pause)
                 await asyncio.sleep(pause)
 
-    def _want(self, slot: _Slot, text: str, final: bool) -> None:
+    async def _turn(self, budget: RateLimiter, slot: _Slot, post: bool) -> None:
+        """Wait for a turn of `budget`: as an interim write while the slot's text is not
+        final, jumping ahead the moment it is. Every final edit is urgent; of posts, only the
+        chain's last word is (the others keep their chain's turn, so chains finish in order)."""
+        while True:
+            if slot.final:
+                urgent = not post or slot.key in _LAST_WORDS
+                await budget.acquire(urgent=urgent, rank=self.rank)
+                return
+            turn = asyncio.ensure_future(budget.acquire(rank=self.rank))
+            final = asyncio.ensure_future(slot.finalized.wait())
+            try:
+                await asyncio.wait({turn, final}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                final.cancel()
+                if not turn.done():
+                    turn.cancel()  # a turn granted meanwhile is given back
+            if turn.done() and not turn.cancelled():
+                turn.result()
+                return
+            await asyncio.gather(turn, return_exceptions=True)
+
+    def _want(self, slot: _Slot, text: str, final: bool, exact: bool = False) -> None:
         slot.wanted = text
-        slot.final = slot.final or final
+        slot.set_final(final if exact else slot.final or final)
+        if slot.handle is None:
+            return  # its post takes whatever it should show by then
+        if not slot.final:
+            self._claim(slot)  # shown unfinished: its final text will come
+        elif slot.wanted == slot.written:
+            self._release(slot)
         if slot.wanted != slot.written and (slot.writer is None or slot.writer.done()):
             slot.writer = asyncio.create_task(self._write(slot))
             self._writers.add(slot.writer)
             slot.writer.add_done_callback(self._writers.discard)
 
     async def _write(self, slot: _Slot) -> None:
+        assert slot.handle is not None
         interval = self.surface.limits.edit_interval
         while slot.wanted != slot.written:
             wait = slot.last_write + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.surface.budget.acquire(urgent=slot.final)
+            await self._turn(self.surface.budget, slot, post=False)
             text = slot.wanted  # the latest text wins; the ones in between are never sent
             try:
                 await self.surface.edit(slot.handle, text)
@@ -332,9 +528,27 @@ class ThreadPresenter:
                 if slot.retried or exc.gone:
                     # Nothing comes after a final text: it is owed, for a later delivery.
                     self.outcome.owed.append(Owed(slot.key, slot.handle, text))
+                    self._release(slot)
                     return
                 slot.retried = True
                 slot.last_write = time.monotonic()
                 continue
             slot.written = text
             slot.last_write = time.monotonic()
+            if slot.final and slot.written == slot.wanted:
+                self._release(slot)
+
+    def _claim(self, slot: _Slot) -> None:
+        if not slot.claimed:
+            self.surface.budget.claim()
+            slot.claimed = True
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.claimed:
+            self.surface.budget.release()
+            slot.claimed = False
+
+    def _release_all(self) -> None:
+        for slots in self._blocks.values():
+            for slot in slots:
+                self._release(slot)

@@ -7,13 +7,23 @@ import re
 from bot.events import Language
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# Hiragana, katakana (with its phonetic extensions) and half-width katakana: Japanese. Not
+# the katakana middle dot `・`, which Chinese text uses in foreign names too.
+_KANA = re.compile(r"[\u3041-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 def detect_language(text: str) -> Language:
     """Chinese when Han characters outweigh Latin words (code and names in a Chinese
-    question stay Latin, so words are compared with characters, not letters)."""
+    question stay Latin, so words are compared with characters, not letters).
+
+    Japanese writes Han characters too, but never without kana: text with kana (at least one
+    for every five Han characters, so a stray `の` in Chinese does not count) is not Chinese.
+    The prompts are English or Chinese, so it gets the English ones, which ask the model to
+    write in the language of the question; kanji-only text cannot be told from Chinese."""
     han = len(_CJK.findall(text))
+    if han and len(_KANA.findall(text)) * 5 >= han:
+        return "en"
     words = len(_LATIN_WORD.findall(text))
     return "zh" if han and han >= words else "en"
 

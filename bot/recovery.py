@@ -9,6 +9,7 @@ platform.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from bot.errors import SurfaceError
 from bot.events import Event, Language
 from bot.presenter import interrupted_text, render_pieces, step_markdown, still_running
-from bot.store import ChainRecord, StepRecord, Store
+from bot.store import ChainRecord, StepRecord, Store, StoreFailed
 from bot.surface import Handle, Presenter, Surface
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
         if slot.startswith(SETTLED):
             continue
         final: list[str] | None = None
-        if slot.startswith("step:") and slot[5:].isdigit():
-            final = _final_pieces(surface, finished.get(int(slot[5:])), language, len(handles))
+        if (shows := _steps_shown(slot)) is not None:
+            final = _final_pieces(surface, [finished.get(i) for i in shows], shows[-1],
+                                  language, len(handles))
         for n, handle in enumerate(handles):
             try:
                 if await surface.close_leftover(handle, steps, language):
@@ -55,7 +57,8 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
                     continue
                 own, piece = final, n
                 if slot == LEGACY and shown is not None:  # each message its own step
-                    own, piece = _final_pieces(surface, finished.get(_legacy_step(shown) or 0),
+                    index = _legacy_step(shown) or 0
+                    own, piece = _final_pieces(surface, [finished.get(index)], index,
                                                language, 1), 0
                 if own is not None:
                     await _write(surface, handle, own[piece] if piece < len(own) else "…")
@@ -72,15 +75,29 @@ async def settle_leftovers(surface: Surface, record: ChainRecord,
                 log.warning("could not tidy an unrecorded message: %s", exc)
 
 
-def _final_pieces(surface: Surface, step: StepRecord | None, language: Language,
-                  room: int) -> list[str] | None:
-    """A finished step's final text as the messages that showed it, or None when the step
-    was not finished or its text no longer fits the `room` messages posted for it (then they
-    say it was cut short instead of showing a part of it as if it were whole)."""
-    if step is None:
+def _steps_shown(slot: str) -> list[int] | None:
+    """The steps a slot's messages show: `step:3`, or `step:2-4` for steps that shared a
+    reply (under load)."""
+    first, _, last = slot.removeprefix("step:").partition("-")
+    if not slot.startswith("step:") or not first.isdigit() or not (last or first).isdigit():
         return None
-    pieces = render_pieces(surface, step_markdown(step.index, step.title, step.content,
-                                                  language, step.seconds))
+    return list(range(int(first), int(last or first) + 1))
+
+
+def _final_pieces(surface: Surface, steps: list[StepRecord | None], last: int,
+                  language: Language, room: int) -> list[str] | None:
+    """The final text of the steps a slot showed, as the messages that showed it: the steps
+    the store has as finished, and the one after them (up to `last`) said to be cut short.
+    None when none of them finished or the text no longer fits the `room` messages posted for
+    it (then they say they were cut short instead of showing a part as if it were whole)."""
+    done = [s for s in itertools.takewhile(lambda s: s is not None, steps) if s is not None]
+    if not done:
+        return None
+    parts = [step_markdown(s.index, s.title, s.content, language, s.seconds) for s in done]
+    if done[-1].index < last:
+        parts.append(interrupted_text(step_markdown(done[-1].index + 1, "", "", language),
+                                      language))
+    pieces = render_pieces(surface, "\n\n".join(parts))
     return pieces if len(pieces) <= room else None
 
 
@@ -119,6 +136,8 @@ class HandleLog:
         try:
             await self.store.set_handles(self.chain_id, handles)
             self.saved = handles
+        except StoreFailed:
+            pass  # the store has logged why; the chain's next record ends it, saying so
         except Exception:
             log.exception("could not record the chain's message handles")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from aiohttp import web
@@ -25,6 +25,7 @@ from bot.events import (
     StepDelta,
     StepFinished,
     Turn,
+    TurnsLeftOut,
 )
 from bot.handle import ChainHandle
 from bot.health import ModelHealth
@@ -43,8 +44,10 @@ from bot.metrics import (
 from bot.presenter import ThreadPresenter
 from bot.prompts import detect_language
 from bot.recovery import HandleLog, settle_leftovers, settled
-from bot.store import ChainRecord, StepRecord, Store
+from bot.store import ChainRecord, StepRecord, Store, StoreFailed, keep_pruned
 from bot.surface import Handle, Outcome, Presenter, Surface
+from bot.tasks import Tasks
+from bot.votes import chains
 from bot.wording import say
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ __all__ = ["Admission", "ChainHandle", "ChainRequest", "Ponder", "Refused", "Sto
 
 LAST_WORDS = 5.0  # seconds stopped chains get, on close, to write their last state
 RECOVERY_WAIT = 30.0  # at most this long a follow-up waits for a platform's recovery to start
+PRUNE_EVERY = 3600.0  # seconds between two prunes of what PONDER_RETENTION_DAYS lets go
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
 
@@ -74,6 +78,7 @@ class Ponder:
         self._claimed: dict[str, asyncio.Event] = {}  # per platform: resumed chains held
         self.health = ModelHealth(self.llm, settings)
         self.deliveries = Deliveries(self.store, settings.delivery_hours)
+        self.housekeeping = Tasks("housekeeping")
         self._metrics: web.AppRunner | None = None
 
     @property
@@ -87,14 +92,19 @@ class Ponder:
 
     async def start(self) -> None:
         await self.store.open()
+        if self.settings.retention_days:
+            self.housekeeping.spawn(keep_pruned(self.store, self.settings.retention_days,
+                                                PRUNE_EVERY), name="retention")
         self.health.start()
         if self.settings.metrics_port:
             self._metrics = await start_metrics_server(self.settings.metrics_port,
-                                                       lambda: self.model_up.is_set())
+                                                       lambda: self.model_up.is_set(),
+                                                       host=self.settings.metrics_host)
 
     async def close(self) -> None:
         await self._stop_all()
         await self.deliveries.close()
+        await self.housekeeping.close(0)
         await self.health.close()
         if self._metrics is not None:
             await self._metrics.cleanup()
@@ -277,6 +287,14 @@ class Ponder:
                 await self.deliveries.owe(q.id, request.platform, surface, outcome.owed,
                                           language)
             return outcome
+        except StoreFailed as exc:  # the chain's first write: nothing of it could be kept
+            failure = await self._unsaved(q.id, request.platform, language, exc,
+                                          time.monotonic() - began)
+            try:
+                return await presenter.present(_once(failure))
+            except Exception:
+                log.exception("could not say so in the thread")
+                return Outcome(failure=failure)
         except Exception:
             # A bug or a failing store (not the engine, whose failures become a failure
             # event) must still leave the thread with a last word.
@@ -308,7 +326,8 @@ class Ponder:
         # However the producer ends, the presenter must not wait for more.
         handle.producer.add_done_callback(lambda _: mailbox.close())
         try:
-            return await presenter.present(handles.saved_along(aiter(mailbox)))
+            return await presenter.present(handles.saved_along(
+                self._turns_told(handle.request, presenter, language, aiter(mailbox))))
         except asyncio.CancelledError:
             handle.producer.cancel()
             raise
@@ -316,11 +335,32 @@ class Ponder:
             await asyncio.gather(handle.producer, return_exceptions=True)
             await handles.save()
 
+    async def _turns_told(self, request: ChainRequest, presenter: Presenter,
+                          language: Language, events: AsyncIterator[Event]
+                          ) -> AsyncIterator[Event]:
+        """Earlier turns left out to fit the model's context are said in the thread once, the
+        first time, as a notice (the thread remembers it in the store), not on every
+        follow-up that leaves them out again."""
+        async for event in events:
+            if not isinstance(event, TurnsLeftOut):
+                yield event
+                continue
+            key = f"turns-left-out:{request.platform}:{request.thread}"
+            try:
+                told = bool(request.thread) and await self.store.get(key) is not None
+                if not told:
+                    await presenter.notice(say("turns_left_out", language), key="turns-left-out")
+                    if request.thread:
+                        await self.store.put(key, "1")
+            except Exception:
+                log.exception("could not say that earlier turns were left out")
+
     async def _produce(self, question: Question, language: Language,
                        mailbox: Mailbox) -> None:
         began = time.monotonic()
         try:
-            async for event in self._recorded(question.id, self.engine.run(question)):
+            # One chain, or a vote of several (PONDER_VOTES, or the question's own).
+            async for event in self._recorded(question.id, chains(self.engine, question)):
                 mailbox.put(event)
         except Exception:
             # A bug must not leave a thread saying "thinking…" forever.
@@ -334,29 +374,51 @@ class Ponder:
         handle = self.running.get(chain_id)
         platform = handle.request.platform if handle is not None else ""
         language: Language = handle.language if handle is not None else "en"
+        began = time.monotonic()
         async for event in events:
             if not isinstance(event, StepDelta | AnswerDelta):  # not a line per token
                 log.info("event=%s%s", event.name,
                          f" step={event.index}" if isinstance(event, StepFinished) else "")
-            match event:
-                case StepFinished(index=i, title=title, content=content, seconds=secs):
-                    STEP_SECONDS.observe(secs)
-                    await self.store.add_step(chain_id, StepRecord(i, title, content, secs))
-                case FinalAnswer(text=text, total_seconds=total):
-                    CHAINS_FINISHED.labels(platform, "answered").inc()
-                    await self.store.finish_chain(chain_id, "answered", answer=text,
-                                                  total_seconds=total)
-                case ChainFailed(reason="cancelled", total_seconds=total) if (
-                        handle is not None and handle.stopped_by == "shutdown"):
-                    # Left "running" in the store on purpose: the next start resumes it.
-                    event = ChainFailed("interrupted", say("restarting", language), total)
-                case ChainFailed(reason=reason, message=message, total_seconds=total):
-                    CHAINS_FINISHED.labels(platform, reason).inc()
-                    status = "cancelled" if reason == "cancelled" else "failed"
-                    await self.store.finish_chain(chain_id, status, answer=None,
-                                                  reason=f"{reason}: {message}",
-                                                  total_seconds=total)
+            try:
+                match event:
+                    case StepFinished(index=i, title=title, content=content, seconds=secs):
+                        STEP_SECONDS.observe(secs)
+                        await self.store.add_step(chain_id, StepRecord(i, title, content, secs))
+                    case FinalAnswer(text=text, total_seconds=total):
+                        CHAINS_FINISHED.labels(platform, "answered").inc()
+                        await self.store.finish_chain(chain_id, "answered", answer=text,
+                                                      total_seconds=total)
+                    case ChainFailed(reason="cancelled", total_seconds=total) if (
+                            handle is not None and handle.stopped_by == "shutdown"):
+                        # Left "running" in the store on purpose: the next start resumes it.
+                        event = ChainFailed("interrupted", say("restarting", language), total)
+                    case ChainFailed(reason=reason, message=message, total_seconds=total):
+                        CHAINS_FINISHED.labels(platform, reason).inc()
+                        status = "cancelled" if reason == "cancelled" else "failed"
+                        await self.store.finish_chain(chain_id, status, answer=None,
+                                                      reason=f"{reason}: {message}",
+                                                      total_seconds=total)
+            except StoreFailed as exc:
+                # Nothing more of this chain can be kept: it ends here, saying so, after what
+                # the engine gave last (a step, the answer), and is never resumed.
+                if isinstance(events, AsyncGenerator):
+                    await events.aclose()
+                if not isinstance(event, ChainFailed):
+                    yield event
+                yield await self._unsaved(chain_id, platform, language, exc,
+                                          time.monotonic() - began)
+                return
             yield event
+
+    async def _unsaved(self, chain_id: str, platform: str, language: Language,
+                       exc: StoreFailed, total: float) -> ChainFailed:
+        """The failure a chain the store refused ends with; marked (`Store.abandon`) so that
+        no later start resumes it. The store logs the cause, once per outage."""
+        CHAINS_FINISHED.labels(platform, "storage").inc()
+        log.warning("chain ends here: the store refused it, so it will not be resumed")
+        await self.store.abandon(chain_id, exc.cause)
+        # "internal" as the events know it (Ponder's side failed); its words say which part.
+        return ChainFailed("internal", say("store_failed", language), total)
 
     # --- restart recovery ------------------------------------------------------------------
 
@@ -436,7 +498,7 @@ def _thread_key(platform: str, thread: str) -> tuple[str, str] | None:
 
 def _with_history(question: Question, history: tuple[Turn, ...]) -> Question:
     return Question(question.text, id=question.id, history=history, mode=question.mode,
-                    done_steps=question.done_steps)
+                    done_steps=question.done_steps, votes=question.votes)
 
 
 async def _once(event: Event) -> AsyncIterator[Event]:

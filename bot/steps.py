@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import jiter
 
+from bot.admission import clean_text
+
 STEP_SCHEMA: dict[str, Any] = {
     "type": "object",
     # Order matters: the title streams first, so a step is named before its content grows.
@@ -154,7 +156,7 @@ def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
             value, _ = _DECODER.raw_decode(body)
         except ValueError:
             return None
-        return value if isinstance(value, dict) else None
+        return _cleaned(value)
     try:
         value = jiter.from_json(_escape_controls_in_strings(body).encode(),
                                 partial_mode="trailing-strings")
@@ -163,7 +165,15 @@ def parse_step(raw: str, *, complete: bool) -> dict[str, Any] | None:
             value, _ = _DECODER.raw_decode(body)
         except ValueError:
             return None
-    return value if isinstance(value, dict) else None
+    return _cleaned(value)
+
+
+def _cleaned(value: object) -> dict[str, Any] | None:
+    """The step object with its texts fit to store and post: a model's `\\ud800` escape
+    decodes to a lone surrogate, which neither SQLite nor a platform's JSON takes."""
+    if not isinstance(value, dict):
+        return None
+    return {key: clean_text(v) if isinstance(v, str) else v for key, v in value.items()}
 
 
 _FENCE_HEAD = re.compile(r"^```[\w-]*[ \t]*\n?")

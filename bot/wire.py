@@ -52,10 +52,20 @@ def message_of(body: object) -> str:
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])[:200]
-        if body.get("message"):
-            return str(body["message"])[:200]
+        for key in ("message", "detail"):  # FastAPI's own errors say `detail`
+            if isinstance(body.get(key), str) and body[key]:
+                return str(body[key])[:200]
     return ""
 
 
 def error_text(exc: openai.APIStatusError) -> str:
-    return message_of(exc.body) or str(exc.message)[:200]
+    """The server's reason in a few words. A body that is no error object (a proxy's HTML
+    page) is not shown: its status's name is."""
+    found = message_of(exc.body)
+    if found:
+        return found
+    text = exc.body.strip() if isinstance(exc.body, str) else ""
+    if text and not text.startswith("<"):
+        return text[:200]
+    phrase = exc.response.reason_phrase if exc.response is not None else ""
+    return phrase or f"HTTP {exc.status_code}"

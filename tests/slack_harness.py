@@ -30,11 +30,11 @@ ASKER = "UASKER"
 
 # Fast limits: the same code paths as production, with windows short enough for tests.
 FAST = SlackLimits(
-    update_rate=40, update_per=1, update_burst=10,
-    post_rate=40, post_per=1, post_burst=10,
+    update_calls=50, update_window=1, post_calls=50, post_window=1,
     edit_interval=0.05,
-    append_rate=100, append_per=1, append_burst=20, append_interval=0.05,
-    stream_starts=100, stream_per=1, stream_burst=20,
+    append_calls=120, append_window=1, append_interval=0.05,
+    start_calls=120, stop_calls=120, stream_window=1,
+    ephemeral_rate=100, ephemeral_per=1, ephemeral_burst=20,
     request_timeout=5,
     connection_retries=1,  # each retry waits slack_sdk's backoff: outage tests would idle
 )
@@ -56,8 +56,10 @@ class Harness:
         return f"http://127.0.0.1:{self.bot.http_port}/slack/events"
 
     def ask(self, text: str, *, channel: str = CHANNEL, user: str = ASKER,
-            thread_ts: str | None = None, mention: bool = True) -> tuple[Message, dict[str, Any]]:
-        """A person writes `text` in Slack; returns the message and the Events API body."""
+            thread_ts: str | None = None, mention: bool = True,
+            **fields: Any) -> tuple[Message, dict[str, Any]]:
+        """A person writes `text` in Slack; returns the message and the Events API body
+        (`fields` are added to the event: a `subtype`, `files`, `user_team`...)."""
         full = f"<@{self.slack.bot_user_id}> {text}" if mention else text
         msg = self.slack.add_user_message(channel, full, user=user, thread_ts=thread_ts)
         event: dict[str, Any] = {
@@ -71,6 +73,7 @@ class Harness:
             event["channel_type"] = "channel"
         if thread_ts is not None:
             event["thread_ts"] = thread_ts
+        event.update(fields)
         return msg, envelope(self.slack, event)
 
     async def post(self, body: dict[str, Any], *, retry_num: int | None = None,

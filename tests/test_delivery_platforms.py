@@ -32,6 +32,9 @@ def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def script(llm: FakeOpenAI) -> None:
+    # At a model's pace, so the answer is first posted unfinished (an answer already whole
+    # when its turn to be posted comes is posted whole, with its summary, in one write).
+    llm.chunk_delay, llm.chunk_chars = 0.02, 4
     llm.script(Step("Add", "Two and two make four.", "continue"),
                Step("Check", "Four less two is two, so four is right.", "final_answer"),
                Text("The answer is **4**."))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters.discord import DiscordBot, run_discord
-from adapters.discord.surface import CHANNEL_RATE, LimiterRegistry
+from adapters.discord.surface import LimiterRegistry
 from adapters.discord.sync import commands_hash
 from adapters.discord.text import render, thread_name
 from bot.config import Settings
@@ -101,9 +101,8 @@ async def start(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI, *,
         await _alongside(task, discord.wait_for(synced, 15))
         await _alongside(task, discord.wait_identified(15))
     else:
-        if limiters is None:  # paced to the fake's message buckets, scaled or Discord's own
-            limiters = LimiterRegistry(*discord.rate_limits.get(
-                "POST /channels/{channel_id}/messages", CHANNEL_RATE))
+        # Paced by the windows the fake's answers describe, scaled or Discord's own.
+        limiters = limiters if limiters is not None else LimiterRegistry()
         bot = DiscordBot(ponder, settings, client_options={"guild_ready_timeout": 0.05},
                          limiters=limiters)
         task = asyncio.create_task(bot.run())
@@ -281,8 +280,7 @@ async def test_a_429_storm_slows_the_edits_but_the_answer_still_lands(h: Harness
     limited = h.discord.requests_to("PATCH", status=429)
     assert len(limited) == 6
     assert h.bot is not None and h.bot.observer.rate_limited == 6
-    # After a 429 no edit goes to that channel before Retry-After has passed (new messages
-    # are another bucket and may go on).
+    # After a 429 no edit goes to that channel before Retry-After has passed.
     for hit in limited:
         channel = hit.path.split("/")[2]
         later = [r for r in h.discord.requests if r.at > hit.at and r.method == "PATCH"
@@ -678,12 +676,14 @@ async def test_model_text_cannot_ping_anyone(h: Harness) -> None:
 
 
 def test_a_channels_limiter_is_shared_as_long_as_anyone_holds_it() -> None:
-    registry = LimiterRegistry()
+    registry = LimiterRegistry(keep=1)
     held = registry.get(1)  # e.g. by the surface of a chain that runs for an hour
     assert registry.get(1) is held
     assert registry.posts(1) is not held and registry.get(2) is not held
-    # Nobody holds a channel's limiter any more: the registry does not keep it either.
+    # Nobody holds a channel's limiter any more, and others were used since: the registry
+    # does not keep it either.
     gone = weakref.ref(registry.get(3))
+    registry.get(4)
     gc.collect()
     assert gone() is None
     assert registry.get(1) is held

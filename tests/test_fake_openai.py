@@ -314,3 +314,54 @@ async def test_it_runs_standalone_until_interrupted() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, err.decode()
+
+
+async def test_the_context_window_is_enforced_with_vllms_wording() -> None:
+    """Both of vLLM's checks: the prompt alone, then prompt + max_tokens; counted with the
+    fake's tokenizer (a token per Han character, one per four other characters, 5 a message
+    and 3 for the generation prompt)."""
+    async with FakeOpenAI(max_model_len=100) as fake, AsyncOpenAI(
+            base_url=fake.base_url, api_key="EMPTY", max_retries=0) as client:
+        prompt = [{"role": "user", "content": "字" * 80}]  # 80 + 5 + 3 = 88 tokens
+        with pytest.raises(openai.BadRequestError) as too_much:
+            await chunks(client, fake.model, messages=prompt, max_tokens=20)
+        assert too_much.value.message.endswith(
+            "'max_tokens' or 'max_completion_tokens' is too large: 20. This model's maximum "
+            "context length is 100 tokens and your request has 88 input tokens (20 > 100 - 88).")
+        got = await chunks(client, fake.model, messages=prompt, max_tokens=12)
+        assert got[-1].choices[0].finish_reason == "stop"
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await chunks(client, fake.model, messages=[{"role": "user", "content": "字" * 99}])
+        assert ("This model's maximum context length is 100 tokens. However, your request has "
+                "107 input tokens. Please reduce the length of the input messages."
+                ) in too_long.value.message
+
+
+async def test_tokenize_counts_prompts_and_chats_and_can_be_missing() -> None:
+    async with FakeOpenAI(max_model_len=4096) as fake, aiohttp.ClientSession() as http:
+        root = fake.base_url.removesuffix("/v1")
+        async with http.post(f"{root}/tokenize", json={
+                "model": fake.model, "prompt": "你好, world!", "add_special_tokens": False}) as r:
+            assert await r.json() == {"count": 4, "max_model_len": 4096,
+                                      "tokens": [0, 1, 2, 3], "token_strs": None}
+        async with http.post(f"{root}/tokenize", json={
+                "messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+                "add_generation_prompt": True}) as r:
+            assert (await r.json())["count"] == 5 + 5 + 1 + 3
+        assert fake.stats.tokenize_calls == 2 and fake.requests == []  # not chat requests
+        fake.tokenize = False
+        async with http.post(f"{root}/tokenize", json={"prompt": "x"}) as r:
+            assert r.status == 404
+
+
+async def test_basic_auth_when_configured_on_every_endpoint() -> None:
+    async with FakeOpenAI(basic_auth=("u", "p")) as fake, aiohttp.ClientSession() as http:
+        root = fake.base_url.removesuffix("/v1")
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/tokenize"),
+                             ("POST", "/v1/chat/completions")):
+            async with http.request(method, root + path, json={"prompt": "x"}) as r:
+                assert r.status == 401 and "401 Authorization Required" in await r.text()
+            async with http.request(method, root + path, json={"prompt": "x"}, headers={
+                    "Authorization": aiohttp.encode_basic_auth("u", "p")}) as r:
+                assert r.status != 401, path
+        assert fake.stats.unauthorized == 4

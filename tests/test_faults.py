@@ -59,7 +59,10 @@ def thread_end(slack: FakeSlack, question: Message) -> str:
     it shows instead (which fails the test that asked)."""
     replies = slack.thread(question.channel, question.ts)
     if not replies:
-        return "silence"
+        # A refusal is shown to the asker alone (ephemeral), never in the thread.
+        private = [e.text for e in slack.ephemerals_to(question.user or "")
+                   if e.channel == question.channel]
+        return "refused" if private and private[-1].startswith("🙅 ") else "silence"
     shown = "\n".join(r.text for r in replies)
     if "Thought for" in shown:
         return "answered"
@@ -503,10 +506,9 @@ async def test_questions_over_the_per_user_limit_get_a_polite_reply_in_thread(
             await h.settle(30)
             ends = [thread_end(slack, q) for q in [*asked, other]]
             assert ends == ["answered", "answered", "refused", "answered"], ends
-            refusal = h.replies(asked[2].ts)
-            assert len(refusal) == 1
-            assert refusal[0].text == ("🙅 You already have 2 questions being answered; please "
-                                       "wait for one to finish.")
+            assert h.replies(asked[2].ts) == []
+            assert [e.text for e in slack.ephemerals] == [
+                "🙅 You already have 2 questions being answered; please wait for one to finish."]
             records = await store_settled(h.ponder)
             assert len(records) == 3 and {r.status for r in records} == {"answered"}
             assert not any(r.thread.endswith(asked[2].ts) for r in records)
@@ -536,8 +538,8 @@ async def test_allow_lists_refuse_with_one_clear_reply(
             question, body = h.ask("What is 2+2?", **who)
             assert await h.post(body) == 200
             await h.settle()
-            replies = h.replies(question.ts, channel=question.channel)
-            assert [r.text for r in replies] == [f"🙅 Sorry, {said}."]
+            assert h.replies(question.ts, channel=question.channel) == []
+            assert [e.text for e in slack.ephemerals] == [f"🙅 Sorry, {said}."]
             assert fake_llm.requests == []
             assert await store_settled(h.ponder) == []
             nothing_still_thinking(slack)
@@ -588,13 +590,14 @@ async def test_a_hostile_question_gets_a_clear_reply_and_pings_nobody(
             assert thread_end(slack, question) == expected
             replies = h.replies(question.ts)
             if expected == "refused":
-                assert len(replies) == 1 and fake_llm.requests == []
-                assert "/reason" not in replies[0].text  # a Slack reply speaks Slack
+                assert replies == [] and fake_llm.requests == []
+                (note,) = slack.ephemerals
+                assert "/reason" not in note.text  # a Slack reply speaks Slack
             else:
                 assert len(fake_llm.requests) == 4
                 assert len(replies) == 4 and "Thought for" in replies[-1].text
             for call in slack.calls:
-                if call.method not in ("chat.postMessage", "chat.update"):
+                if call.method not in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
                     continue
                 sent = str(call.body.get("text", ""))
                 assert call.ok, (call.error, sent[:200])

@@ -241,6 +241,19 @@ async def test_demo_spec_is_the_cpu_demo_model(tmp_path: Path) -> None:
     assert env["PATH"] == "/bin"
 
 
+def test_the_key_reaches_vllm_through_its_environment_not_its_command_line(
+        tmp_path: Path) -> None:
+    spec = model.ServerSpec(model=str(tmp_path), served_names=("m",), host="0.0.0.0")
+    env = model.server_env(spec, tmp_path, base={"PATH": "/bin"}, api_key="s3cret")
+    assert env["VLLM_API_KEY"] == "s3cret"  # vLLM reads it as it reads --api-key
+    args = model.build_server_args(spec, "py")
+    assert "s3cret" not in args and "--api-key" not in args  # `ps` shows argv to everyone
+    # No key: none from the shell either, or the server would refuse Ponder's own calls.
+    for key in ("EMPTY", None):
+        env = model.server_env(spec, tmp_path, base={"VLLM_API_KEY": "stale"}, api_key=key)
+        assert "VLLM_API_KEY" not in env
+
+
 def test_env_keeps_what_the_user_set(tmp_path: Path) -> None:
     spec = model.ServerSpec(model=str(tmp_path), served_names=("m",), cpu=True)
     env = model.server_env(spec, tmp_path, base={"VLLM_CPU_KVCACHE_SPACE": "4",
@@ -337,11 +350,14 @@ async def test_stop_kills_a_server_that_ignores_sigterm(fake: Fake, tmp_path: Pa
     assert server.returncode == -signal.SIGKILL
 
 
+SERVER_KEY = "k3y-for-the-fake"
+
+
 async def _start_serve_command(fake: Fake, tmp_path: Path) -> asyncio.subprocess.Process:
     model_dir = tmp_path / "model"
     model_dir.mkdir(exist_ok=True)
     env = fake.env(PONDER_VLLM_PYTHON=str(fake.python), PYTHONPATH=str(REPO),
-                   PONDER_MODEL="Qwen2.5-7B-Instruct")
+                   PONDER_MODEL="Qwen2.5-7B-Instruct", OPENAI_API_KEY=SERVER_KEY)
     # Output to a file, not a pipe: an orphaned server would hold a pipe open and make
     # proc.wait() hang instead of letting the test fail.
     with (tmp_path / "serve.out").open("wb") as out:
@@ -378,6 +394,7 @@ async def test_serve_command_forwards_signals_and_leaves_no_orphan(
         assert "Qwen2.5-7B-Instruct" in info["argv"]  # served under PONDER_MODEL
         assert "--enable-prefix-caching" in info["argv"]
         assert info["env"]["HF_HUB_OFFLINE"] == "1"
+        assert info["env"]["VLLM_API_KEY"] == SERVER_KEY and SERVER_KEY not in info["argv"]
         assert pid_alive(info["pid"])
         proc.send_signal(sig)
         async with asyncio.timeout(30):
@@ -466,7 +483,7 @@ async def test_download_happens_once(tmp_path: Path) -> None:
     second = await model.download_model("qwen/Qwen2.5-7B-Instruct", tmp_path,
                                         snapshot_download=fake_snapshot_download,
                                         out=lambda line: None)
-    assert first == second == tmp_path / "models" / "Qwen2.5-7B-Instruct"
+    assert first == second == tmp_path / "models" / "qwen--Qwen2.5-7B-Instruct"
     assert calls == [("qwen/Qwen2.5-7B-Instruct", str(first))]
     assert (first / "config.json").exists()
 

@@ -31,7 +31,8 @@ from bot.events import (
     event_to_dict,
 )
 from bot.logs import chain_id
-from bot.presenter import interrupted_text, seconds_text, step_title, summary_line
+from bot.presenter import final_summary, interrupted_text, seconds_text, step_title
+from bot.votes import chains
 from bot.wording import say
 
 
@@ -69,7 +70,7 @@ async def _drive(engine: Engine, question: Question, on_event: Callable[[Event],
                  ) -> FinalAnswer | ChainFailed | None:
     chain_id.set(question.id)  # the model client's retry warnings name the chain
     end: FinalAnswer | ChainFailed | None = None
-    async for event in engine.run(question):
+    async for event in chains(engine, question):  # one chain, or a vote (--votes, PONDER_VOTES)
         on_event(event)
         if isinstance(event, FinalAnswer | ChainFailed):
             end = event
@@ -104,9 +105,9 @@ class _LiveView:
                 self.steps[i] = (title, content, secs)
             case AnswerDelta(text=text):
                 self.answer = text
-            case FinalAnswer(text=text, total_seconds=total, steps=n):
+            case FinalAnswer(text=text):
                 self.answer = text
-                self.footer = summary_line(total, n, self.language)
+                self.footer = final_summary(event, self.language)
             case ChainFailed(message=message, total_seconds=total):
                 took = say("took", self.language, s=seconds_text(total))
                 self.footer = f"{message} ({took})"

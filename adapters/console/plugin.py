@@ -8,10 +8,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bot.config import Mode, Settings
+from bot.config import MAX_VOTES, Mode, Settings
 from bot.platforms import Check, Limits, Services, SubParsers
 
-USAGE = 'usage: ponder ask "QUESTION" [--json] [--mode chain|native]\n'
+USAGE = 'usage: ponder ask "QUESTION" [--json] [--mode chain|native] [--votes K]\n'
 
 
 class ConsolePlatform:
@@ -23,6 +23,9 @@ class ConsolePlatform:
         ask.add_argument("question", nargs="*", help="the question (quote it)")
         ask.add_argument("--json", action="store_true", help="print one JSON event per line")
         ask.add_argument("--mode", choices=[m.value for m in Mode], help="override PONDER_MODE")
+        ask.add_argument("--votes", type=_votes, metavar="K",
+                         help=f"run K chains (1–{MAX_VOTES}) and give the majority answer "
+                              "(override PONDER_VOTES)")
         ask.set_defaults(func=_ask)
 
     def configured(self, settings: Settings) -> bool:
@@ -45,13 +48,15 @@ class ConsolePlatform:
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.console import live as console
+    from bot.admission import clean_text
     from bot.engine import Engine
     from bot.events import Question
     from bot.llm import LLMClient
 
-    text = " ".join(args.question).strip()
+    # Undecodable bytes in an argument or on stdin: the question is still asked (U+FFFD).
+    text = clean_text(" ".join(args.question)).strip()
     if text == "-":
-        text = sys.stdin.read().strip()
+        text = sys.stdin.buffer.read().decode("utf-8", "replace").strip()
     if not text:
         sys.stderr.write(USAGE + "ponder: the question is empty\n")
         return 2
@@ -64,7 +69,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
         llm = LLMClient(settings)
         try:
             engine = Engine(llm, settings)
-            question = Question(text, mode=args.mode)
+            question = Question(text, mode=args.mode, votes=args.votes)
             if args.json:
                 return await console.ask_json(engine, question)
             return await console.ask_live(engine, question)
@@ -72,6 +77,16 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
             await llm.close()
 
     return asyncio.run(go())
+
+
+def _votes(value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if not 1 <= k <= MAX_VOTES:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_VOTES}, got {value!r}")
+    return k
 
 
 platform = ConsolePlatform()

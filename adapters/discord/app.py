@@ -136,12 +136,12 @@ class DiscordBot:
     # --- /reason --------------------------------------------------------------------------
 
     async def on_reason(self, interaction: discord.Interaction[Any], question: str,
-                        mode: str | None) -> None:
+                        mode: str | None, votes: int | None = None) -> None:
         received = time.monotonic()
         user = interaction.user
         channel = interaction.channel
         request = ChainRequest(
-            PLATFORM, Question(question.strip(), mode=mode), str(user.id),
+            PLATFORM, Question(question.strip(), mode=mode, votes=votes), str(user.id),
             channel=str(_parent_id(interaction)),
             # /reason inside a thread answers right there: that thread's one chain at a time.
             thread=str(channel.id) if isinstance(channel, discord.Thread) else "",
@@ -194,7 +194,8 @@ class DiscordBot:
         while True:
             try:
                 return await place(self._client(), interaction, request.question, opening,
-                                   admission.language, self.limiters, self.ponder.memory)
+                                   admission.language, self.limiters, self.ponder.memory,
+                                   admission.hold_thread)
             except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as exc:
                 if time.monotonic() - opening.received + wait > TOKEN_LIFETIME:
                     raise

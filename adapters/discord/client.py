@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 
 from adapters.discord.calls import rest
+from bot.config import MAX_VOTES
 from bot.wording import say
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class Handlers(Protocol):
     async def on_message(self, message: discord.Message) -> None: ...
 
     async def on_reason(self, interaction: discord.Interaction[Any], question: str,
-                        mode: str | None) -> None: ...
+                        mode: str | None, votes: int | None = None) -> None: ...
 
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None: ...
 
@@ -74,7 +75,10 @@ def _add_commands(tree: app_commands.CommandTree[Any], handlers: Handlers) -> No
     @app_commands.describe(
         question="What should Ponder think about?",
         mode="chain: one JSON step at a time (default) · native: the model's own reasoning",
+        votes=f"run this many chains and give the majority answer (1–{MAX_VOTES}; "
+              "default: the server's PONDER_VOTES)",
     )
     async def reason(interaction: discord.Interaction[Any], question: str,
-                     mode: ModeChoice | None = None) -> None:
-        await handlers.on_reason(interaction, question, mode)
+                     mode: ModeChoice | None = None,
+                     votes: app_commands.Range[int, 1, MAX_VOTES] | None = None) -> None:
+        await handlers.on_reason(interaction, question, mode, votes)

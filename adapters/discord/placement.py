@@ -4,6 +4,7 @@ where threads are impossible, inline in the channel (explained once per channel)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,11 @@ class Place:
 
 async def place(client: discord.Client, interaction: discord.Interaction[Any], q: Question,
                 opening: Opening, language: Language, limiters: LimiterRegistry,
-                memory: Memory) -> Place:
-    """Open where the steps go, with the opening message (and its Stop button) in place."""
+                memory: Memory, hold: Callable[[str], None]) -> Place:
+    """Open where the steps go, with the opening message (and its Stop button) in place.
+
+    `hold(thread_id)` is called the moment a thread (or forum post) exists: from then on a
+    /reason typed inside it meets a busy thread, though the chain is not started yet."""
     channel: Any = interaction.channel
     if channel is None:
         channel = client.get_partial_messageable(interaction.channel_id or 0,
@@ -45,13 +49,15 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
     if opening.thread is not None:
         thread = opening.thread  # opened by an earlier try that failed after it
     elif isinstance(channel, discord.ForumChannel) and can_thread:
-        thread = opening.thread = await _forum_post(channel, q, opening, language, limiters)
+        thread = opening.thread = await _forum_post(channel, q, opening, language, limiters,
+                                                    hold)
     elif isinstance(channel, discord.TextChannel) and can_thread:
         message = await rest(interaction.edit_original_response(
             content=running, view=stop_view(q.id, language)))
         opening.message_id, opening.channel = message.id, channel
         opening.limiter = limiters.get(channel.id)
         try:
+            await limiters.threads(channel.id).acquire()
             thread = opening.thread = await rest(message.create_thread(
                 name=text.thread_name(q.text), auto_archive_duration=1440))
         except (discord.HTTPException, discord.RateLimited) as exc:
@@ -65,6 +71,7 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
         note = say("no_threads", language)
 
     if thread is not None:
+        hold(str(thread.id))
         if opening.channel is not None and not isinstance(channel, discord.ForumChannel):
             await opening.show(text.running_line(thread.mention, language),
                                view=stop_view(q.id, language))
@@ -80,12 +87,15 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
 
 
 async def _forum_post(forum: discord.ForumChannel, q: Question, opening: Opening,
-                      language: Language, limiters: LimiterRegistry) -> discord.Thread:
+                      language: Language, limiters: LimiterRegistry,
+                      hold: Callable[[str], None]) -> discord.Thread:
+    await limiters.threads(forum.id).acquire()
     created = await rest(forum.create_thread(
         name=text.thread_name(q.text), auto_archive_duration=1440,
         content=text.with_status(opening.text, text.running_line(None, language)),
         view=stop_view(q.id, language)))
     post, first = created.thread, created.message
+    hold(str(post.id))
     # The deferred answer points at the post; the post's first message is the opening.
     interaction = opening.interaction
     if interaction is not None:

@@ -1,15 +1,24 @@
 """The Discord Surface: post and edit messages in one thread (or channel), paced and safe.
 
-Discord keeps message writes in per-channel buckets (a thread is a channel), creates and edits
-apart, each about 5 per 5 s. So every channel gets two `RateLimiter`s, shared by every chain
-writing there: `budget` for edits and `post_budget` for new messages (the presenter takes the
-latter for posts). discord.py retries 429s and 5xx itself; the `RestObserver` sees every
-response on the way and pauses the matching limiter on a 429, so the other chains in that
-channel wait too instead of piling into the same bucket.
+Discord counts requests in fixed windows, per route and channel (a thread is a channel): each
+answer says how many the window holds (`X-RateLimit-Limit`, about 5 for message posts, 5 for
+edits), how many are left (`-Remaining`) and when it ends (`-Reset-After`, about 5 s after its
+first request). So every channel gets a `WindowLimiter` per route Ponder uses there (posts,
+edits, thread creation), shared by every chain writing there and fed by every answer the
+`RestObserver` sees: it hands out only what the window has left, urgent writes first (a
+message's final text before interim edits, which are merged), and interim edits leave part of
+each window to final texts.
 
-Above the channels sits Discord's global limit, 50 requests a second per bot. discord.py only
-learns of it from a 429 (and global 429s count toward the invalid-request ban), so every
-request waits for the `RestObserver`'s bot-wide limiter before it leaves.
+The routes are told apart by method and path, not by `X-RateLimit-Bucket`: Discord answers
+posts and edits with one bucket name yet counts them apart. discord.py takes the name at its
+word and keeps one count for both; handed more than a window has, it holds the request back
+inside the call, behind whatever it already holds, urgent or not, or, misled by the other
+route's count, sends it into a spent window (a 429). Ponder's pacing is what keeps the order
+and the final edits on time.
+
+Above the channels sits Discord's global limit, 50 requests a second per bot. Its answers
+carry no figures (only a 429 tells), and global 429s count toward the invalid-request ban, so
+every request waits for the `RestObserver`'s bot-wide token bucket before it leaves.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -28,20 +37,22 @@ import discord
 from adapters.discord.text import MAX_CONTENT, render
 from bot.errors import SurfaceError
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.ratelimit import RateLimiter
+from bot.ratelimit import LimiterMap, RateLimiter, WindowLimiter
 from bot.surface import BaseSurface, Handle, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
-# Discord: about 5 creates and 5 edits per 5 s in one channel, counted in fixed windows. One
-# a second with nothing saved up never puts a sixth into a window (a burst of 2 did: discord.py
-# then sleeps inside the request until the window resets, ~2 s late; measured, bench/discord.py).
-CHANNEL_RATE = (5.0, 5.0)
-CHANNEL_BURST = 1
 # 40 a second with 10 saved up puts at most 50 into any one-second window.
 GLOBAL_RATE = 40.0
 GLOBAL_BURST = 10
 EDIT_INTERVAL = 1.0
+# Of each window of a channel's message edits, what interim edits (replaced by the next
+# anyway) leave to final texts: 2 of Discord's 5, so a step's final text does not find the
+# window spent on the edits it replaces.
+URGENT_SHARE = 0.0
+import os
+SPARE = int(os.environ.get('H2SPARE', '1'))
+URGENT_SHARE = float(os.environ.get('H2SHARE', '0'))
 # discord.py sleeps through a 429's Retry-After inside the call when it is at most this long
 # (the client's max_ratelimit_timeout; 30 s is the least discord.py accepts), and raises
 # RateLimited for a longer one.
@@ -50,42 +61,64 @@ MAX_RATELIMIT_WAIT = 30.0
 # plus the request itself, or our deadline would cut short a wait discord.py is entitled to.
 REST_TIMEOUT = MAX_RATELIMIT_WAIT + 15
 LONG_RATE_LIMIT = 120.0  # a longer Retry-After than this gives up instead of waiting
+# discord.py sends the same request again after these (and a 429): still one write in flight.
+RETRIED = frozenset({429, 500, 502, 504, 524})
 
-# Message writes in one channel: the bucket the limiters stand for (thread creation, reactions
-# and others have buckets of their own and must not pause message writes).
-_MESSAGE_WRITE = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
+# The windows Ponder paces, by what a request does in a channel: posting a message, editing
+# one, opening a thread (from a message, or a forum post). Reactions and others have windows of
+# their own and must not hold these back.
+_MESSAGES = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
+_THREADS = re.compile(r"/channels/(\d+)/(?:messages/\d+/)?threads$")
+KINDS = ("post", "edit", "thread")
 
 
 class LimiterRegistry:
-    """One RateLimiter per (channel id, "edit" | "post"), made on first use, shared by all.
+    """One `WindowLimiter` per channel and kind of request ("post", "edit", "thread"), made on
+    first use, shared by every chain, opening message and reply writing there, and bounded
+    (`LimiterMap`: those held, and the most recent few). A new one knows nothing of its
+    window: it lets one request go at a time until Discord's first answer tells it."""
 
-    Held weakly: a limiter lives exactly as long as a surface, opening message or waiter holds
-    it, however long a chain runs, so every writer to one Discord bucket shares one limiter. A
-    bot sees many threads over its life; one nobody holds any more goes, and is made afresh
-    when needed.
-    """
+    def __init__(self, *, urgent_share: float = URGENT_SHARE, margin: float = 0.05,
+                 stale_after: float = 10.0, keep: int = 64) -> None:
+        def make(share: float) -> Callable[[], WindowLimiter]:
+            return lambda: WindowLimiter(spare=SPARE, urgent_share=share, margin=margin,
+                                         stale_after=stale_after)
 
-    def __init__(self, rate: float = CHANNEL_RATE[0], per: float = CHANNEL_RATE[1],
-                 burst: int = CHANNEL_BURST) -> None:
-        self._rate, self._per, self._burst = rate, per, burst
-        self._limiters: weakref.WeakValueDictionary[tuple[int, str], RateLimiter] = (
-            weakref.WeakValueDictionary())
+        self._limiters = {kind: LimiterMap[int, WindowLimiter](
+            make(urgent_share if kind == "edit" else 0.0), keep) for kind in KINDS}
 
-    def get(self, channel_id: int, kind: str = "edit") -> RateLimiter:
-        """The limiter for edits (default) or posts (`kind="post"`) in a channel."""
-        key = (channel_id, kind)
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            # Bound to a name first: the dictionary alone would not keep it alive.
-            limiter = RateLimiter(self._rate, self._per, self._burst)
-            self._limiters[key] = limiter
-        return limiter
+    def __len__(self) -> int:
+        return sum(len(limiters) for limiters in self._limiters.values())
 
-    def posts(self, channel_id: int) -> RateLimiter:
-        return self.get(channel_id, "post")
+    def get(self, channel_id: int) -> WindowLimiter:
+        """The limiter for message edits in a channel."""
+        return self._limiters["edit"].get(channel_id)
+
+    def posts(self, channel_id: int) -> WindowLimiter:
+        """The limiter for new messages in a channel."""
+        return self._limiters["post"].get(channel_id)
+
+    def threads(self, channel_id: int) -> WindowLimiter:
+        """The limiter for opening threads (and forum posts) in a channel."""
+        return self._limiters["thread"].get(channel_id)
+
+    def answered(self, channel_id: int, kind: str, status: int,
+                 headers: Mapping[str, str]) -> None:
+        """Discord answered a request of `kind` in the channel: what its window has left."""
+        limiter = self._limiters[kind].find(channel_id)
+        if limiter is not None:  # else nobody writes there any more
+            limiter.answered(_count(headers.get("X-RateLimit-Limit")),
+                             _count(headers.get("X-RateLimit-Remaining")),
+                             _seconds(headers.get("X-RateLimit-Reset-After")),
+                             done=status not in RETRIED)
+
+    def failed(self, channel_id: int, kind: str) -> None:
+        limiter = self._limiters[kind].find(channel_id)
+        if limiter is not None:
+            limiter.failed()
 
     def pause(self, channel_id: int, kind: str, seconds: float) -> None:
-        limiter = self._limiters.get((channel_id, kind))
+        limiter = self._limiters[kind].find(channel_id)
         if limiter is not None:
             limiter.pause(seconds)
 
@@ -93,7 +126,8 @@ class LimiterRegistry:
 @dataclass
 class RestObserver:
     """An aiohttp trace on discord.py's session: paces every request under the bot-wide
-    limit, and feeds 429s to the limiters (and the metrics)."""
+    limit, feeds every answer to a request Ponder paces to its channel's limiter, and 429s to
+    the metrics."""
 
     limiters: LimiterRegistry
     bot: RateLimiter = field(default_factory=lambda: RateLimiter(GLOBAL_RATE, burst=GLOBAL_BURST))
@@ -103,6 +137,7 @@ class RestObserver:
         trace = aiohttp.TraceConfig()
         trace.on_request_start.append(self._on_start)
         trace.on_request_end.append(self._on_end)
+        trace.on_request_exception.append(self._on_exception)
         return trace
 
     async def _on_start(self, session: aiohttp.ClientSession, context: SimpleNamespace,
@@ -114,22 +149,45 @@ class RestObserver:
     async def _on_end(self, session: aiohttp.ClientSession, context: SimpleNamespace,
                       params: aiohttp.TraceRequestEndParams) -> None:
         status = params.response.status
+        headers = params.response.headers
         PLATFORM_CALLS.labels("discord", params.method).inc()
+        paced = self._paced(params.method, params.url.path)
+        if paced is not None:
+            self.limiters.answered(*paced, status, headers)
         if status != 429:
             return
         self.rate_limited += 1
         PLATFORM_429.labels("discord").inc()
-        headers = params.response.headers
         wait = _seconds(headers.get("X-RateLimit-Reset-After")) or _seconds(
             headers.get("Retry-After")) or 1.0
         if headers.get("X-RateLimit-Global") or headers.get("X-RateLimit-Scope") == "global":
             self.bot.pause(wait)
-        match = _MESSAGE_WRITE.search(params.url.path)
-        if match and params.method in ("POST", "PATCH"):
-            kind = "post" if params.method == "POST" else "edit"
-            self.limiters.pause(int(match.group(1)), kind, wait)
+        elif paced is not None:
+            self.limiters.pause(*paced, wait)
         log.warning("Discord rate limit on %s %s: waiting %.2f s", params.method,
                     params.url.path, wait)
+
+    async def _on_exception(self, session: aiohttp.ClientSession, context: SimpleNamespace,
+                            params: aiohttp.TraceRequestExceptionParams) -> None:
+        paced = self._paced(params.method, params.url.path)
+        if paced is not None:
+            self.limiters.failed(*paced)
+
+    @staticmethod
+    def _paced(method: str, path: str) -> tuple[int, str] | None:
+        """(channel id, kind) for a request Ponder paces, else None."""
+        if method in ("POST", "PATCH") and (match := _MESSAGES.search(path)):
+            return int(match.group(1)), "post" if method == "POST" else "edit"
+        if method == "POST" and (match := _THREADS.search(path)):
+            return int(match.group(1)), "thread"
+        return None
+
+
+def _count(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _seconds(value: str | None) -> float | None:
@@ -154,7 +212,7 @@ class DiscordSurface(BaseSurface):
 
     @property
     def post_budget(self) -> RateLimiter:
-        return self._post_budget  # new messages: a bucket of their own on Discord
+        return self._post_budget  # new messages: counted apart from edits by Discord
 
     def render(self, markdown: str) -> str:
         return render(markdown)

@@ -2,7 +2,8 @@
 
 Discord renders Markdown itself, so model text is kept as it is; only mass mentions are
 neutralised (the client's `AllowedMentions.none()` already stops every ping, this keeps the
-text from even looking like one).
+text from even looking like one), and a link whose text names another address than its target
+is shown as its target (`bot.links`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 from bot.events import Language
+from bot.links import honest_markdown
 from bot.presenter import seconds_text, summary_line
 from bot.surface import Outcome
 from bot.wording import say
@@ -27,8 +29,9 @@ _SPACE = re.compile(r"\s+")
 
 
 def render(markdown: str) -> str:
-    """Presenter Markdown → Discord text: unchanged, except `@everyone`/`@here` cannot ping."""
-    return _MASS_MENTION.sub(lambda m: f"@{_ZWSP}{m.group(1)}", markdown)
+    """Presenter Markdown → Discord text: unchanged, except that `@everyone`/`@here` cannot
+    ping and no link's text names an address it does not lead to."""
+    return _MASS_MENTION.sub(lambda m: f"@{_ZWSP}{m.group(1)}", honest_markdown(markdown))
 
 
 def thread_name(question: str, limit: int = THREAD_NAME_LIMIT) -> str:

@@ -6,10 +6,15 @@ Triggers:
 - a DM to the bot (`message`, `channel_type: im`) -> answered in a thread under that DM.
 - a later message by the asker in a Ponder thread, no mention needed -> a follow-up with the
   thread's earlier questions and answers as history.
-The bot's own messages, edits (`message_changed` and other subtypes) and other bots are ignored;
-events Slack delivers again (`X-Slack-Retry-Num`) are recognised by `event_id` and dropped.
+A reply also sent to the channel (`thread_broadcast`) and a message with a file attached
+(`file_share`) are answered by their text like any other message; the bot's own messages,
+edits (`message_changed` and the other subtypes) and other bots are ignored. Events Slack
+delivers again (`X-Slack-Retry-Num`) are recognised by `event_id` and dropped.
 Who may ask, follow up or stop, and one chain at a time per thread, are the service's rules
-(`bot/admission.py`); this module only turns Slack's events into its calls.
+(`bot/admission.py`); this module only turns Slack's events into its calls, and shows a refusal
+to the asker alone (`adapters/slack/refusals.py`). The allow-lists see the asker's own team:
+in a Slack Connect channel that is not the workspace that received the event, whose budgets
+the chain uses.
 
 `run_slack` serves it over Socket Mode (`SLACK_APP_TOKEN`) or HTTP (`/slack/events`, signatures
 verified by bolt: a bad or stale signature gets 401).
@@ -30,6 +35,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.inbound import SeenEvents, StoreSeenEvents, question_text, thread_key
+from adapters.slack.refusals import Refusals
 from adapters.slack.status import QuestionStatus
 from adapters.slack.surface import SlackSurface
 from adapters.slack.web import (
@@ -53,6 +59,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 LAST_WORDS = 5.0  # seconds a stopped chain gets, at shutdown, to write its last state
+# Message subtypes that are a person writing (answered by their text); every other subtype
+# (bot_message, message_changed, message_deleted, channel_join, ...) is not a question.
+ANSWERED_SUBTYPES = frozenset({"thread_broadcast", "file_share"})
 
 
 # --- the bot -------------------------------------------------------------------------------
@@ -81,6 +90,7 @@ class SlackBot:
             settings.slack_bot_token.get_secret_value(), settings.slack_api_url, self.limits,
             self._rate_limited,
         )
+        self.refusals = Refusals(self.client, self.limits)
         secret = settings.slack_signing_secret
         self.app = AsyncApp(
             name="ponder",
@@ -140,8 +150,8 @@ class SlackBot:
         channel, _, thread_ts = record.thread.partition(":")
         if not channel or not thread_ts:
             return None
-        return SlackSurface(self.client, self.workspace(record.workspace or self.team_id),
-                            channel, thread_ts, asker=record.asker)
+        return SlackSurface(self.client, self._home(record.anchor, record.workspace),
+                            channel, thread_ts, asker=record.asker, asker_team=record.workspace)
 
     async def _resumed(self, handle: ChainHandle) -> None:
         """A resumed chain shows "thinking" on its question again, and clears it at the end
@@ -149,7 +159,7 @@ class SlackBot:
         request = handle.request
         channel, _, thread_ts = request.thread.partition(":")
         message_ts = str(request.anchor.get("message_ts") or thread_ts)
-        status = QuestionStatus(self.client, self.workspace(request.workspace or self.team_id),
+        status = QuestionStatus(self.client, self._home(request.anchor, request.workspace),
                                 channel, thread_ts, message_ts, handle.language)
         await status.begin()
         await self._until_done(handle, status)
@@ -226,6 +236,11 @@ class SlackBot:
                                                       streaming=self.streaming)
         return ws
 
+    def _home(self, anchor: dict[str, Any], workspace: str) -> Workspace:
+        """The budgets of the workspace that received a chain's question (its anchor's
+        `team`; chains stored before it was recorded there name it as their workspace)."""
+        return self.workspace(str(anchor.get("team") or workspace or self.team_id))
+
     def _rate_limited(self, method: str, seconds: float, channel: str | None) -> None:
         self.workspace(self.team_id).rate_limited(method, seconds, channel)
 
@@ -251,14 +266,19 @@ class SlackBot:
             return
         channel, ts = str(event["channel"]), str(event["ts"])
         thread_ts = str(event.get("thread_ts") or ts)
+        team = self._receiving_team(event, body)
         self.spawn(self._ask(
-            team=str(body.get("team_id") or event.get("team") or self.team_id),
+            team=team, asker_team=_asker_team(event, team),
             channel=channel, user=str(event["user"]), message_ts=ts, thread_ts=thread_ts,
             text=str(event.get("text") or ""),
         ), name=f"slack-mention-{ts}")
 
+    def _receiving_team(self, event: dict[str, Any], body: dict[str, Any]) -> str:
+        return str(body.get("team_id") or event.get("team") or self.team_id)
+
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        if event.get("subtype") is not None or _from_a_bot(event):
+        subtype = event.get("subtype")
+        if (subtype is not None and subtype not in ANSWERED_SUBTYPES) or _from_a_bot(event):
             return  # edits, deletions, joins, bots (ourselves included)
         user = event.get("user")
         if user is None or user == self.bot_user_id:
@@ -268,58 +288,63 @@ class SlackBot:
                 event.get("channel_type") != "im":
             return  # a mention: `app_mention` answers it
         channel, ts = str(event["channel"]), str(event["ts"])
-        team = str(body.get("team_id") or event.get("team") or self.team_id)
+        team = self._receiving_team(event, body)
+        asker_team = _asker_team(event, team)
         if event.get("channel_type") == "im":
             thread_ts = str(event.get("thread_ts") or ts)
-            self.spawn(self._ask(team=team, channel=channel, user=str(user), message_ts=ts,
-                                 thread_ts=thread_ts, text=text),
+            self.spawn(self._ask(team=team, asker_team=asker_team, channel=channel,
+                                 user=str(user), message_ts=ts, thread_ts=thread_ts, text=text),
                        name=f"slack-dm-{ts}")
         elif event.get("thread_ts"):
-            self.spawn(self._follow_up(team=team, channel=channel, user=str(user),
-                                       message_ts=ts, thread_ts=str(event["thread_ts"]),
-                                       text=text),
+            self.spawn(self._follow_up(team=team, asker_team=asker_team, channel=channel,
+                                       user=str(user), message_ts=ts,
+                                       thread_ts=str(event["thread_ts"]), text=text),
                        name=f"slack-followup-{ts}")
 
     # --- chains ----------------------------------------------------------------------------
 
-    async def _follow_up(self, *, team: str, channel: str, user: str, message_ts: str,
-                         thread_ts: str, text: str) -> None:
+    async def _follow_up(self, *, team: str, asker_team: str, channel: str, user: str,
+                         message_ts: str, thread_ts: str, text: str) -> None:
         """A reply in a thread: a follow-up only in a Ponder thread, and only by its asker
         (the service's rule); anything else is people talking."""
-        request = self._request(team, channel, user, message_ts, thread_ts, text)
+        request = self._request(team, asker_team, channel, user, message_ts, thread_ts, text)
         try:
             admission = await self.ponder.follow_up(request)
         except Refused as refusal:
-            await self._say(channel, thread_ts, f"🙅 {refusal.message}")
+            await self._refuse(request, refusal)
             return
         if admission is not None:
             await self._run(request, admission)
 
-    async def _ask(self, *, team: str, channel: str, user: str, message_ts: str,
-                   thread_ts: str, text: str) -> None:
-        request = self._request(team, channel, user, message_ts, thread_ts, text)
+    async def _ask(self, *, team: str, asker_team: str, channel: str, user: str,
+                   message_ts: str, thread_ts: str, text: str) -> None:
+        request = self._request(team, asker_team, channel, user, message_ts, thread_ts, text)
         try:
             admission = self.ponder.admit(request)
         except Refused as refusal:
-            await self._say(channel, thread_ts, f"🙅 {refusal.message}")
+            await self._refuse(request, refusal)
             return
         await self._run(request, admission)
 
-    def _request(self, team: str, channel: str, user: str, message_ts: str, thread_ts: str,
-                 text: str) -> ChainRequest:
-        # The anchor: a restart finds the question's status and reaction by its ts.
+    def _request(self, team: str, asker_team: str, channel: str, user: str, message_ts: str,
+                 thread_ts: str, text: str) -> ChainRequest:
+        # The request's workspace is the asker's own team (what the allow-lists check); the
+        # anchor keeps the question's ts (a restart finds its status and reaction by it) and
+        # the team that received it (whose budgets the chain uses).
         return ChainRequest(PLATFORM, Question(question_text(text, self.bot_user_id)),
                             asker=user, channel=channel, thread=thread_key(channel, thread_ts),
-                            workspace=team, anchor={"message_ts": message_ts})
+                            workspace=asker_team,
+                            anchor={"message_ts": message_ts, "team": team})
 
     async def _run(self, request: ChainRequest, admission: Admission) -> None:
         channel, _, thread_ts = request.thread.partition(":")
-        ws = self.workspace(request.workspace)
+        ws = self._home(request.anchor, request.workspace)
         try:
-            surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker)
+            surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker,
+                                   asker_team=request.workspace)
             handle = self.ponder.submit(request, surface, admission)
         except Refused as refusal:
-            await self._say(channel, thread_ts, f"🙅 {refusal.message}")
+            await self._refuse(request, refusal)
             return
         finally:
             self.ponder.release(admission)  # a no-op once the chain has started
@@ -335,15 +360,28 @@ class SlackBot:
         outcome = await handle.wait()
         await status.end(outcome.status)
 
-    async def _say(self, channel: str, thread_ts: str, text: str) -> None:
-        """One plain reply in the thread (refusals, errors); failures are only logged."""
-        try:
-            await call("chat.postMessage", self.client.chat_postMessage(
-                channel=channel, thread_ts=thread_ts, text=text,
-                unfurl_links=False, unfurl_media=False,
-            ))
-        except SlackCallError as exc:
-            log.warning("could not reply in %s/%s: %s", channel, thread_ts, exc)
+    async def _refuse(self, request: ChainRequest, refusal: Refused) -> None:
+        """The service's refusal, shown to the asker alone: in the thread when there is one,
+        else beside the question (Slack shows an ephemeral reply in a thread only once the
+        thread exists)."""
+        channel, _, thread_ts = request.thread.partition(":")
+        started_here = thread_ts == str(request.anchor.get("message_ts") or "")
+        await self.refusals.show(self._home(request.anchor, request.workspace), channel,
+                                 request.asker, None if started_here else thread_ts,
+                                 f"🙅 {refusal.message}")
+
+
+def _asker_team(event: dict[str, Any], receiving: str) -> str:
+    """The asker's own team. In a Slack Connect channel the envelope's `team_id` is the
+    workspace that received the event, and its person may belong to another: the event says
+    which in `user_team` (also `user_profile.team`)."""
+    profile = event.get("user_profile")
+    for team in (event.get("user_team"),
+                 profile.get("team") if isinstance(profile, dict) else None,
+                 event.get("team")):
+        if team:
+            return str(team)
+    return receiving
 
 
 def _from_a_bot(event: dict[str, Any]) -> bool:

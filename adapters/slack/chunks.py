@@ -33,6 +33,7 @@ async def stop_leftover_stream(thread: SlackThread, ts: str, steps: Sequence[Ste
     chunks.append(task(nxt, card_title(cut), "error"))
     chunks.append({"type": "markdown_text", "text": continued(language)})
     try:
+        await thread.workspace.stream_stops.acquire(urgent=True)
         await call("chat.stopStream", thread.client.chat_stopStream(
             channel=thread.channel, ts=ts,
             chunks=to_chunks(chunks, thread.workspace.limits.markdown_chunk)))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from bot.links import deceptive
+
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+(?!\[[ xX]\]\s)(.*)$")
@@ -19,7 +21,9 @@ _QUOTE = re.compile(r"^\s{0,3}>\s?(.*)$")
 _RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 _LINK = re.compile(r"\[([^\]\n]+)\]\(\s*((?:https?://|mailto:)[^\s)]+)(?:\s+\"[^\"]*\")?\s*\)")
-_AUTOLINK = re.compile(r"&lt;((?:https?://|mailto:)[^\s&]+(?:&amp;[^\s&]+)*)&gt;")
+# `<url>`, and Slack's own `<url|text>` when the model writes it.
+_AUTOLINK = re.compile(
+    r"&lt;((?:https?://|mailto:)[^\s&|]+(?:&amp;[^\s&|]+)*)(?:\|([^\n]*?))?&gt;")
 _BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _ITALIC_STAR = re.compile(r"(?<![*\w])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![*\w])")
 _ITALIC_UNDER = re.compile(r"(?<![_\w])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![_\w])")
@@ -86,7 +90,8 @@ def _inline(text: str) -> str:
     text = _CODE_SPAN.sub(lambda m: keep("`" + escape(m.group(2)) + "`"), text)
     text = escape(text)
     text = _LINK.sub(lambda m: keep(_link(m.group(2), m.group(1))), text)
-    text = _AUTOLINK.sub(lambda m: keep(f"<{m.group(1)}>"), text)
+    text = _AUTOLINK.sub(
+        lambda m: keep(_link(m.group(1), m.group(2)) if m.group(2) else f"<{m.group(1)}>"), text)
     text = _BOLD.sub(lambda m: f"{_B}{m.group(2)}{_B}", text)
     text = _ITALIC_STAR.sub(r"_\1_", text)
     text = _ITALIC_UNDER.sub(r"_\1_", text)
@@ -98,8 +103,14 @@ def _inline(text: str) -> str:
 def _link(url: str, label: str) -> str:
     # The text is already escaped; a `|` or `>` in the URL would end Slack's link early.
     url = url.replace("|", "%7C")
+    if deceptive(_unescape(label), _unescape(url)):
+        return f"<{url}>"  # its text names another address: show where it really goes
     label = _strip_emphasis(label).replace("|", "¦")
     return f"<{url}|{label}>"
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _strip_emphasis(text: str) -> str:

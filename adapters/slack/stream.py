@@ -11,6 +11,11 @@ type not supported, ...), the chain is shown with `ThreadPresenter` over the sam
 the workspace (or that kind of channel) is remembered as not streaming. A stream that breaks
 half-way hands the rest of the chain to `ThreadPresenter` too; one that Slack ended (streams
 live about five minutes) is continued in a fresh streamed reply.
+
+Under load the streams of a workspace share Slack's windows for the streaming methods: appends
+are spread so that every open stream gets its share of `chat.appendStream`'s window instead of
+the first few spending it, and the end of a stream (`chat.stopStream`, which carries the
+answer's last words) waits for nothing but its own window.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from bot.events import (
 from bot.presenter import (
     ThreadPresenter,
     failure_markdown,
+    final_summary,
     step_title,
-    summary_line,
 )
 from bot.surface import Outcome, Surface
 from bot.wording import say
@@ -75,8 +80,10 @@ class StreamRefused(SlackCallError):
 class Stream:
     """One chain shown as a streamed reply (rolled over into a new one when needed)."""
 
-    def __init__(self, thread: SlackThread, surface: Surface, language: Language) -> None:
+    def __init__(self, thread: SlackThread, surface: Surface, language: Language,
+                 rank: float | None = None) -> None:
         self.thread = thread
+        self.rank = time.monotonic() if rank is None else rank
         self.surface = surface  # post + edit, once the stream breaks
         self.client = thread.client
         self.ws = thread.workspace
@@ -117,7 +124,7 @@ class Stream:
                 channel=self.thread.channel,
                 thread_ts=self.thread.thread_ts,
                 recipient_user_id=self.thread.asker or None,
-                recipient_team_id=self.ws.team_id or None,
+                recipient_team_id=self.thread.asker_team or self.ws.team_id or None,
                 task_display_mode="timeline",
                 chunks=to_chunks(chunks or [], self.lim.markdown_chunk) or None,
             ))
@@ -176,6 +183,7 @@ class Stream:
 
     async def _send_stop(self, chunks: list[dict[str, Any]]) -> None:
         assert self.ts is not None
+        await self.ws.stream_stops.acquire(urgent=True, rank=self.rank)
         await call("chat.stopStream", self.client.chat_stopStream(
             channel=self.thread.channel, ts=self.ts,
             chunks=to_chunks(chunks, self.lim.markdown_chunk) or None,
@@ -197,6 +205,7 @@ class Stream:
                 await self._send_stop(self._handing_over())
             except SlackCallError as exc:  # it expires by itself; the chain goes on below
                 log.info("could not stop a stream before rolling over: %s", exc.error)
+        await self.ws.stream_starts.acquire(urgent=True, rank=self.rank)
         await self.open(carry)
 
     def _handing_over(self) -> list[dict[str, Any]]:
@@ -210,6 +219,13 @@ class Stream:
     # --- events ----------------------------------------------------------------------------
 
     async def present(self, events: AsyncIterator[Event]) -> Outcome:
+        self.ws.open_streams += 1
+        try:
+            return await self._present(events)
+        finally:
+            self.ws.open_streams -= 1
+
+    async def _present(self, events: AsyncIterator[Event]) -> Outcome:
         final: Event | None = None
         try:
             async for event in events:
@@ -259,7 +275,7 @@ class Stream:
                 self.outcome.answer, self.outcome.total_seconds = text, total
                 self.outcome.steps = steps
                 self._answer_text(text, final=True)
-                line = summary_line(total, steps, self.language)
+                line = final_summary(event, self.language)
                 self._queue_text(f"\n\n_{escape(line)}_")
             case ChainFailed(total_seconds=total):
                 self.outcome.failure, self.outcome.total_seconds = event, total
@@ -326,12 +342,19 @@ class Stream:
         if self.pending and (self.flusher is None or self.flusher.done()):
             self.flusher = asyncio.create_task(self._flush_soon(), name="slack-stream-flush")
 
+    def _append_interval(self) -> float:
+        """How often this stream may append: its share of `chat.appendStream`'s window among
+        the workspace's open streams, so that none goes without while others spend it."""
+        lim = self.lim
+        share = self.ws.open_streams * lim.append_window / lim.append_calls
+        return max(lim.append_interval, share)
+
     async def _flush_soon(self) -> None:
         while self.pending and not self.closing and self.broken is None:
-            wait = self.last_flush + self.lim.append_interval - time.monotonic()
+            wait = self.last_flush + self._append_interval() - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.ws.append_budget.acquire()
+            await self.ws.append_budget.acquire(rank=self.rank)
             if self.closing:
                 return  # the stop carries what is pending
             chunks, self.pending = self.pending, []
@@ -384,7 +407,7 @@ class Stream:
                 log.info("could not stop the broken stream: %s", stop_error.error)
             self.stopped = True
         self.pending = []
-        presenter = ThreadPresenter(self.surface, self.language)
+        presenter = ThreadPresenter(self.surface, self.language, rank=self.rank)
         self.fallback = presenter
         for i in sorted(set(self.finished) - self.delivered):
             # Finished while the stream was failing: never shown, so posted now.

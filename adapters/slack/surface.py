@@ -36,8 +36,9 @@ class SlackSurface(BaseSurface):
         thread_ts: str,
         *,
         asker: str = "",
+        asker_team: str = "",
     ) -> None:
-        self.thread = SlackThread(client, workspace, channel, thread_ts, asker)
+        self.thread = SlackThread(client, workspace, channel, thread_ts, asker, asker_team)
         self.client = client
         self.workspace = workspace
         self.channel = channel
@@ -45,12 +46,13 @@ class SlackSurface(BaseSurface):
         lim = workspace.limits
         self.limits = SurfaceLimits(max_chars=lim.max_chars, edit_interval=lim.edit_interval)
         self.budget = workspace.update_budget
-        self._post_budget = workspace.post_budget(channel)
         self._shown: dict[str, str] | None = None  # the thread as read once by `strays`
 
     @property
     def post_budget(self) -> RateLimiter:
-        return self._post_budget  # chat.postMessage: about 1/s per channel, apart from edits
+        # chat.postMessage: about 1/s per channel, apart from edits. Asked for at every post:
+        # the workspace keeps a channel's budget only while it is in use (`ChannelBudgets`).
+        return self.workspace.post_budget(self.channel)
 
     def render(self, markdown: str) -> str:
         return to_mrkdwn(markdown)

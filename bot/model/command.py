@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import sys
@@ -149,10 +150,51 @@ def build_server_args(spec: ServerSpec, python: str) -> list[str]:
     return args
 
 
+def has_key(api_key: str | None) -> bool:
+    """Whether OPENAI_API_KEY is a real key: `EMPTY` (the default) is the placeholder for a
+    server that wants none."""
+    return bool(api_key) and api_key != "EMPTY"
+
+
+def reachable_from_outside(host: str) -> bool:
+    """Whether a server bound to `host` listens beyond this machine: anything but a loopback
+    address (`0.0.0.0`, `::` and an empty host mean every interface; a name other than
+    localhost may resolve to anything)."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return True
+
+
+def check_exposure(host: str, api_key: str | None, *, insecure: bool, out: Out) -> None:
+    """Refuse (ModelError, one line) to serve the model beyond this machine without a key,
+    unless `insecure`, which is said once."""
+    if has_key(api_key) or not reachable_from_outside(host):
+        return
+    if not insecure:
+        raise ModelError(
+            f"--host {host} lets anyone who can reach this machine use the model server, and "
+            "OPENAI_API_KEY is not set: set it to a secret (Ponder passes it to vLLM and sends "
+            "it), or add --insecure to serve without a key"
+        )
+    out(f"warning: serving on --host {host} without a key (--insecure): anyone who can reach "
+        "this machine can use the model server")
+
+
 def server_env(
-    spec: ServerSpec, cache: Path, base: Mapping[str, str] | None = None
+    spec: ServerSpec, cache: Path, base: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> dict[str, str]:
+    """vLLM's environment. The key Ponder sends (OPENAI_API_KEY) is the one the server wants,
+    given as VLLM_API_KEY (vLLM reads it like --api-key) so that it does not show in `ps`;
+    with no key, none inherited from the shell either: Ponder could not call the server."""
     env = dict(os.environ if base is None else base)
+    env.pop("VLLM_API_KEY", None)
+    if api_key is not None and has_key(api_key):
+        env["VLLM_API_KEY"] = api_key
     env.setdefault("VLLM_CACHE_ROOT", str((cache / "vllm").resolve()))
     if spec.cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; whole numbers only

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.errors import ModelError
-from bot.model.command import find_vllm_python, server_spec
+from bot.model.command import check_exposure, find_vllm_python, server_spec
 from bot.model.gpu import detect_gpu
 from bot.model.weights import DEFAULT_MODEL_ID, DEMO_MODEL_NAME, cache_root, download_model
 
@@ -29,6 +29,8 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _serve_main(args: argparse.Namespace, settings: Settings) -> int:
+    api_key = settings.openai_api_key.get_secret_value()
+    check_exposure(args.host, api_key, insecure=args.insecure, out=print)  # before any work
     cache = cache_root(settings, args.cache_dir)
     python = find_vllm_python(settings)
     gpu = None if args.demo else await detect_gpu()
@@ -47,8 +49,8 @@ async def _serve_main(args: argparse.Namespace, settings: Settings) -> int:
     from bot.model.serving import serve  # the model client (openai) only when serving
 
     return await serve(
-        spec, python, cache, served_name=settings.model,
-        api_key=settings.openai_api_key.get_secret_value(), ready_timeout=args.ready_timeout,
+        spec, python, cache, served_name=settings.model, api_key=api_key,
+        ready_timeout=args.ready_timeout,
     )
 
 
@@ -83,7 +85,11 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help="ModelScope model id (downloaded first if needed) or a local folder")
     srv.add_argument("--demo", action="store_true",
                      help=f"serve the CPU demo model {DEMO_MODEL_NAME} (needs `make demo-deps`)")
-    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on (beyond this machine only with "
+                          "OPENAI_API_KEY set, which the server then requires)")
+    srv.add_argument("--insecure", action="store_true",
+                     help="allow a --host other machines can reach without OPENAI_API_KEY")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--gpu-memory-utilization", type=float, default=None)
     srv.add_argument("--max-model-len", type=int, default=None)

@@ -14,6 +14,7 @@ from bot.model.command import (
     ServerSpec,
     build_server_args,
     find_vllm_python,
+    has_key,
     server_env,
     server_spec,
 )
@@ -77,7 +78,7 @@ async def managed_server(
     log_path = cache / "logs" / f"vllm-{port}.log"
     server = ServerProcess(
         build_server_args(spec, python), base_url=spec.base_url, served_name=settings.model,
-        env=server_env(spec, cache), log_path=log_path, api_key=api_key,
+        env=server_env(spec, cache, api_key=api_key), log_path=log_path, api_key=api_key,
     )
     out(f"starting vLLM with {Path(spec.model).name} on port {port} (log: {log_path}) …")
     async with server:
@@ -105,7 +106,7 @@ async def serve(
     on_stop_signals(stopping.set)
     server = ServerProcess(
         build_server_args(spec, python), base_url=spec.base_url, served_name=served_name,
-        env=server_env(spec, cache), api_key=api_key,
+        env=server_env(spec, cache, api_key=api_key), api_key=api_key,
     )
     tasks: list[asyncio.Task[Any]] = []
     try:
@@ -121,6 +122,8 @@ async def serve(
         out(f"model server ready in {seconds:.1f} s: {Path(spec.model).name} "
             f"served as {served_name}")
         out(f"OPENAI_BASE_URL={spec.base_url}")
+        if has_key(api_key):
+            out("the server requires this OPENAI_API_KEY: give clients the same one")
         exited = asyncio.create_task(server.wait())
         tasks.append(exited)
         await asyncio.wait({stopper, exited}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -40,8 +41,43 @@ def cache_root(settings: Settings | None = None, override: str | Path | None = N
     return settings.cache_dir if settings is not None else load_settings().cache_dir
 
 
+_ID_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def model_id_parts(model_id: str) -> tuple[str, str]:
+    """(organisation, name) of a ModelScope id; ModelError, in one line, for anything else.
+
+    The id becomes a folder name: `..`, absolute paths, backslashes and empty parts must never
+    reach the file system."""
+    parts = model_id.split("/")
+    if len(parts) != 2 or any(p in (".", "..") or not _ID_PART.match(p) for p in parts):
+        raise ModelError(
+            f"{model_id!r} is not a ModelScope model id: expected ORG/NAME (letters, digits, "
+            "'-', '_' and '.'; no '..', backslash or empty part); for a model already on disk "
+            "pass its folder: --model DIR"
+        )
+    return parts[0], parts[1]
+
+
 def local_model_dir(model_id: str, cache: Path) -> Path:
-    return cache / "models" / model_id.rstrip("/").rsplit("/", 1)[-1]
+    """`<cache>/models/<org>--<name>`: the organisation is kept (`someone/X` is not `qwen/X`),
+    and no downloaded model's folder can be another one's parent."""
+    org, name = model_id_parts(model_id)
+    return cache / "models" / f"{org}--{name}"
+
+
+def _legacy_model_dir(model_id: str, cache: Path) -> Path:
+    """Where earlier versions kept a download: under its name alone, so that `someone/X` and
+    `qwen/X` shared a folder (and a marker); `download_model` moves what it finds there."""
+    return cache / "models" / model_id_parts(model_id)[1]
+
+
+def downloaded_as(folder: Path) -> str | None:
+    """The model id a finished download in `folder` is of (its marker), or None."""
+    try:
+        return (folder / DOWNLOAD_STAMP).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def demo_model_dir(cache: Path) -> Path:
@@ -103,9 +139,23 @@ async def download_model(
     `snapshot_download` is ModelScope's function (imported lazily: it is only in the `serve`
     extra); tests pass a fake.
     """
-    target = local_model_dir(model_id, cache or cache_root())
-    if (target / DOWNLOAD_STAMP).is_file():
+    cache = cache or cache_root()
+    target = local_model_dir(model_id, cache)
+    done = downloaded_as(target)
+    if done == model_id:
         out(f"{model_id} already downloaded: {target}")
+        return target
+    if done is not None:  # only ids that differ in `--` alone share a folder
+        raise ModelError(f"{target} holds the download of {done}, not {model_id}; "
+                         "remove that folder or use another --cache-dir")
+    legacy = _legacy_model_dir(model_id, cache)
+    if downloaded_as(legacy) == model_id and not target.exists():
+        try:
+            legacy.rename(target)
+        except OSError as exc:
+            raise ModelError(f"could not move {legacy} to {target} ({exc}); move it by hand "
+                             "or remove it to download again") from None
+        out(f"{model_id} already downloaded; moved from {legacy} to {target}")
         return target
     fetch = snapshot_download or _import_snapshot_download()
     out(f"downloading {model_id} from ModelScope into {target} …")

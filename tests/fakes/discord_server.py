@@ -16,9 +16,21 @@ What it does like Discord (and what tests can therefore assert on):
   anything else is a 404.
   JSON answers carry `Content-Type: application/json` exactly (discord.py parses nothing else).
 - Every request is recorded (`fake.requests`): method, path, query, JSON body, headers, status.
-- Per-route rate-limit buckets with Discord's headers (`X-RateLimit-*`), a global limit, and
-  429s with `Retry-After` and `Via` (a 429 without `Via` reads to discord.py as a Cloudflare
-  ban). `fail_next(...)` injects 429s or 5xx into the next matching requests.
+- Rate limits as Discord documents them: every route has a bucket, keyed by its top-level
+  resource (channel, webhook + token), and every answer carries `X-RateLimit-Limit`,
+  `-Remaining`, `-Reset`, `-Reset-After` and `-Bucket`. Buckets can be shared by routes
+  (`shared_buckets`: one name, one count); and as Discord does, a channel's message posts and
+  edits answer with one bucket name but are counted apart (`same_name`). By default
+  (`rate_model="window"`) a bucket counts in fixed windows: `Limit` requests in a window that
+  opens with the first request and lasts `Reset-After` seconds; `Remaining` counts down and
+  is back to `Limit` only when the window ends. `rate_model="bucket"` counts as a token bucket
+  instead (`Limit` saved up, refilled evenly over the window). Above them the global limit
+  (50 a second, interaction callbacks excluded). A request over a limit gets a 429 with
+  `retry_after` and `global` in its body, `Retry-After`, `X-RateLimit-Scope` (`user` or
+  `global`) and `Via` (a 429 without `Via` reads to discord.py as a Cloudflare ban).
+  `scaled_rate_limits(n)`: windows n times shorter, for tests. `fail_next(...)` injects 429s
+  or 5xx into the next matching requests. `ClientHolds` counts the requests discord.py held
+  back itself, for want of room in a window it knew was spent.
 - Validation that can fail a test: content over 2000 chars, empty messages, unknown channels or
   messages, editing someone else's message, answering an interaction twice or after 3 s,
   an expired interaction token (15 min, or `expire_token`).
@@ -90,8 +102,7 @@ MESSAGE_FLAG_EPHEMERAL = 1 << 6
 MESSAGE_FLAG_LOADING = 1 << 7
 
 # Per-route buckets: route template -> (limit, window seconds). Templates name the major
-# parameter ({channel_id}, {webhook}) that keys a bucket, as Discord does. Messages in one
-# channel (a thread is a channel) share about 5 writes per 5 s.
+# parameter ({channel_id}, {webhook}) that keys a bucket, as Discord does.
 DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
     "POST /channels/{channel_id}/messages": (5, 5.0),
     "PATCH /channels/{channel_id}/messages/{id}": (5, 5.0),
@@ -99,7 +110,22 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
     "POST /channels/{channel_id}/threads": (5, 5.0),
     "PATCH /webhooks/{webhook}/messages/{id}": (5, 5.0),
 }
+# Routes that answer with another route's `X-RateLimit-Bucket` yet are counted apart: Discord
+# does this with a channel's message posts and edits (discord/discord-api-docs#1442, #8073:
+# one bucket name, `Remaining` counting down separately). A client that takes the name at its
+# word counts both in one window and gets that window wrong both ways.
+SAME_NAME: dict[str, str] = {
+    "PATCH /channels/{channel_id}/messages/{id}": "POST /channels/{channel_id}/messages",
+}
+# Every other route has a bucket too (Discord sends the headers on every answer): a roomy one.
+OTHER_ROUTES_LIMIT: tuple[int, float] = (50, 1.0)
 DEFAULT_GLOBAL_LIMIT = 50  # requests per second per bot (interaction callbacks excluded)
+
+# How a bucket counts. "window", as Discord documents it: `Limit` requests in a window of
+# `Reset-After` seconds that opens with the first request; `Remaining` counts down and comes
+# back to `Limit` only when the window ends. "bucket": a token bucket (`Limit` saved up,
+# refilled evenly over the window), which forgives a steady pace that a window refuses.
+RATE_MODELS = ("window", "bucket")
 
 
 def scaled_rate_limits(scale: float) -> dict[str, tuple[int, float]]:
@@ -136,6 +162,7 @@ class Fault:
     retry_after: float
     is_global: bool
     via: bool
+    skip: int = 0  # matching requests let through first
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method != method:
@@ -162,11 +189,55 @@ class Interaction:
 
 @dataclass
 class _Bucket:
+    """One rate-limit bucket (a route's, keyed by its major parameter, or the global one)."""
+
+    model: str  # one of RATE_MODELS
     limit: int
-    window: float
-    remaining: int
-    reset_at: float  # monotonic
-    hash: str
+    window: float  # seconds
+    hash: str  # X-RateLimit-Bucket
+    remaining: int = 0  # "window": what is left of the open window
+    reset_at: float = 0.0  # "window": when the open window ends (monotonic); none open before
+    tokens: float = 0.0  # "bucket": what is saved up
+    stamp: float = 0.0  # "bucket": when `tokens` was last brought up to date
+
+    def __post_init__(self) -> None:
+        self.tokens, self.stamp = float(self.limit), time.monotonic()
+
+    def take(self, now: float) -> bool:
+        """Count one request; False when the bucket has nothing left for it."""
+        if self.model == "window":
+            if now >= self.reset_at:  # the window ended: this request opens the next one
+                self.remaining, self.reset_at = self.limit, now + self.window
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            return True
+        self.tokens = min(float(self.limit),
+                          self.tokens + (now - self.stamp) * self.limit / self.window)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def retry_after(self, now: float) -> float:
+        if self.model == "window":
+            return max(0.0, self.reset_at - now)
+        return max(0.0, (1 - self.tokens) * self.window / self.limit)
+
+    def headers(self, now: float) -> dict[str, str]:
+        if self.model == "window":
+            remaining, reset_after = self.remaining, max(0.0, self.reset_at - now)
+        else:  # what is saved up, and when the bucket is full again
+            remaining = int(self.tokens)
+            reset_after = (self.limit - self.tokens) * self.window / self.limit
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": self.hash,
+        }
 
 
 class FakeDiscord(Outages):
@@ -175,6 +246,9 @@ class FakeDiscord(Outages):
         *,
         rate_limits: dict[str, tuple[int, float]] | None = None,
         global_limit: int | None = DEFAULT_GLOBAL_LIMIT,
+        rate_model: str = "window",
+        shared_buckets: dict[str, str] | None = None,
+        same_name: dict[str, str] | None = None,
         latency: float = 0.0,
         heartbeat_interval_ms: int = 41250,
         interaction_deadline: float = 3.0,
@@ -184,6 +258,14 @@ class FakeDiscord(Outages):
         Outages.__init__(self)
         self.rate_limits = DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits
         self.global_limit = global_limit
+        if rate_model not in RATE_MODELS:
+            raise ValueError(f"rate_model must be one of {RATE_MODELS}")
+        self.rate_model = rate_model
+        # Route -> the route whose bucket it counts in (one name, one count), as Discord
+        # documents shared buckets; and route -> the route whose bucket name it answers with
+        # while counted apart, as Discord does with message posts and edits.
+        self.shared_buckets = shared_buckets or {}
+        self.same_name = SAME_NAME if same_name is None else same_name
         self.latency = latency
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.interaction_deadline = interaction_deadline
@@ -218,7 +300,7 @@ class FakeDiscord(Outages):
         self.disallowed_intents = 0
         self._faults: list[Fault] = []
         self._buckets: dict[tuple[str, str], _Bucket] = {}
-        self._global_window: tuple[float, int] = (0.0, 0)
+        self._global: _Bucket | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._hung = asyncio.Event()  # cleared: REST hangs (`hang`)
         self._hung.set()
@@ -312,6 +394,12 @@ class FakeDiscord(Outages):
             "default_thread_rate_limit_per_user": 0,
         })
         return channel
+
+    def add_user(self, name: str) -> dict[str, Any]:
+        """Another member of the guild (for `slash(..., user=...)`)."""
+        user = self._user(self.snowflake(), name)
+        self.users[int(user["id"])] = user
+        return user
 
     def add_text_channel(self, name: str) -> int:
         """A second text channel (after READY, announced with CHANNEL_CREATE by the caller)."""
@@ -417,10 +505,12 @@ class FakeDiscord(Outages):
 
     def fail_next(self, count: int, status: int = 429, *, method: str | None = None,
                   path: str | None = None, retry_after: float = 1.0, is_global: bool = False,
-                  via: bool = True) -> None:
-        """Answer the next `count` matching requests with `status` (429: with Retry-After)."""
+                  via: bool = True, skip: int = 0) -> None:
+        """Answer the next `count` matching requests with `status` (429: with Retry-After),
+        after letting `skip` of them through."""
         pattern = re.compile(path) if path else None
-        self._faults.append(Fault(count, status, method, pattern, retry_after, is_global, via))
+        self._faults.append(Fault(count, status, method, pattern, retry_after, is_global, via,
+                                  skip))
 
     def expire_token(self, interaction: Interaction) -> None:
         interaction.expired = True
@@ -668,6 +758,9 @@ class FakeDiscord(Outages):
     def _take_fault(self, record: RecordedRequest) -> web.Response | None:
         for fault in self._faults:
             if fault.count > 0 and fault.matches(record.method, record.path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 fault.count -= 1
                 if fault.status == 429:
                     return _too_many(fault.retry_after, fault.is_global, fault.via, "user")
@@ -679,39 +772,25 @@ class FakeDiscord(Outages):
                     is_interaction: bool) -> dict[str, str] | web.Response:
         now = time.monotonic()
         if self.global_limit and not route.startswith("POST /interactions/"):
-            start, used = self._global_window
-            if now - start >= 1.0:
-                start, used = now, 0
-            if used >= self.global_limit:
-                return _too_many(start + 1.0 - now, True, True, "global")
-            self._global_window = (start, used + 1)
-        limits = self.rate_limits.get(route)
-        if limits is None:
-            return {}
+            if self._global is None:
+                self._global = _Bucket(self.rate_model, self.global_limit, 1.0, "global")
+            if not self._global.take(now):
+                return _too_many(self._global.retry_after(now), True, True, "global")
+        name = self.shared_buckets.get(route, route)
+        limit, window = self.rate_limits.get(name, OTHER_ROUTES_LIMIT)
+        # Keyed by the top-level resource in the path, as Discord does (channel, webhook).
         major = params.get("channel_id") or params.get("webhook") or ""
-        key = (route, major)
-        bucket = self._buckets.get(key)
-        if bucket is None or now >= bucket.reset_at:
-            digest = hashlib.sha1(route.encode()).hexdigest()[:16]
-            bucket = _Bucket(limits[0], limits[1], limits[0], now + limits[1], digest)
-            self._buckets[key] = bucket
-        if bucket.remaining <= 0:
-            response = _too_many(bucket.reset_at - now, False, True, "user")
-            response.headers.update(self._bucket_headers(bucket, now))
+        bucket = self._buckets.get((name, major))
+        if bucket is None:
+            shown = self.same_name.get(name, name)
+            digest = hashlib.sha1(shown.encode()).hexdigest()[:16]
+            bucket = self._buckets[(name, major)] = _Bucket(self.rate_model, limit, window,
+                                                            digest)
+        if not bucket.take(now):
+            response = _too_many(bucket.retry_after(now), False, True, "user")
+            response.headers.update(bucket.headers(now))
             return response
-        bucket.remaining -= 1
-        return self._bucket_headers(bucket, now)
-
-    @staticmethod
-    def _bucket_headers(bucket: _Bucket, now: float) -> dict[str, str]:
-        reset_after = max(0.0, bucket.reset_at - now)
-        return {
-            "X-RateLimit-Limit": str(bucket.limit),
-            "X-RateLimit-Remaining": str(bucket.remaining),
-            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
-            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-            "X-RateLimit-Bucket": bucket.hash,
-        }
+        return bucket.headers(now)
 
     # --- REST: login ----------------------------------------------------------------------
 
@@ -1066,3 +1145,40 @@ def _check_message(body: dict[str, Any], editing: bool = False) -> web.Response 
 
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+class ClientHolds:
+    """Counts, while in use (`with ClientHolds() as holds:`), the requests discord.py's own
+    rate limiting held back because a window it knew of was spent for a while yet (its
+    `Ratelimit.acquire` found nothing remaining and the window's end more than `slack`
+    seconds away). The 429s a fake Discord sees say whether a client sent into a spent window;
+    this says whether the bot handed discord.py more than the window had, to be queued there
+    in arrival order, urgent or not. A moment's wait at a window's very end is not counted:
+    the bot may read the same answer a moment before discord.py does."""
+
+    def __init__(self, slack: float = 0.1) -> None:
+        self.slack = slack
+        self.count = 0
+        self._original: Callable[..., Awaitable[None]] | None = None
+
+    def __enter__(self) -> ClientHolds:
+        from discord.http import Ratelimit
+
+        original = self._original = Ratelimit.acquire
+        holds = self
+
+        async def acquire(limit: Ratelimit) -> None:
+            now = limit._loop.time()
+            if (limit.remaining <= 0 and limit.expires is not None
+                    and limit.expires - now > holds.slack):
+                holds.count += 1
+            await original(limit)
+
+        setattr(Ratelimit, "acquire", acquire)  # noqa: B010 (a method, replaced while in use)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from discord.http import Ratelimit
+
+        if self._original is not None:
+            setattr(Ratelimit, "acquire", self._original)  # noqa: B010

@@ -2,8 +2,10 @@
 
 Streams Server-Sent Events exactly like the real API, answers scripted replies in order (steps,
 text, reasoning, faults, cut streams, hangs) and, with an empty script, auto-answers a chain of
-`auto_steps` steps statelessly so hundreds of chains can run at once. Every chat request is
-recorded (`fake.requests`) and timed (`fake.stats.model_seconds`).
+`auto_steps` steps statelessly so hundreds of chains can run at once. `answer(question, …)`
+gives final answers by question instead of by arrival order (right and wrong answers for an
+eval, differing chains of a vote). Every chat request is recorded (`fake.requests`) and timed
+(`fake.stats.model_seconds`).
 
 What a client sees for each reply:
 
@@ -31,6 +33,16 @@ past any sane client timeout, then the reply) or `"cut"` (the reply it would hav
 a random point of its stream). A faulted request never consumes a scripted reply: the retry gets
 it. `fake.faults` counts the faults by kind.
 
+The context window is vLLM's: `max_model_len` (listed in /v1/models) is enforced on every chat
+request with vLLM's own 400s ("This model's maximum context length is …"), counting the prompt
+with the fake's tokenizer, which `POST /tokenize` (at the server's root, like vLLM's) also
+answers: one token per Han/kana/hangul character (`wide_tokens`), one per four other
+characters (a run at a time), and a chat template of `TEMPLATE_PER_MESSAGE` tokens a message plus
+`TEMPLATE_GENERATION` for the generation prompt. `tokenize=False` takes /tokenize away (404,
+as on servers that lack it); `stats.tokenize_calls` counts its uses. With `basic_auth=(user,
+password)` every endpoint wants that HTTP basic auth and answers 401 (an HTML page, as a proxy
+does) without it.
+
 Standalone: `python -m tests.fakes.openai_server --port 8000 --auto-steps 5 --chunk-delay 0.02`
 (`--fault-rate 0.2 --seed 1` for a flaky server).
 """
@@ -39,9 +51,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import random
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -110,6 +124,17 @@ class Hang:
 Reply = Step | Text | Reasoning | Raw | Fault | Cut | Hang
 
 
+@dataclass(frozen=True, slots=True)
+class _Answers:
+    question: str  # the start of the first user message
+    replies: deque[Reply]  # final answers, in turn
+    direct: Reply | None  # the reply to the question asked with no system prompt
+
+
+def _reply(value: str | Reply) -> Reply:
+    return Text(value) if isinstance(value, str) else value
+
+
 @dataclass(slots=True)
 class RecordedRequest:
     path: str
@@ -127,11 +152,37 @@ class Stats:
     peak_active: int = 0
     prefix_queries: int = 0  # "tokens" looked up in the prefix cache (for /metrics)
     prefix_hits: int = 0
+    tokenize_calls: int = 0  # POST /tokenize answered
+    unauthorized: int = 0  # requests refused for want of the configured basic auth
 
 
 _DEFAULT_MODEL = "Qwen2.5-7B-Instruct"
+SESSION_HEADER = "x-session-id"  # PONDER_SESSION_HEADER's default: the chain id
 _STEP_FORMATS = ("json_schema", "json_object")
 FAULT_KINDS = ("500", "429", "hang", "cut")
+TEMPLATE_PER_MESSAGE = 5  # `<|im_start|>role\n … <|im_end|>\n`
+TEMPLATE_GENERATION = 3  # `<|im_start|>assistant\n`
+_WIDE = re.compile("[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+                   "\ufe30-\ufe4f\uff00-\uffef]")
+_NOT_WIDE = re.compile("[^\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+                       "\ufe30-\ufe4f\uff00-\uffef]+")
+
+
+def text_tokens(text: str, wide: int = 1) -> int:
+    """The fake tokenizer: `wide` tokens per CJK character (a byte-level tokenizer without
+    them spends 2-3), one per four other characters."""
+    return (wide * len(_WIDE.findall(text))
+            + sum(-(-len(run) // 4) for run in _NOT_WIDE.findall(text)))
+
+
+def chat_tokens(messages: list[Any], generation: bool = True, wide: int = 1) -> int:
+    """Prompt tokens of a chat request, template included."""
+    total = TEMPLATE_GENERATION if generation else 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        total += TEMPLATE_PER_MESSAGE + (text_tokens(content, wide) if isinstance(content, str)
+                                         else 0)
+    return total
 
 
 class FakeOpenAI:
@@ -143,7 +194,9 @@ class FakeOpenAI:
                  host: str = "127.0.0.1", port: int = 0, max_model_len: int = 32768,
                  record: bool = True, fault_rate: float = 0.0, seed: int | None = None,
                  fault_kinds: tuple[str, ...] = FAULT_KINDS, hang_seconds: float = 30.0,
-                 retry_after: float = 0.1, echo: bool = False) -> None:
+                 retry_after: float = 0.1, echo: bool = False, tokenize: bool = True,
+                 list_max_model_len: bool = True, wide_tokens: int = 1,
+                 basic_auth: tuple[str, str] | None = None) -> None:
         if chunk_chars < 1:
             raise ValueError("chunk_chars must be at least 1")
         if not 0.0 <= fault_rate <= 1.0:
@@ -160,6 +213,10 @@ class FakeOpenAI:
         self.host = host
         self.port = port
         self.max_model_len = max_model_len
+        self.tokenize = tokenize  # POST /tokenize offered (else 404, as where it is missing)
+        self.list_max_model_len = list_max_model_len  # max_model_len shown in /v1/models
+        self.wide_tokens = wide_tokens  # tokens per CJK character
+        self.basic_auth = basic_auth
         self.record = record  # off for long standalone runs
         self.fault_rate = fault_rate  # may be changed while it runs
         self.fault_kinds = tuple(fault_kinds)
@@ -172,6 +229,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self.stats = Stats()
         self._queue: deque[Reply] = deque()
+        self._answers: list[_Answers] = []
+        self._sessions: dict[str, deque[Reply]] = {}
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
@@ -185,9 +244,22 @@ class FakeOpenAI:
         """Scripted replies not yet used."""
         return len(self._queue)
 
+    def answer(self, question: str, *replies: str | Reply,
+               direct: str | Reply | None = None) -> None:
+        """Answer a question by what it asks, not by arrival order (many at once, in any
+        order): every request whose first user message starts with `question` gets auto steps
+        and, for its final answer, the next of `replies` in turn (a `str` is a `Text`); asked
+        directly (no system prompt: `ponder eval`'s plain mode) it gets `direct`, if given.
+        These come before the script, which keeps serving every other request."""
+        if not replies:
+            raise ValueError("give at least one reply")
+        self._answers.append(_Answers(question, deque(_reply(r) for r in replies),
+                                      None if direct is None else _reply(direct)))
+
     async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._auth])
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -220,13 +292,50 @@ class FakeOpenAI:
 
     # --- endpoints ---------------------------------------------------------------------------
 
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.basic_auth is not None:
+            user, password = self.basic_auth
+            wanted = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if request.headers.get("Authorization") != wanted:
+                self.stats.unauthorized += 1
+                return web.Response(
+                    status=401, content_type="text/html",
+                    headers={"WWW-Authenticate": 'Basic realm="model"'},
+                    text="<html><head><title>401 Authorization Required</title></head><body>"
+                         "<center><h1>401 Authorization Required</h1></center><hr><center>"
+                         "nginx</center></body></html>")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        if not self.tokenize:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._error(400, "The request body is not a JSON object.")
+        if isinstance(body.get("messages"), list):
+            count = chat_tokens(body["messages"], bool(body.get("add_generation_prompt", True)),
+                                self.wide_tokens)
+        elif isinstance(body.get("prompt"), str):
+            count = text_tokens(body["prompt"], self.wide_tokens)
+        else:
+            return self._error(400, "prompt or messages: Field required")
+        self.stats.tokenize_calls += 1
+        return web.json_response({"count": count, "max_model_len": self.max_model_len,
+                                  "tokens": list(range(count)), "token_strs": None})
+
     async def _health(self, _: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
             "id": self.model, "object": "model", "created": 0, "owned_by": "vllm",
-            "root": self.model, "parent": None, "max_model_len": self.max_model_len}]})
+            "root": self.model, "parent": None,
+            **({"max_model_len": self.max_model_len} if self.list_max_model_len else {})}]})
 
     async def _metrics(self, _: web.Request) -> web.Response:
         labels = f'{{engine="0",model_name="{self.model}"}}'
@@ -270,9 +379,10 @@ class FakeOpenAI:
         if problem is not None:
             return problem
         # A plausible prefix cache: everything before the newest message was seen before.
-        tokens = _prompt_tokens(body["messages"])
+        tokens = chat_tokens(body["messages"], wide=self.wide_tokens)
         self.stats.prefix_queries += tokens
-        self.stats.prefix_hits += max(0, tokens - _prompt_tokens(body["messages"][-1:]))
+        self.stats.prefix_hits += max(0, tokens - chat_tokens(body["messages"][-1:],
+                                                             wide=self.wide_tokens))
         fault = self._draw_fault()
         if fault == "500":
             return self._error(500, "internal server error (injected fault)")
@@ -287,7 +397,9 @@ class FakeOpenAI:
             if isinstance(reply, Fault | Hang):
                 return self._error(500, "internal server error (injected fault)")
         else:
-            reply = self._queue.popleft() if self._queue else self._auto(body)
+            own = self._sessions.get(request.headers.get(SESSION_HEADER, ""))
+            reply = (own.popleft() if own else None) or self._answered(body) or (
+                self._queue.popleft() if self._queue else self._auto(body))
         if isinstance(reply, Fault):
             headers = {} if reply.retry_after is None else {"Retry-After": f"{reply.retry_after:g}"}
             return self._error(reply.status, reply.message, headers)
@@ -338,13 +450,44 @@ class FakeOpenAI:
         if fmt == "json_object" and self.reject_json_object:
             return self._error(400, "json_object response_format is not supported",
                                param="response_format")
-        tokens = _prompt_tokens(messages)
-        if tokens > self.max_model_len:
-            return self._error(400, f"This model's maximum context length is "
-                               f"{self.max_model_len} tokens. However, your prompt contains "
-                               f"{tokens} input tokens. Please reduce the length of the input "
-                               "prompt.", param="input_tokens")
+        # vLLM's checks and wording (0.11+): the prompt alone, then prompt + completion.
+        tokens = chat_tokens(messages, wide=self.wide_tokens)
+        limit = self.max_model_len
+        if tokens >= limit:
+            return self._error(400, f"This model's maximum context length is {limit} tokens. "
+                               f"However, your request has {tokens} input tokens. Please reduce "
+                               "the length of the input messages.")
+        wanted = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(wanted, int) and wanted > limit - tokens:
+            return self._error(400, f"'max_tokens' or 'max_completion_tokens' is too large: "
+                               f"{wanted}. This model's maximum context length is {limit} "
+                               f"tokens and your request has {tokens} input tokens ({wanted} > "
+                               f"{limit} - {tokens}).")
         return None
+
+    def script_for(self, session: str, *replies: Reply) -> None:
+        """Replies for one chain only (its session header, Ponder's chain id), before anything
+        else: one chain of several at once fails or hangs on purpose."""
+        self._sessions.setdefault(session, deque()).extend(replies)
+
+    def _answered(self, body: dict[str, Any]) -> Reply | None:
+        """The reply `answer()` set for this request's question, if any."""
+        if not self._answers:
+            return None
+        messages = [m for m in body["messages"] if isinstance(m, dict)]
+        question = next((m.get("content") for m in messages if m.get("role") == "user"
+                         and isinstance(m.get("content"), str)), "")
+        match = next((a for a in self._answers if question.startswith(a.question)), None)
+        if match is None:
+            return None
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt in _STEP_FORMATS or body.get("structured_outputs"):
+            return self._auto(body)
+        if match.direct is not None and not any(m.get("role") == "system" for m in messages):
+            return match.direct
+        reply = match.replies[0]
+        match.replies.rotate(-1)
+        return reply
 
     def _auto(self, body: dict[str, Any]) -> Reply:
         fmt = (body.get("response_format") or {}).get("type")
@@ -460,15 +603,6 @@ def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _prompt_tokens(messages: list[Any]) -> int:
-    """A token estimate of the prompt (about 4 characters a token, a few per message)."""
-    chars = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        chars += len(content) if isinstance(content, str) else 0
-    return chars // 4 + 4 * len(messages)
-
-
 def _usage(pieces: list[tuple[str, str]]) -> dict[str, int]:
     completion = sum(len(text) for _, text in pieces) // 4 + 1
     return {"prompt_tokens": 32, "total_tokens": 32 + completion,
@@ -496,7 +630,8 @@ async def _serve(args: argparse.Namespace) -> None:
                       chunk_delay=args.chunk_delay, auto_steps=args.auto_steps,
                       host=args.host, port=args.port, record=False,
                       fault_rate=args.fault_rate, seed=args.seed,
-                      hang_seconds=args.hang_seconds)
+                      hang_seconds=args.hang_seconds, max_model_len=args.max_model_len,
+                      tokenize=not args.no_tokenize)
     await fake.start()
     faults = f", {args.fault_rate:.0%} of requests fail" if args.fault_rate else ""
     print(f"fake vLLM at {fake.base_url} (model {fake.model}{faults})", flush=True)
@@ -519,6 +654,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for the random faults")
     parser.add_argument("--hang-seconds", type=float, default=30.0,
                         help="how long a hanging request says nothing")
+    parser.add_argument("--max-model-len", type=int, default=32768,
+                        help="the context window, enforced as vLLM does")
+    parser.add_argument("--no-tokenize", action="store_true",
+                        help="answer /tokenize with 404, as servers without it do")
     args = parser.parse_args()
     if not 0.0 <= args.fault_rate <= 1.0:
         parser.error("--fault-rate is a probability, between 0 and 1")

@@ -7,18 +7,30 @@ sends: JSON bodies for `chat.*` and `assistant.threads.setStatus`, form bodies f
 `Authorization: Bearer ...`.
 
 What it keeps:
-- every request (`slack.calls`, `slack.calls_to("chat.update")`) with its parsed body, headers,
-  the status it answered and the answer;
+- every request (`slack.calls`, `slack.calls_to("chat.update")`) with its full payload (JSON,
+  form and query parameters merged; `blocks`, `chunks` and `attachments` of a form body decoded),
+  headers, the status it answered and the answer;
+- every ephemeral message (`slack.ephemerals`: whom it was shown to, where, its text), apart
+  from the messages: nobody else sees them, and they are never part of a thread's history;
 - every message by channel and `ts` (`slack.thread(channel, thread_ts)` lists a thread in
   order), with the history of its texts (`message.texts`), and for streamed messages their
   markdown text, task cards and state.
 
 What it can do to a client (all injectable while it runs):
 - `inject(method, status=429, retry_after=2)` / `inject(method, error="msg_too_long")` /
-  `inject(method, status=503)`: the next call(s) of a method fail that way;
+  `inject(method, status=503)`: the next call(s) of a method fail that way; with `channel=`
+  only its calls in that channel (Slack limits `chat.postMessage` per channel);
 - `limit(method, calls, window, per="workspace"|"channel")`: a sliding-window budget that
   answers 429 + `Retry-After` when exceeded (by default `chat.update` has Tier 3's 50 per
-  60 s per workspace; shorten the window to test fast);
+  60 s per workspace; `chat.postMessage`'s about 1/s is per channel; shorten the window to
+  test fast); `add=True` adds a window to the method's others (a short one for bursts, a long
+  one for the rate) instead of replacing them;
+- `published_limits(scale)`: every limit Slack publishes for the methods a chain writes with,
+  each window divided by `scale` (`PUBLISHED`: `chat.update` Tier 3, 50 a minute for the
+  workspace; `chat.postMessage` about 1 a second per channel with short bursts; `chat.startStream`
+  and `chat.stopStream` Tier 2, 20 a minute; `chat.appendStream` Tier 4, 100 a minute).
+  Windows slide: at most `calls` in *any* `window` seconds, which is stricter than counting
+  per clock minute, so a client that passes here passes Slack's own count too;
 - `streaming = False` (or `stream_error = "..."`): the streaming methods answer an error, as in a
   workspace or channel that does not offer them; `stream_max_age`: a stream stops accepting
   appends after that many seconds (Slack ends streams after about five minutes);
@@ -60,6 +72,8 @@ MAX_TEXT = 4000
 MAX_MARKDOWN = 12000
 
 STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
+# Methods Slack limits per channel rather than per workspace (its "special" tier).
+PER_CHANNEL = frozenset({"chat.postMessage"})
 
 
 @dataclass
@@ -124,11 +138,23 @@ class Message:
 
 
 @dataclass
+class Ephemeral:
+    """A message shown to one person only (`chat.postEphemeral`)."""
+
+    channel: str
+    user: str
+    text: str
+    thread_ts: str | None
+    ts: str
+
+
+@dataclass
 class _Fault:
     status: int
     error: str | None
     retry_after: int | None
     times: int
+    channel: str | None = None
 
 
 @dataclass
@@ -137,6 +163,21 @@ class _Limit:
     window: float
     per: Literal["workspace", "channel"]
     seen: dict[str, deque[float]] = field(default_factory=dict)
+
+
+Per = Literal["workspace", "channel"]
+
+# Slack's published limits for the methods a chain writes with, as (method, calls, seconds,
+# per what). Tier 3 is "50+ per minute", Tier 2 "20+", Tier 4 "100+", per method and workspace
+# (docs.slack.dev/apis/web-api/rate-limits); chat.postMessage is "1 per second per channel,
+# short bursts >1 allowed": here at most 3 in any 3 seconds.
+PUBLISHED: tuple[tuple[str, int, float, Per], ...] = (
+    ("chat.update", 50, 60.0, "workspace"),
+    ("chat.postMessage", 3, 3.0, "channel"),
+    ("chat.startStream", 20, 60.0, "workspace"),
+    ("chat.stopStream", 20, 60.0, "workspace"),
+    ("chat.appendStream", 100, 60.0, "workspace"),
+)
 
 
 class FakeSlack(Outages):
@@ -174,9 +215,11 @@ class FakeSlack(Outages):
 
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
+        self.ephemerals: list[Ephemeral] = []
         self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
         self._faults: dict[str, deque[_Fault]] = {}
-        self._limits: dict[str, _Limit] = {}
+        self._limits: dict[str, list[_Limit]] = {}
+        self.time_scale = 1.0  # Slack seconds per second here (`published_limits`)
         if update_limit is not None:
             self.limit("chat.update", *update_limit)
         self._clock = itertools.count(1)
@@ -236,8 +279,10 @@ class FakeSlack(Outages):
         error: str | None = None,
         retry_after: int | None = None,
         times: int = 1,
+        channel: str | None = None,
     ) -> None:
-        """Make the next `times` calls of `method` fail: HTTP `status`, or `ok: false` + `error`.
+        """Make the next `times` calls of `method` (in `channel`, if given) fail: HTTP
+        `status`, or `ok: false` + `error`.
 
         `status=429` answers `Retry-After: retry_after` (default 1) and `error: ratelimited`.
         """
@@ -247,17 +292,33 @@ class FakeSlack(Outages):
             error = "ratelimited"
         if status == 200 and error is None:
             raise ValueError("a 200 fault needs an error")
-        self._faults.setdefault(method, deque()).append(_Fault(status, error, retry_after, times))
+        self._faults.setdefault(method, deque()).append(
+            _Fault(status, error, retry_after, times, channel))
 
     def limit(
         self,
         method: str,
         calls: int,
         window: float,
-        per: Literal["workspace", "channel"] = "workspace",
+        per: Literal["workspace", "channel"] | None = None,
+        *,
+        add: bool = False,
     ) -> None:
-        """At most `calls` accepted calls of `method` in any `window` seconds, else 429."""
-        self._limits[method] = _Limit(calls, window, per)
+        """At most `calls` accepted calls of `method` in any `window` seconds, else 429; per
+        channel for the methods Slack limits that way (`PER_CHANNEL`), else per workspace.
+        With `add`, on top of the method's other windows (every one must have room)."""
+        if per is None:
+            per = "channel" if method in PER_CHANNEL else "workspace"
+        windows = self._limits.setdefault(method, []) if add else []
+        windows.append(_Limit(calls, window, per))
+        self._limits[method] = windows
+
+    def published_limits(self, scale: float = 1.0) -> None:
+        """Slack's published limits (`PUBLISHED`) for every method a chain writes with, each
+        window divided by `scale` (a benchmark's compressed time)."""
+        for method, calls, window, per in PUBLISHED:
+            self.limit(method, calls, window / scale, per)
+        self.time_scale = scale
 
     def on_call(self, listener: Callable[[Call], None]) -> None:
         """Call `listener(call)` after every answered request (benchmarks time with it)."""
@@ -326,6 +387,9 @@ class FakeSlack(Outages):
         ]
         return sorted(replies, key=lambda m: _ts_key(m.ts))
 
+    def ephemerals_to(self, user: str) -> list[Ephemeral]:
+        return [e for e in self.ephemerals if e.user == user]
+
     def bot_messages(self) -> list[Message]:
         return sorted(
             (m for m in self.messages.values() if m.is_bot), key=lambda m: _ts_key(m.ts)
@@ -388,11 +452,12 @@ class FakeSlack(Outages):
             return 200, {"ok": False, "error": "invalid_auth"}, {}
 
         faults = self._faults.get(method)
-        if faults:
-            fault = faults[0]
+        fault = next((f for f in faults if f.channel in (None, _channel(body))), None) \
+            if faults else None
+        if faults and fault is not None:
             fault.times -= 1
             if fault.times <= 0:
-                faults.popleft()
+                faults.remove(fault)
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
             if fault.status >= 500:
                 return fault.status, {"ok": False, "error": "internal_error"}, headers
@@ -400,7 +465,7 @@ class FakeSlack(Outages):
 
         limited = self._over_limit(method, body)
         if limited is not None:
-            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(limited)}
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": f"{limited:g}"}
 
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
@@ -411,19 +476,25 @@ class FakeSlack(Outages):
             return 200, {"ok": False, "error": exc.error}, {}
         return 200, {"ok": True, **payload}, {}
 
-    def _over_limit(self, method: str, body: dict[str, Any]) -> int | None:
-        """None when the call fits its budget (and is then counted), else Retry-After."""
-        lim = self._limits.get(method)
-        if lim is None:
-            return None
-        key = self.team_id if lim.per == "workspace" else str(body.get("channel", ""))
-        seen = lim.seen.setdefault(key, deque())
+    def _over_limit(self, method: str, body: dict[str, Any]) -> float | None:
+        """None when the call fits every window of its method (and is then counted in each),
+        else Retry-After: whole seconds until the fullest window has room."""
         now = time.monotonic()
-        while seen and seen[0] <= now - lim.window:
-            seen.popleft()
-        if len(seen) >= lim.calls:
-            return max(1, math.ceil(seen[0] + lim.window - now))
-        seen.append(now)
+        counted: list[deque[float]] = []
+        wait = 0.0
+        for lim in self._limits.get(method, ()):
+            key = self.team_id if lim.per == "workspace" else _channel(body)
+            seen = lim.seen.setdefault(key, deque())
+            while seen and seen[0] <= now - lim.window:
+                seen.popleft()
+            if len(seen) >= lim.calls:
+                wait = max(wait, seen[0] + lim.window - now)
+            counted.append(seen)
+        if wait > 0:
+            # Whole seconds of Slack's time, however compressed the clock is here.
+            return max(1, math.ceil(wait * self.time_scale)) / self.time_scale
+        for seen in counted:
+            seen.append(now)
         return None
 
     # --- methods ---------------------------------------------------------------------------
@@ -453,6 +524,17 @@ class FakeSlack(Outages):
         msg = Message(channel, ts, thread_ts, text, bot_id=self.bot_id, texts=[text])
         self.messages[(channel, ts)] = msg
         return {"channel": channel, "ts": ts, "message": msg.as_json()}
+
+    def _m_chat_postEphemeral(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, user = _need(body, "channel"), _need(body, "user")
+        text = str(body.get("text") or body.get("markdown_text") or "")
+        if not text and not body.get("blocks"):
+            raise _SlackError("no_text")
+        if len(text) > MAX_TEXT:
+            raise _SlackError("msg_too_long")
+        ts = self.next_ts()
+        self.ephemerals.append(Ephemeral(channel, user, text, body.get("thread_ts") or None, ts))
+        return {"message_ts": ts}
 
     def _m_chat_update(self, body: dict[str, Any]) -> dict[str, Any]:
         channel, ts = _need(body, "channel"), _need(body, "ts")
@@ -627,6 +709,10 @@ def _need(body: dict[str, Any], name: str) -> str:
     return str(value)
 
 
+def _channel(body: dict[str, Any]) -> str:
+    return str(body.get("channel") or body.get("channel_id") or "")
+
+
 def _ts_key(ts: str) -> tuple[int, int]:
     whole, _, frac = ts.partition(".")
     return int(whole), int(frac or 0)
@@ -651,7 +737,7 @@ async def _parse_body(request: web.Request) -> dict[str, Any]:
             body.update(loaded)
         return body
     for key, value in parse_qsl(raw.decode(), keep_blank_values=True):
-        body[key] = _maybe_json(value) if key in ("chunks", "blocks") else value
+        body[key] = _maybe_json(value) if key in ("chunks", "blocks", "attachments") else value
     return body
 
 

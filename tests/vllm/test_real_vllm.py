@@ -6,13 +6,15 @@ One server for the whole module, started through `bot.model`'s launcher exactly 
 checked against the step schema on the wire, not only after Ponder parsed it.
 
 Prints (and the Makefile's output keeps) the figures for the report: time to a ready server,
-seconds per step, prefix-cache hit rate over one chain.
+seconds per step, prefix-cache hit rate over one chain, and a small `ponder eval` table (a smoke
+figure: a 135M model is not expected to score).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -31,9 +33,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from openai import AsyncOpenAI
+from rich.console import Console
 
 from bot import doctor, model
 from bot.config import load_settings
+from bot.evaluate.report import print_tables
 from bot.model.process import group_alive
 from bot.steps import STEP_SCHEMA
 
@@ -333,6 +337,51 @@ async def test_ponder_ask_json_completes_a_chain(server: RealServer, tmp_path: P
     server.figures["prefix-cache hit rate over the chain"] = (
         f"{hits / queries:.0%} ({hits:.0f} of {queries:.0f} prompt tokens)")
     print(f"\nfinal answer: {final['text'][:200]!r}")
+
+
+EVAL_N = 6  # built-in questions: one of each kind, English and Chinese in turn
+
+
+async def test_ponder_eval_runs_on_the_demo_model(server: RealServer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OPENAI_BASE_URL": server.base_url,
+        "PONDER_MODEL": SERVED,
+        "PONDER_MAX_STEPS": str(MAX_STEPS),
+        "PONDER_STEP_MAX_TOKENS": "256",
+        "PONDER_ANSWER_MAX_TOKENS": "256",
+    }
+    began = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "eval", "--n", str(EVAL_N), "--modes", "plain,chain",
+        "--json", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(600):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    seconds = time.monotonic() - began
+    assert proc.returncode == 0, err.decode()[-2000:]
+    summary = json.loads(out)
+    assert list(summary["modes"]) == ["plain", "chain"]
+    for mode, figures in summary["modes"].items():
+        assert figures["total"] == EVAL_N, mode
+        assert 0.0 <= figures["low"] <= figures["accuracy"] <= figures["high"] <= 1.0
+        assert set(figures["by_kind"]) == {"letters", "arithmetic", "decimals", "weekday",
+                                           "days", "word"}
+        # vLLM reports usage when asked: the eval's token figures are the server's own.
+        assert figures["mean_tokens"] is not None and figures["mean_tokens"] > 0, mode
+    assert summary["modes"]["chain"]["mean_steps"] >= 1
+    assert summary["failures"] == [], summary["failures"]
+    table = io.StringIO()
+    print_tables(summary, Console(file=table, width=110))
+    server.figures[f"ponder eval --n {EVAL_N} --modes plain,chain"] = (
+        f"{seconds:.0f} s wall\n{table.getvalue().rstrip()}")
 
 
 async def test_doctor_passes_against_the_real_server(server: RealServer) -> None:
