@@ -13,9 +13,7 @@ refused too.
 
 from __future__ import annotations
 
-import re
 import time
-import unicodedata
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +22,7 @@ from typing import Any
 from bot.config import Settings
 from bot.errors import Refused
 from bot.events import Language, Question
+from bot.text import clean_text, visible
 from bot.wording import say
 
 RATE_WINDOW = 60.0  # seconds over which PONDER_USER_RATE counts an asker's questions
@@ -195,24 +194,3 @@ class Gate:
 def _forget_old(times: deque[float], now: float) -> None:
     while times and now - times[0] > RATE_WINDOW:
         times.popleft()
-
-
-_UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_text(text: str) -> str:
-    """`text` as every store, model server and platform takes it: lone surrogates (which
-    UTF-8 cannot carry: a `\\ud800` escape in JSON, a terminal's undecodable bytes) become
-    U+FFFD, surrogate pairs the characters they encode, and control characters other than
-    tab and line breaks are dropped (PostgreSQL refuses NUL; nobody can read the rest)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return _UNSENDABLE.sub("", text)
-
-
-def visible(text: str) -> str:
-    """What is left of `text` to read: without control and invisible formatting characters
-    (zero-width spaces and joiners, direction marks, BOMs), which alone make no question."""
-    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip()

@@ -121,6 +121,7 @@ FailureReason = Literal[
     "interrupted",  # the process died mid-chain
     "rejected",  # the question was refused before it started
     "internal",  # a bug in Ponder; logged with its traceback
+    "storage",  # the store refused a write (disk full, read-only): never resumed
 ]
 
 

@@ -17,6 +17,7 @@ keeps seeing) must not queue behind interim edits that a later edit will replace
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import time
@@ -286,38 +287,56 @@ class SlidingWindowLimiter(RateLimiter):
     its refill); this hands out a whole free window at once, which is what a burst of final
     texts needs, and never more.
 
+    The platform counts a call when it arrives, which may be well after it was granted here
+    (a busy connection pool, a slow network). So a grant counts as in flight, in every window,
+    until its caller says the call was answered (`settled()`), and from that moment on, which
+    is never earlier than the platform counted it. A grant never settled (its caller was cut
+    off before the call went out) stops counting after `stale_after` seconds.
+
     What interim writes may take is bounded, because what one takes now stays spent for a whole
     window: they leave `reserve` of the smallest window's calls, plus one for every open
-    `claim()`, to urgent ones. `margin` seconds are added to every window: the platform counts
-    a call when it arrives, a little after it was granted here.
+    `claim()`, to urgent ones.
     """
 
     def __init__(self, *windows: tuple[int, float], reserve: float = 0.0,
-                 margin: float = 0.0) -> None:
+                 margin: float = 0.0, stale_after: float = 60.0) -> None:
         super().__init__(1.0)
         if not windows or any(calls < 1 or span <= 0 for calls, span in windows):
             raise ValueError("every window needs at least one call and a positive length")
         self.windows = tuple((int(calls), float(span) + margin) for calls, span in windows)
         self._held = int(min(calls for calls, _ in self.windows) * reserve)
         self._span = max(span for _, span in self.windows)
-        self._granted: deque[float] = deque()  # when each grant of the longest window was made
+        self._stale_after = stale_after
+        self._counted: list[float] = []  # when each call was answered, oldest first
+        self._in_flight: deque[float] = deque()  # when each unanswered grant was made
 
     @property
     def claims(self) -> int:
         return self._claims
 
+    def settled(self) -> None:
+        """A call was answered (or failed after it went out): the platform has counted it. A
+        call made without a grant (a delivery retried later) is counted too."""
+        if self._in_flight:
+            self._in_flight.popleft()
+        bisect.insort(self._counted, time.monotonic())
+        self._poke()
+
     def room(self) -> int:
         """Calls that may be made now without overrunning any window (pauses aside)."""
         now = time.monotonic()
         self._forget(now)
-        return min(calls - self._count(now - span) for calls, span in self.windows)
-
-    def _count(self, since: float) -> int:
-        return sum(1 for at in self._granted if at > since)
+        flying = len(self._in_flight)
+        return min(calls - flying - (len(self._counted)
+                                     - bisect.bisect_right(self._counted, now - span))
+                   for calls, span in self.windows)
 
     def _forget(self, now: float) -> None:
-        while self._granted and self._granted[0] <= now - self._span:
-            self._granted.popleft()
+        drop = bisect.bisect_right(self._counted, now - self._span)
+        if drop:
+            del self._counted[:drop]
+        while self._in_flight and self._in_flight[0] <= now - self._stale_after:
+            self._in_flight.popleft()
 
     def _take(self, urgent: bool) -> bool:
         now = time.monotonic()
@@ -326,20 +345,22 @@ class SlidingWindowLimiter(RateLimiter):
         room = self.room()
         if room <= (0 if urgent else self._held + self._claims):
             return False
-        self._granted.append(now)
+        self._in_flight.append(now)
         return True
 
     def _give_back(self) -> None:
-        if self._granted:
-            self._granted.pop()
+        if self._in_flight:
+            self._in_flight.pop()
 
     def _delay(self) -> float:
         now = time.monotonic()
         if now < self._paused_until:
             return self._paused_until - now
-        # Room comes back as grants leave their windows (or a release pokes the waiters).
-        leaving = [at + span - now for calls, span in self.windows
-                   for at in self._granted if at > now - span]
+        # Room comes back as calls leave their windows; a settled call or a release pokes.
+        leaving = [at + span - now for _, span in self.windows
+                   for at in self._counted if at > now - span]
+        if self._in_flight:
+            leaving.append(self._in_flight[0] + self._stale_after - now)
         return max(0.001, min(leaving, default=self._span))
 
 

@@ -352,6 +352,10 @@ class Ponder:
                     await presenter.notice(say("turns_left_out", language), key="turns-left-out")
                     if request.thread:
                         await self.store.put(key, "1")
+            except StoreFailed as exc:
+                # The notice is a courtesy: a store that refuses it is said by the chain's own
+                # next write, not here.
+                log.warning("could not remember that earlier turns were left out: %s", exc.cause)
             except Exception:
                 log.exception("could not say that earlier turns were left out")
 
@@ -417,8 +421,7 @@ class Ponder:
         CHAINS_FINISHED.labels(platform, "storage").inc()
         log.warning("chain ends here: the store refused it, so it will not be resumed")
         await self.store.abandon(chain_id, exc.cause)
-        # "internal" as the events know it (Ponder's side failed); its words say which part.
-        return ChainFailed("internal", say("store_failed", language), total)
+        return ChainFailed("storage", say("store_failed", language), total)
 
     # --- restart recovery ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import jiter
 
-from bot.admission import clean_text
+from bot.text import clean_text
 
 STEP_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -119,6 +119,23 @@ async def test_a_misleading_link_from_the_model_reaches_slack_as_its_target(h: H
         assert "|https://acme" not in text and "|acme." not in text, text
 
 
+async def test_a_misleading_link_in_the_terminal_shows_its_target(fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(
+        Step("Where", "Sign in at [https://acme.slack.com/sso](https://evil.example/a).",
+             "final_answer"),
+        Text("Go to [www.acme.example](https://evil.example/b)."))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_BASE_URL": fake_llm.base_url,
+           "PONDER_MIN_STEPS": "1", "COLUMNS": "120"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "ask", "Where do I sign in?", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    shown = out.decode()
+    assert "https://evil.example/a" in shown and "https://evil.example/b" in shown, shown
+    assert "acme.slack.com" not in shown and "www.acme.example" not in shown, shown
+
+
 # --- lone surrogates ---------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from bot.events import (
     Turn,
     event_to_dict,
 )
+from bot.links import honest_markdown
 from bot.logs import chain_id
 from bot.presenter import final_summary, interrupted_text, seconds_text, step_title
 from bot.votes import chains
@@ -124,11 +125,11 @@ class _LiveView:
                 body, state, border = interrupted_text(content, self.language), "✗", "red"
             else:
                 body, state, border = content or "…", "⏳", "cyan"
-            parts.append(Panel(Markdown(body), title=name, subtitle=state, title_align="left",
-                               subtitle_align="right", border_style=border))
+            parts.append(Panel(Markdown(honest_markdown(body)), title=name, subtitle=state,
+                               title_align="left", subtitle_align="right", border_style=border))
         if self.answer:
-            parts.append(Panel(Markdown(self.answer), title=say("answer", self.language),
-                               title_align="left",
+            parts.append(Panel(Markdown(honest_markdown(self.answer)),
+                               title=say("answer", self.language), title_align="left",
                                border_style="green"))
         if self.footer:
             parts.append(Text(self.footer, style="bold red" if self.failed else "bold"))

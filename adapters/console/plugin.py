@@ -48,10 +48,10 @@ class ConsolePlatform:
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.console import live as console
-    from bot.admission import clean_text
     from bot.engine import Engine
     from bot.events import Question
     from bot.llm import LLMClient
+    from bot.text import clean_text
 
     # Undecodable bytes in an argument or on stdin: the question is still asked (U+FFFD).
     text = clean_text(" ".join(args.question)).strip()

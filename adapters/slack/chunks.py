@@ -32,13 +32,15 @@ async def stop_leftover_stream(thread: SlackThread, ts: str, steps: Sequence[Ste
     cut = f"{step_title(nxt, '', language)} · {say('cut_by_restart', language)}"
     chunks.append(task(nxt, card_title(cut), "error"))
     chunks.append({"type": "markdown_text", "text": continued(language)})
+    await thread.workspace.stream_stops.acquire(urgent=True)
     try:
-        await thread.workspace.stream_stops.acquire(urgent=True)
         await call("chat.stopStream", thread.client.chat_stopStream(
             channel=thread.channel, ts=ts,
             chunks=to_chunks(chunks, thread.workspace.limits.markdown_chunk)))
     except SlackCallError as exc:
         log.info("leftover stream %s not stopped (%s)", ts, exc.error)
+    finally:
+        thread.workspace.stream_stops.settled()
 
 
 def continued(language: Language) -> str:

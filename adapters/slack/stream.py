@@ -119,6 +119,7 @@ class Stream:
     # --- the stream's calls ----------------------------------------------------------------
 
     async def open(self, chunks: list[dict[str, Any]] | None = None) -> None:
+        """Open a streamed reply (its turn of `chat.startStream`'s window already taken)."""
         try:
             response = await call("chat.startStream", self.client.chat_startStream(
                 channel=self.thread.channel,
@@ -132,6 +133,8 @@ class Stream:
             if exc.error in WORKSPACE_REFUSALS or exc.error in CHANNEL_REFUSALS:
                 raise StreamRefused(exc.method, exc.error) from exc
             raise
+        finally:
+            self.ws.stream_starts.settled()
         self.ts = str(response["ts"])
         self.opened_at = time.monotonic()
         self.chars = text_size(chunks or [])
@@ -161,10 +164,13 @@ class Stream:
 
     async def _send_append(self, chunks: list[dict[str, Any]]) -> None:
         assert self.ts is not None
-        await call("chat.appendStream", self.client.chat_appendStream(
-            channel=self.thread.channel, ts=self.ts,
-            chunks=to_chunks(chunks, self.lim.markdown_chunk),
-        ))
+        try:
+            await call("chat.appendStream", self.client.chat_appendStream(
+                channel=self.thread.channel, ts=self.ts,
+                chunks=to_chunks(chunks, self.lim.markdown_chunk),
+            ))
+        finally:
+            self.ws.append_budget.settled()
         self.chars += text_size(chunks)
         self._shown(chunks)
 
@@ -184,10 +190,13 @@ class Stream:
     async def _send_stop(self, chunks: list[dict[str, Any]]) -> None:
         assert self.ts is not None
         await self.ws.stream_stops.acquire(urgent=True, rank=self.rank)
-        await call("chat.stopStream", self.client.chat_stopStream(
-            channel=self.thread.channel, ts=self.ts,
-            chunks=to_chunks(chunks, self.lim.markdown_chunk) or None,
-        ))
+        try:
+            await call("chat.stopStream", self.client.chat_stopStream(
+                channel=self.thread.channel, ts=self.ts,
+                chunks=to_chunks(chunks, self.lim.markdown_chunk) or None,
+            ))
+        finally:
+            self.ws.stream_stops.settled()
         self._shown(chunks)
 
     def _needs_rollover(self, chunks: list[dict[str, Any]]) -> bool:

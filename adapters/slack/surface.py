@@ -15,7 +15,7 @@ from adapters.slack.presenter import SlackPresenter
 from adapters.slack.web import SlackCallError, SlackThread, Workspace, call
 from bot.errors import SurfaceError
 from bot.events import Language
-from bot.ratelimit import RateLimiter
+from bot.ratelimit import SlidingWindowLimiter
 from bot.store import StepRecord
 from bot.surface import BaseSurface, Handle, Presenter, SurfaceLimits
 
@@ -49,7 +49,7 @@ class SlackSurface(BaseSurface):
         self._shown: dict[str, str] | None = None  # the thread as read once by `strays`
 
     @property
-    def post_budget(self) -> RateLimiter:
+    def post_budget(self) -> SlidingWindowLimiter:
         # chat.postMessage: about 1/s per channel, apart from edits. Asked for at every post:
         # the workspace keeps a channel's budget only while it is in use (`ChannelBudgets`).
         return self.workspace.post_budget(self.channel)
@@ -69,6 +69,8 @@ class SlackSurface(BaseSurface):
             ))
         except SlackCallError as exc:
             raise SurfaceError(str(exc)) from exc
+        finally:
+            self.post_budget.settled()  # Slack has counted it by now
         return str(response["ts"])
 
     async def edit(self, handle: Handle, text: str) -> None:
@@ -78,6 +80,8 @@ class SlackSurface(BaseSurface):
             ))
         except SlackCallError as exc:
             raise SurfaceError(str(exc), gone=exc.error in _GONE) from exc
+        finally:
+            self.workspace.update_budget.settled()
 
     # --- recovery: reading back what a dead process left -----------------------------------
 

@@ -128,7 +128,7 @@ class Workspace:
                                             lim.ephemeral_burst)
         self.post_budgets = ChannelBudgets(lim)
 
-    def post_budget(self, channel: str) -> RateLimiter:
+    def post_budget(self, channel: str) -> SlidingWindowLimiter:
         return self.post_budgets.get(channel)
 
     def may_stream(self, channel: str) -> bool:
@@ -173,7 +173,7 @@ class ChannelBudgets:
         self._refill = limits.post_window + limits.window_margin
         self._budgets: OrderedDict[str, _ChannelBudget] = OrderedDict()
 
-    def get(self, channel: str) -> RateLimiter:
+    def get(self, channel: str) -> SlidingWindowLimiter:
         now = time.monotonic()
         entry = self._budgets.get(channel)
         if entry is None:
@@ -215,7 +215,7 @@ class ChannelBudgets:
 
 @dataclass(slots=True)
 class _ChannelBudget:
-    limiter: RateLimiter
+    limiter: SlidingWindowLimiter
     used: float = 0.0  # when it was last handed out (every post asks for it)
     paused_until: float = 0.0
 
