@@ -45,3 +45,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 -include mk/vllm.mk
+-include mk/router.mk

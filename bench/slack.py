@@ -24,16 +24,17 @@ Time is compressed by `--scale` (default 10: Slack's 60-second window lasts 6 s 
 model is 10× faster, Ponder's own limits are scaled the same way). Every figure is in Slack
 time:
 
-- answers complete: the answer's message shows the whole answer and its summary line;
+- answers complete: the answer's message shows the whole answer and its summary line; every
+  step shown: each step's title and text, finished, however many replies carry them;
 - 429s: every rate-limited answer from the fake Slack, of any method (target 0);
 - answer visible: from the model's last token of the answer (the engine's `final_answer`) to the
   Slack call after which the whole answer was on screen (median, p90, max);
 - step final: the same for each step's final text (its time, no ⏳);
 - `chat.update` busiest minute, posts, streams opened (and chains that posted instead).
 
-Targets (the exit status says whether they were met): every answer complete and 0 429s
-everywhere; in one channel, answers visible within 10 s median and 30 s at most, with and
-without streaming; one chain alone within 1.2 s without streaming.
+Targets (the exit status says whether they were met): every answer complete, every step
+shown and 0 429s everywhere; in one channel, answers visible within 10 s median and 30 s at
+most, with and without streaming; one chain alone within 1.2 s without streaming.
 """
 
 from __future__ import annotations
@@ -172,18 +173,20 @@ def visible_at(slack: FakeSlack, message: Message, wanted: list[str]) -> float |
 class Delays:
     answers: list[float]
     steps: list[float]
-    complete: int
+    complete: int  # answers shown whole, with their summary line
+    steps_shown: int  # chains whose every step is shown finished, title and text
 
 
 def delays(slack: FakeSlack, questions: dict[str, tuple[str, str]], clock: Clock,
-           answer: str, scale: float) -> Delays:
+           answer: str, steps_asked: int, scale: float) -> Delays:
     """Seconds (Slack time) from each last token to the text being on screen."""
     answers: list[float] = []
     steps: list[float] = []
-    complete = 0
+    complete = steps_shown = 0
     for text, (channel, thread_ts) in questions.items():
         replies = slack.thread(channel, thread_ts)
         done = clock.finished.get((text, 0))
+        steps_shown += all_steps_shown(replies, steps_asked)
         for message in replies:
             streamed = message.stream_state is not None
             body = escape(answer) if streamed else to_mrkdwn(answer)
@@ -201,7 +204,18 @@ def delays(slack: FakeSlack, questions: dict[str, tuple[str, str]], clock: Clock
                 at = visible_at(slack, message, [head[0]])
                 if at is not None and key in clock.finished:
                     steps.append(max(0.0, at - clock.finished[key]) * scale)
-    return Delays(answers, steps, complete)
+    return Delays(answers, steps, complete, steps_shown)
+
+
+def all_steps_shown(replies: list[Message], steps: int) -> bool:
+    """Every step's title and text on screen, finished (however many replies carry them),
+    and nothing left saying ⏳."""
+    shown = "\n".join(m.text for m in replies)
+    cards = {id_: task.status for m in replies for id_, task in m.tasks.items()}
+    return "⏳" not in shown and all(
+        f"Thinking about part {i} of the problem." in shown
+        and (f"*Step {i} · Step {i}* · " in shown or cards.get(f"step-{i}") == "complete")
+        for i in range(1, steps + 1))
 
 
 def busiest_window(times: list[float], window: float) -> int:
@@ -268,7 +282,7 @@ async def run(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
                 await ponder.close()
 
     updates = [c.at for c in slack.calls if c.method == "chat.update" and c.ok]
-    measured = delays(slack, questions, clock, answer, scale)
+    measured = delays(slack, questions, clock, answer, args.steps, scale)
     streams = slack.count("chat.startStream", 200)
     return {
         "scenario": scenario.name,
@@ -276,6 +290,7 @@ async def run(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
         "channels": scenario.channels,
         "streaming": scenario.stream,
         "answers_complete": measured.complete,
+        "steps_shown": measured.steps_shown,
         "slack_minutes": round(took * scale / SLACK_MINUTE, 2),
         "rate_limited_429": slack.rate_limited,
         "answer_visible_s": summary(measured.answers),
@@ -313,6 +328,8 @@ def met(scenario: Scenario, result: dict[str, Any]) -> list[str]:
     misses = []
     if result["answers_complete"] != scenario.chains:
         misses.append(f"{result['answers_complete']}/{scenario.chains} answers complete")
+    if result["steps_shown"] != scenario.chains:
+        misses.append(f"{result['steps_shown']}/{scenario.chains} chains show every step")
     if result["rate_limited_429"]:
         misses.append(f"{result['rate_limited_429']} 429s")
     d = result["answer_visible_s"]
@@ -330,8 +347,8 @@ def report(scenario: Scenario, result: dict[str, Any], misses: list[str]) -> str
     how = "streaming offered" if scenario.stream else "post + chat.update"
     lines = [
         f"{scenario.name}: {scenario.chains} chains in {scenario.channels} channel(s), {how};"
-        f" {result['answers_complete']} answers complete in {result['slack_minutes']}"
-        f" Slack-minutes",
+        f" {result['answers_complete']} answers complete, {result['steps_shown']} with every"
+        f" step shown, in {result['slack_minutes']} Slack-minutes",
         f"  answer visible after last token: median {a['median']} s, p90 {a['p90']} s,"
         f" max {a['max']} s (n={a['n']}) · step final: median {s['median']} s,"
         f" max {s['max']} s (n={s['n']})",

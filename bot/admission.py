@@ -4,6 +4,8 @@
 - the allow-lists (users, channels, workspaces);
 - an asker has at most `PONDER_USER_CONCURRENCY` chains at once and `PONDER_USER_RATE` a minute;
 - one chain at a time in a thread: a second question there waits for the first to end;
+- with a store several processes share, the asker's limit and the thread's rule count every
+  process's chains (`shared_refusal`);
 - in a Ponder thread, only the person who started it follows up.
 
 An `Admission` holds the asker's slot and the thread from the moment it is granted, because a
@@ -22,6 +24,7 @@ from typing import Any
 from bot.config import Settings
 from bot.errors import Refused
 from bot.events import Language, Question
+from bot.store import Taken
 from bot.text import clean_text, visible
 from bot.wording import say
 
@@ -189,6 +192,16 @@ class Gate:
     def release_thread(self, thread: ThreadKey | None, chain_id: str) -> None:
         if thread is not None and self.threads.get(thread) == chain_id:
             del self.threads[thread]
+
+
+def shared_refusal(taken: Taken, language: Language) -> str:
+    """The same rules counted over every process of a shared store (`Store.start_chain` with a
+    `Claim`): the asker's chains running anywhere, or a chain in the thread run elsewhere.
+    The Gate counts this process's alone, at admission; this is the last word, at the start."""
+    if taken.what == "thread":
+        return say("busy", language)
+    n = taken.running
+    return say("too_many_one", language) if n == 1 else say("too_many", language, n=n)
 
 
 def _forget_old(times: deque[float], now: float) -> None:

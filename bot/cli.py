@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
@@ -86,14 +87,15 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
     A chain of the user still marked running may be one a live process is answering: nothing
     is removed unless `--force`. Forced, that chain's next write finds no row to write to: it
     ends in its thread with the could-not-save message, and nothing more of it is kept."""
-    from bot.store import Removed, Store, StoreFailed
+    from bot.store import Removed, StoreFailed, open_store
     from bot.wording import say
 
     async def forget() -> Removed:
-        if not settings.db.exists() and all(p.is_dir() or not p.exists()
-                                            for p in settings.db.parents):
+        db = settings.db
+        if isinstance(db, Path) and not db.exists() and all(p.is_dir() or not p.exists()
+                                                            for p in db.parents):
             return Removed()  # nothing stored: no database is made just to say so
-        store = Store(settings.db)
+        store = open_store(settings)
         await store.open()
         try:
             return await store.forget(args.user, args.platform, force=args.force)

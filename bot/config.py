@@ -29,6 +29,13 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 MAX_VOTES = 9  # PONDER_VOTES, `/reason votes:` and `ponder ask --votes` at most
 
+# The headers vllm-router's consistent_hash policy keys on (0.1.17; the first non-empty one
+# wins, else the body's `session_params.session_id`, else every request goes to one replica).
+# PONDER_SESSION_HEADER must be one of them: any other header spreads nothing and keeps no chain
+# on its replica, silently. `tests/test_router.py` checks this list against the real router.
+ROUTER_SESSION_HEADERS = ("x-session-id", "x-user-id", "x-tenant-id", "x-correlation-id",
+                          "x-request-id", "x-trace-id")
+
 
 class Settings(BaseSettings):
     # An empty value means "not set": `.env.example` copied as it is must leave Discord and
@@ -61,7 +68,14 @@ class Settings(BaseSettings):
     vllm_python: str | None = Field(None, validation_alias="PONDER_VLLM_PYTHON")
 
     # Storage and process
-    db: Path = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
+    # An SQLite file (one process), or a `postgresql://user:pass@host:port/db` URL that
+    # several processes share (`bot/store/`).
+    db: Path | str = Field(Path("data/ponder.db"), validation_alias="PONDER_DB")
+    # A shared store: how long a process holds a chain it runs without renewing it (a process
+    # killed without a goodbye loses its chains after this), and how often each process looks
+    # for chains to resume (those of processes gone) and renews its own.
+    lease_seconds: float = Field(30.0, gt=0, validation_alias="PONDER_LEASE_SECONDS")
+    recovery_interval: float = Field(10.0, gt=0, validation_alias="PONDER_RECOVERY_INTERVAL")
     shutdown_grace: float = Field(30.0, ge=0, validation_alias="PONDER_SHUTDOWN_GRACE")
     delivery_hours: float = Field(24.0, gt=0, validation_alias="PONDER_DELIVERY_HOURS")
     # Days a finished chain (question, steps, answer, asker id) is kept; 0 keeps everything.
@@ -88,6 +102,10 @@ class Settings(BaseSettings):
     discord_gateway_url: str = Field(
         "wss://gateway.discord.gg/", validation_alias="DISCORD_GATEWAY_URL"
     )
+    # Several processes, one bot: each connects the shards it is given (discord.py's
+    # AutoShardedClient); unset, one process runs every shard Discord recommends.
+    discord_shard_count: int | None = Field(None, ge=1, validation_alias="DISCORD_SHARD_COUNT")
+    discord_shard_ids: CommaList = Field((), validation_alias="DISCORD_SHARD_IDS")
 
     # Slack
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
@@ -96,7 +114,7 @@ class Settings(BaseSettings):
     slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
 
     @field_validator("allowed_users", "allowed_channels", "allowed_teams", "discord_guild_ids",
-                     mode="before")
+                     "discord_shard_ids", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -144,6 +162,44 @@ class Settings(BaseSettings):
     @property
     def openai_basic_auth(self) -> tuple[str, SecretStr] | None:
         return self._openai_basic_auth
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        count = info.data.get("discord_shard_count")
+        for item in value:
+            if not item.isdigit():
+                raise ValueError(f"shard ids are numbers, got {item!r}")
+            if count is None:
+                raise ValueError("needs DISCORD_SHARD_COUNT (the shards of every process)")
+            if int(item) >= count:
+                raise ValueError(f"shard {item} is not below DISCORD_SHARD_COUNT ({count})")
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _db_path_or_url(cls, value: Path | str) -> Path | str:
+        text = str(value)
+        if text.startswith(("postgresql://", "postgres://")):
+            return text
+        if "://" in text:
+            raise ValueError("must be an SQLite file path or a postgresql:// URL, got "
+                             f"{text.partition('://')[0]}://…")
+        return Path(value)
+
+    @property
+    def db_url(self) -> str:
+        """PONDER_DB as the store opens it: a path, or a postgresql:// URL."""
+        return str(self.db)
+
+    @field_validator("session_header")
+    @classmethod
+    def _routed_header(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name not in ROUTER_SESSION_HEADERS:
+            raise ValueError("must be a header vllm-router's consistent hashing reads ("
+                             f"{', '.join(ROUTER_SESSION_HEADERS)}), got {value!r}")
+        return name
 
     @field_validator("discord_gateway_url")
     @classmethod

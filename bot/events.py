@@ -122,6 +122,7 @@ FailureReason = Literal[
     "rejected",  # the question was refused before it started
     "internal",  # a bug in Ponder; logged with its traceback
     "storage",  # the store refused a write (disk full, read-only): never resumed
+    "time_limit",  # the platform's time to answer ran out (a Discord interaction's token)
 ]
 
 

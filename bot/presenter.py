@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 from bot.errors import SurfaceError
@@ -27,7 +27,6 @@ from bot.events import (
     StepStarted,
     Votes,
 )
-from bot.ratelimit import RateLimiter
 from bot.surface import Handle, Outcome, Owed, Surface
 from bot.wording import every, say
 
@@ -217,14 +216,14 @@ class _Slot:
     retried: bool = False  # a final text the platform refused once is tried once more
     claimed: bool = False  # holds a claim on the edit budget until its final text is written
     writer: asyncio.Task[None] | None = None
-    finalized: asyncio.Event = field(default_factory=asyncio.Event)  # set while `final`
+    # Set when its writes should go at a higher priority than it waits at (its text became
+    # final, or its chain's last word came): whoever waits for a turn asks again.
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_final(self, final: bool) -> None:
+        if final and not self.final:
+            self.moved.set()
         self.final = final
-        if final:
-            self.finalized.set()
-        else:
-            self.finalized.clear()
 
 
 class ThreadPresenter:
@@ -237,10 +236,11 @@ class ThreadPresenter:
       then: a step or an answer that finished while it waited is posted final, once, with
       nothing left to edit.
     - Final texts first. The chain's last word (its answer, or why it failed) goes ahead of
-      every other post, and every final text ahead of interim edits; interim edits may not
-      use the edit room held for the final texts still to come (`RateLimiter.claim`). Between
-      chains, the one that began first (`rank`) goes first, so under a short budget chains
-      finish one after another instead of all showing half.
+      every other post, with the replies it must follow in the thread; every final text goes
+      ahead of interim ones, and interim writes may not use the edit room held for the final
+      texts still to come (`RateLimiter.claim`). Between chains, the one that began first
+      (`rank`) goes first, so under a short budget chains finish one after another instead of
+      all showing half.
     - Fewer replies. While others wait for the post budget, a new step joins the reply of the
       step before (one reply, edited in place, carries the steps that follow; each still shows
       its title and text); the answer keeps its own reply.
@@ -258,6 +258,7 @@ class ThreadPresenter:
         self._unposted: deque[_Slot] = deque()  # in thread order
         self._poster: asyncio.Task[None] | None = None
         self._abandoned = False
+        self._ending = False  # the chain's last word came: whatever it waits behind is urgent
         # Steps as shown: each one's Markdown and whether it finished; the groups of
         # consecutive steps that share one reply (its block key `step:2` or `step:2-4`).
         self._steps: dict[int, tuple[str, bool]] = {}
@@ -310,10 +311,12 @@ class ThreadPresenter:
                 self.outcome.answer, self.outcome.total_seconds = text, total
                 self.outcome.steps = steps
                 line = final_summary(event, self.language)
+                self._ending_now()
                 self._close_steps()
                 self._show("answer", answer_markdown(text, self.language, line), final=True)
             case ChainFailed(total_seconds=total):
                 self.outcome.failure, self.outcome.total_seconds = event, total
+                self._ending_now()
                 self._settle_open_blocks()
                 self._show("failure", failure_markdown(event, self.language), final=True)
 
@@ -335,6 +338,13 @@ class ThreadPresenter:
             pending = [*self._writers, *([self._poster] if self._poster is not None else [])]
             await asyncio.gather(*pending, return_exceptions=True)
         self._release_all()
+
+    def _ending_now(self) -> None:
+        """The chain's last word came: the replies not posted yet stand before it in the
+        thread, so they are as urgent as it is."""
+        self._ending = True
+        for slot in self._unposted:
+            slot.moved.set()
 
     # --- steps, one reply each or several to a reply -----------------------------------------
 
@@ -438,6 +448,7 @@ class ThreadPresenter:
             # it lands, or the thread would read out of order (an answer above its steps).
             self._unposted.popleft()
             if posted is None:
+                self._release(slot)
                 self._drop(slot)
                 if slot.final:  # nothing comes after a final text: it is owed, in order
                     self.outcome.owed.append(Owed(slot.key, None, slot.wanted))
@@ -459,7 +470,7 @@ class ThreadPresenter:
         nothing after it and is tried again a little later."""
         pauses = list(FINAL_POST_PAUSES)
         while True:
-            await self._turn(self.surface.post_budget, slot, post=True)
+            await self._post_turn(slot)
             text = slot.wanted
             try:
                 return await self.surface.post(text), text
@@ -474,27 +485,56 @@ class ThreadPresenter:
                 log.warning("could not post a final message; trying again in %.0f s", pause)
                 await asyncio.sleep(pause)
 
-    async def _turn(self, budget: RateLimiter, slot: _Slot, post: bool) -> None:
-        """Wait for a turn of `budget`: as an interim write while the slot's text is not
-        final, jumping ahead the moment it is. Every final edit is urgent; of posts, only the
-        chain's last word is (the others keep their chain's turn, so chains finish in order)."""
+    async def _post_turn(self, slot: _Slot) -> None:
+        """Wait for a turn to post the slot. Urgent: the chain's last word, and once it came,
+        the final texts still to be posted before it. The other final texts keep their chain's
+        turn (so chains finish in order), ahead of interim ones. An unfinished text first holds
+        room in the edit budget for the final edit it will need: when edits run short, it
+        waits to be posted finished instead."""
+        budget = self.surface.post_budget
         while True:
+            slot.moved.clear()
+            if slot.final and (self._ending or slot.key in _LAST_WORDS):
+                await budget.acquire(urgent=True, rank=self.rank)
+                return
+            if not slot.final and not slot.claimed:
+                if not await self._unless_moved(slot, self.surface.budget.reserve()):
+                    continue
+                slot.claimed = True
+            if await self._unless_moved(slot, budget.acquire(rank=self.rank)):
+                return
             if slot.final:
-                urgent = not post or slot.key in _LAST_WORDS
-                await budget.acquire(urgent=urgent, rank=self.rank)
+                self._release(slot)  # finished while it waited: posted final, never edited
+
+    async def _edit_turn(self, slot: _Slot) -> None:
+        """Wait for a turn to edit the slot: urgent once its text is final (also when it
+        becomes final while it waits as an interim edit)."""
+        budget = self.surface.budget
+        while True:
+            slot.moved.clear()
+            if slot.final:
+                await budget.acquire(urgent=True, rank=self.rank)
                 return
-            turn = asyncio.ensure_future(budget.acquire(rank=self.rank))
-            final = asyncio.ensure_future(slot.finalized.wait())
-            try:
-                await asyncio.wait({turn, final}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                final.cancel()
-                if not turn.done():
-                    turn.cancel()  # a turn granted meanwhile is given back
-            if turn.done() and not turn.cancelled():
-                turn.result()
+            if await self._unless_moved(slot, budget.acquire(rank=self.rank)):
                 return
-            await asyncio.gather(turn, return_exceptions=True)
+
+    @staticmethod
+    async def _unless_moved(slot: _Slot, wait: Awaitable[None]) -> bool:
+        """Await `wait`, unless the slot moves up first (`wait` is then given up and False
+        returned)."""
+        task = asyncio.ensure_future(wait)
+        moved = asyncio.ensure_future(slot.moved.wait())
+        try:
+            await asyncio.wait({task, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not task.done():
+                task.cancel()  # what it was granted meanwhile is given back
+        await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            return False
+        task.result()
+        return True
 
     def _want(self, slot: _Slot, text: str, final: bool, exact: bool = False) -> None:
         slot.wanted = text
@@ -517,7 +557,7 @@ class ThreadPresenter:
             wait = slot.last_write + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self._turn(self.surface.budget, slot, post=False)
+            await self._edit_turn(slot)
             text = slot.wanted  # the latest text wins; the ones in between are never sent
             try:
                 await self.surface.edit(slot.handle, text)

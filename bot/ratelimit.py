@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import heapq
 import itertools
 import time
@@ -75,6 +76,12 @@ class RateLimiter:
         """A claimed write was made (or will never be): it needs no room kept any more."""
         self._claims = max(0, self._claims - 1)
         self._poke()
+
+    async def reserve(self) -> None:
+        """Claim, once there is room to keep for it: before showing something unfinished
+        that will need a final write, rather than after (then it may wait to be shown
+        finished instead). Here at once."""
+        self.claim()
 
     async def acquire(self, urgent: bool = False, *, rank: float | None = None) -> None:
         """Wait for a turn: urgent ones first, then by `rank` (lowest first; by default the
@@ -159,12 +166,13 @@ class WindowLimiter(RateLimiter):
     A window holds `Limit` requests; it opens with the first request after the last one
     ended and lasts `Reset-After` seconds from then; `Remaining` counts down and comes back only
     when the window ends. So: hand out at most what the window has left, counting what is in
-    flight (sent, not yet answered: the platform may not have counted it yet), and more only
-    once the window is over. Until the first answer says anything, `first` at a time. Writes
-    that are not urgent leave `urgent_share` of each window to those that are.
+    flight (granted, not yet answered: the platform may not have counted it yet), and more
+    only once the window is over. Until the first answer says anything, `first` at a time.
+    `spare` of each window is never handed out; writes that are not urgent also leave
+    `urgent_share` of it to those that are.
 
-    `sent()` is implied by every grant; `answered(...)` is fed each answer (with the window's
-    figures when it carried them), `failed()` a request that got none.
+    Every grant counts as in flight until `answered(...)` (fed each answer, with the window's
+    figures when it carried them) or `failed()` (no answer) says otherwise.
     """
 
     def __init__(self, *, first: int = 1, spare: int = 0, urgent_share: float = 0.0,
@@ -175,7 +183,7 @@ class WindowLimiter(RateLimiter):
         self.reset_at: float | None = None  # when the current window has surely ended
         self.period = 0.0  # the longest window seen, to tell one window's answers from the next
         self._first = max(1, first)
-        self._spare = spare
+        self._spare = spare  # what of each window is kept back (another client counts on it)
         # Interim writes (replaced by the next anyway) leave this share of every window to
         # urgent ones: a final text never finds the window spent on what it replaces.
         self._urgent_share = urgent_share
@@ -309,6 +317,7 @@ class SlidingWindowLimiter(RateLimiter):
         self._stale_after = stale_after
         self._counted: list[float] = []  # when each call was answered, oldest first
         self._in_flight: deque[float] = deque()  # when each unanswered grant was made
+        self._changed = asyncio.Event()  # room may have come back (for `reserve`)
 
     @property
     def claims(self) -> int:
@@ -321,6 +330,20 @@ class SlidingWindowLimiter(RateLimiter):
             self._in_flight.popleft()
         bisect.insort(self._counted, time.monotonic())
         self._poke()
+
+    async def reserve(self) -> None:
+        """Claim once the window has room for it beyond what interim writes leave to urgent
+        ones: the final writes already claimed, and `reserve`."""
+        while self.room() <= self._held + self._claims:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._delay()):
+                    await self._changed.wait()
+        self.claim()
+
+    def _poke(self) -> None:
+        super()._poke()
+        self._changed.set()
 
     def room(self) -> int:
         """Calls that may be made now without overrunning any window (pauses aside)."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from aiohttp import web
 
-from bot.admission import Admission, ChainRequest, Gate
+from bot.admission import Admission, ChainRequest, Gate, shared_refusal
 from bot.config import Settings
 from bot.delivery import Deliveries, owed_of
 from bot.engine import Engine
@@ -44,7 +47,16 @@ from bot.metrics import (
 from bot.presenter import ThreadPresenter
 from bot.prompts import detect_language
 from bot.recovery import HandleLog, settle_leftovers, settled
-from bot.store import ChainRecord, StepRecord, Store, StoreFailed, keep_pruned
+from bot.store import (
+    ChainRecord,
+    Claim,
+    StepRecord,
+    Store,
+    StoreFailed,
+    Taken,
+    keep_pruned,
+    open_store,
+)
 from bot.surface import Handle, Outcome, Presenter, Surface
 from bot.tasks import Tasks
 from bot.votes import chains
@@ -59,6 +71,7 @@ RECOVERY_WAIT = 30.0  # at most this long a follow-up waits for a platform's rec
 PRUNE_EVERY = 3600.0  # seconds between two prunes of what PONDER_RETENTION_DAYS lets go
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
+SurfaceFor = Callable[[ChainRecord], Awaitable[Surface | None]]
 
 
 class Ponder:
@@ -70,7 +83,10 @@ class Ponder:
         self.settings = settings
         self.llm = llm or LLMClient(settings)
         self.engine = Engine(self.llm, settings)
-        self.store = store or Store(settings.db)
+        self.store = store or open_store(settings)
+        # This process, as a shared store names the holder of a chain's lease.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._recovering: set[str] = set()  # platforms whose periodic recovery pass runs
         self.memory = Memory(self.store)
         self.running: dict[str, ChainHandle] = {}
         self.gate = Gate(settings)
@@ -92,6 +108,10 @@ class Ponder:
 
     async def start(self) -> None:
         await self.store.open()
+        if self.store.shared:
+            # Several processes: a Stop pressed in another reaches a chain running here.
+            await self.store.listen_stops(self._stop_heard)
+            self.housekeeping.spawn(self._keep_leases(), name="leases")
         if self.settings.retention_days:
             self.housekeeping.spawn(keep_pruned(self.store, self.settings.retention_days,
                                                 PRUNE_EVERY), name="retention")
@@ -105,6 +125,13 @@ class Ponder:
         await self._stop_all()
         await self.deliveries.close()
         await self.housekeeping.close(0)
+        if self.store.shared:
+            # What this process leaves running is free for another one to resume at once.
+            try:
+                await self.store.release(self.owner)
+            except Exception:
+                log.warning("could not release this process's chains; other processes "
+                            "resume them when their leases run out", exc_info=True)
         await self.health.close()
         if self._metrics is not None:
             await self._metrics.cleanup()
@@ -184,6 +211,11 @@ class Ponder:
         asker = await self.store.thread_asker(request.platform, request.thread)
         if asker is None or asker != request.asker:
             return None
+        if self.store.shared and not self.gate.busy(request.platform, request.thread) and \
+                await self.store.running_elsewhere(request.platform, request.thread, self.owner):
+            language = detect_language(request.question.text)
+            REFUSED.labels(request.platform).inc()
+            raise Refused(say("busy", language))  # its chain runs in another process
         return self.admit(request)
 
     def submit(self, request: ChainRequest, surface: Surface,
@@ -228,6 +260,42 @@ class Ponder:
         elif pending is not None:
             pending.stop_requested = True
         return "stopping"
+
+    async def stop_anywhere(self, chain_id: str, user: str, *,
+                            may_manage: bool = False) -> StopResult:
+        """`stop`, for a chain this process or, with a shared store, another one runs: the
+        stop is written to the database and heard by the process that runs it."""
+        result = self.stop(chain_id, user, may_manage=may_manage)
+        if result != "finished" or not self.store.shared or chain_id in self.running:
+            return result
+        record = await self.store.chain(chain_id)
+        if record is None or record.status != "running":
+            return "finished"
+        if user != record.asker and not may_manage:
+            return "not_allowed"
+        return "stopping" if await self.store.request_stop(chain_id) else "finished"
+
+    def _stop_heard(self, chain_id: str) -> None:
+        """A Stop pressed in another process (its checks done there) for a chain run here."""
+        handle = self.running.get(chain_id)
+        if handle is not None:
+            log.info("chain %s: stopped from another process", chain_id)
+            handle.cancel(by="user")
+
+    async def _keep_leases(self) -> None:
+        """A shared store: keep the leases of the chains this process runs (a process that
+        dies loses them, and another one resumes its chains), and catch any Stop whose
+        notice did not arrive."""
+        every = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                for chain_id in await self.store.renew(self.owner, self.settings.lease_seconds):
+                    self._stop_heard(chain_id)
+            except StoreFailed:
+                pass  # the store has said why; the next round tries again
+            except Exception:
+                log.exception("could not renew this process's chains")
 
     async def language_of(self, chain_id: str) -> Language:
         """The language a chain speaks: running, about to run, or long over (the store)."""
@@ -277,16 +345,29 @@ class Ponder:
                 if request.thread and not q.history:
                     q = _with_history(q, await self.store.history(request.platform,
                                                                   request.thread))
+                claim = Claim(self.owner, self.settings.lease_seconds,
+                              self.settings.user_concurrency) if self.store.shared else None
                 await self.store.start_chain(ChainRecord(
                     id=q.id, platform=request.platform, question=q.text,
                     mode=str(q.mode or self.settings.mode), workspace=request.workspace,
                     channel=request.channel, thread=request.thread, asker=request.asker,
-                    history=list(q.history), language=language, anchor=dict(request.anchor)))
+                    history=list(q.history), language=language, anchor=dict(request.anchor)),
+                    claim)
             outcome = await self._show(q, handle, presenter, language, resumed, earlier, began)
             if outcome.owed:
                 await self.deliveries.owe(q.id, request.platform, surface, outcome.owed,
                                           language)
             return outcome
+        except Taken as taken:
+            # Busy in another process (a shared store): refused as this process would have.
+            REFUSED.labels(request.platform).inc()
+            log.info("refused a question from %s: %s", request.asker, taken)
+            refusal = ChainFailed("rejected", shared_refusal(taken, language), 0.0)
+            try:
+                await presenter.notice(f"🙅 {refusal.message}", key="refused")
+            except Exception:
+                log.exception("could not say so in the thread")
+            return Outcome(failure=refusal, handles=dict(presenter.outcome.handles))
         except StoreFailed as exc:  # the chain's first write: nothing of it could be kept
             failure = await self._unsaved(q.id, request.platform, language, exc,
                                           time.monotonic() - began)
@@ -425,23 +506,64 @@ class Ponder:
 
     # --- restart recovery ------------------------------------------------------------------
 
-    async def recover(self, platform: str,
-                      surface_for: Callable[[ChainRecord], Awaitable[Surface | None]]
+    async def recover(self, platform: str, surface_for: SurfaceFor,
+                      adopt: Callable[[ChainHandle], object] | None = None
                       ) -> list[ChainHandle]:
         """Chains of `platform` left running by a dead process: resumed from their last stored
         step where the thread can still be written, else closed with a visible message there.
 
         All of them are tidied first (`bot/recovery.py`), then all resumed: while a thread is
-        tidied, nothing of this process writes to it yet."""
+        tidied, nothing of this process writes to it yet.
+
+        With a shared store each chain is claimed first (its lease), so exactly one process
+        resumes it, and the pass is repeated every `PONDER_RECOVERY_INTERVAL`: the chains of a
+        process that dies later (its leases run out) are resumed here; `adopt` is handed each
+        of those, for the front door's part of a resumed chain."""
+        handles = await self._resume(platform, surface_for, first=True)
+        if self.store.shared and platform not in self._recovering:
+            self._recovering.add(platform)
+            self.housekeeping.spawn(self._keep_recovering(platform, surface_for, adopt),
+                                    name=f"recovery-{platform}")
+        return handles
+
+    async def _keep_recovering(self, platform: str, surface_for: SurfaceFor,
+                               adopt: Callable[[ChainHandle], object] | None) -> None:
+        while self.accepting:
+            await asyncio.sleep(self.settings.recovery_interval)
+            if not self.accepting:
+                return
+            try:
+                handles = await self._resume(platform, surface_for)
+            except StoreFailed:
+                continue  # the store has said why; the next pass tries again
+            except Exception:
+                log.exception("%s: the recovery pass failed; trying again in %g s", platform,
+                              self.settings.recovery_interval)
+                continue
+            if handles:
+                log.info("%s: resumed %d chain(s) of a process that is gone", platform,
+                         len(handles))
+            for handle in handles:
+                if adopt is not None:
+                    try:
+                        adopt(handle)
+                    except Exception:
+                        log.exception("chain %s: its front door could not take it over",
+                                      handle.chain_id)
+
+    async def _resume(self, platform: str, surface_for: SurfaceFor,
+                      first: bool = False) -> list[ChainHandle]:
         try:
-            records = [r for r in await self.store.chains_with_status("running")
-                       if r.platform == platform and r.id not in self.running]
+            records = await self.store.claim_interrupted(platform, self.owner,
+                                                         self.settings.lease_seconds,
+                                                         skip=frozenset(self.running))
             # Held at once, before anything is awaited: a follow-up in one of these threads
             # while they are tidied waits for its chain instead of running beside it.
             for record in records:
                 self.gate.count_resumed(platform, record.asker, record.thread, record.id)
         finally:
-            self._recovery_claimed(platform).set()
+            if first:
+                self._recovery_claimed(platform).set()
         ready: list[tuple[ChainRecord, Surface, list[StepRecord]]] = []
         for record in records:
             surface = await _reach(surface_for, record)
@@ -457,7 +579,8 @@ class Ponder:
             except Exception:
                 log.exception("chain %s: could not tidy its earlier messages", record.id)
             ready.append((record, surface, steps))
-        await self._deliver_owed(platform, surface_for)
+        if first:
+            await self._deliver_owed(platform, surface_for)
         handles = []
         for record, surface, steps in ready:
             question = Question(record.question, id=record.id, history=tuple(record.history),
@@ -470,9 +593,7 @@ class Ponder:
                                         resumed=True, earlier=settled(record.handles)))
         return handles
 
-    async def _deliver_owed(self, platform: str,
-                            surface_for: Callable[[ChainRecord], Awaitable[Surface | None]]
-                            ) -> None:
+    async def _deliver_owed(self, platform: str, surface_for: SurfaceFor) -> None:
         """Final texts an earlier process could not deliver: delivered by this one."""
         for record in await self.store.chains_owing():
             if record.platform != platform or self.deliveries.owing(record.id):

@@ -104,6 +104,13 @@ _EN: dict[str, str] = {
     "no_thread_permission": "I may not start threads in this channel (Create Public Threads "
                             "and Send Messages in Threads), so I answer right here.",
     "no_threads": "Threads are not available here, so I answer right here.",
+    "via_interaction": "I cannot write in this channel, so I answer through this command: "
+                       "one message per step. Follow-up questions cannot reach me here; "
+                       "use the command again.",
+    "token_ran_out": "Discord lets a command answer for 15 minutes, and this chain needed "
+                     "longer: the steps so far are above. To go on, ask again in a server "
+                     "channel where Ponder can open a thread (no time limit there), or ask "
+                     "a narrower question.",
     "discord_wait": "Discord asks to wait {s} s",
     "missing_permission": "missing permission",
     "discord_said": "Discord said {status}: {why}",
@@ -188,6 +195,11 @@ _ZH: dict[str, str] = {
     "no_thread_permission": "我在这个频道没有开启子区的权限（创建公开子区、在子区中发送消息），"
                             "所以就在这里回答。",
     "no_threads": "这里不能开启子区，所以就在这里回答。",
+    "via_interaction": "我无法在这个频道发消息，所以通过这条命令回答：每一步一条消息。"
+                       "在这里无法追问；请再次使用命令。",
+    "token_ran_out": "Discord 只允许一条命令在 15 分钟内回答，而这条推理需要更久：目前的步骤在上面。"
+                     "要继续，请在 Ponder 能开启子区的服务器频道里再问一次（那里没有时间限制），"
+                     "或者把问题问得更具体一些。",
     "discord_wait": "Discord 要求等待 {s} 秒",
     "missing_permission": "缺少权限",
     "discord_said": "Discord 返回 {status}：{why}",

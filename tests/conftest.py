@@ -13,6 +13,7 @@ from bot.engine import Engine
 from bot.events import Event, Question
 from bot.llm import LLMClient
 from tests.fakes.openai_server import FakeOpenAI
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: the `pg` tests' PostgreSQL)
 
 # Started as a background job of a shell script (`make test &`), the suite and its xdist workers
 # inherit SIGINT ignored, and so would every process a test starts: a Ctrl-C sent to one would

@@ -197,7 +197,7 @@ async def test_reason_logs_in_syncs_and_answers_in_a_thread_from_the_opening_mes
         assert [r.path for r in discord.requests[:2]] == ["/users/@me", "/oauth2/applications/@me"]
         synced = discord.requests_to("PUT", r"^/applications/\d+/guilds/\d+/commands$")
         assert len(synced) == 1 and not discord.requests_to("PUT", r"^/applications/\d+/commands$")
-        (command,) = synced[0].body
+        (command,) = [c for c in synced[0].body if c["name"] == "reason"]
         options = {o["name"]: o for o in command["options"]}
         assert command["name"] == "reason"
         assert options["question"]["type"] == 3 and options["question"]["required"] is True

@@ -20,7 +20,16 @@ import discord
 
 from adapters.discord import text
 from adapters.discord.calls import describe, rest
-from adapters.discord.client import PonderClient
+from adapters.discord.client import PonderClient, make_client
+from adapters.discord.interaction import (
+    VIA,
+    InteractionSurface,
+    TokenTimes,
+    WebhookLimiters,
+    open_through_interaction,
+    through_interaction,
+)
+from adapters.discord.message_command import question_from
 from adapters.discord.opening import TOKEN_LIFETIME, Opening
 from adapters.discord.placement import Place, place
 from adapters.discord.seams import point_discord_at
@@ -54,12 +63,15 @@ class DiscordBot:
 
     def __init__(self, ponder: Ponder, settings: Settings, *,
                  client_options: dict[str, Any] | None = None,
-                 limiters: LimiterRegistry | None = None) -> None:
+                 limiters: LimiterRegistry | None = None,
+                 token_times: TokenTimes | None = None) -> None:
         self.ponder = ponder
         self.settings = settings
         self.client_options = client_options or {}
         self.limiters = limiters if limiters is not None else LimiterRegistry()
         self.observer = RestObserver(self.limiters)
+        self.webhooks = WebhookLimiters()  # writes through interactions, per token
+        self.token_times = token_times or TokenTimes()
         self.tasks = Tasks("Discord")
         self.ready = asyncio.Event()
         self.synced: str | None = None  # "guilds", "global", "unchanged", "failed"
@@ -102,8 +114,10 @@ class DiscordBot:
 
     async def _serve(self, token: str, intents: discord.Intents) -> None:
         options = {"max_ratelimit_timeout": MAX_RATELIMIT_WAIT, "max_messages": None,
-                   "http_trace": self.observer.trace_config(), **self.client_options}
-        client = self.client = PonderClient(self, intents, (StopButton,), **options)
+                   "http_trace": self.webhooks.watch(self.observer.trace_config()),
+                   **self.client_options}
+        client = self.client = make_client(self.settings, self, intents, (StopButton,),
+                                           **options)
         async with client:  # closes the client's session and gateway on the way out
             try:
                 # login() also runs setup_hook, which syncs the commands under SYNC_TIMEOUT.
@@ -135,8 +149,17 @@ class DiscordBot:
 
     # --- /reason --------------------------------------------------------------------------
 
+    async def on_reason_about(self, interaction: discord.Interaction[Any],
+                              message: discord.Message) -> None:
+        """"Reason about this" on a message: `/reason` with that message's text, in a thread
+        started from the message where one can be."""
+        me = self._client().user
+        await self.on_reason(interaction, question_from(message, me.id if me else None), None,
+                             target=message)
+
     async def on_reason(self, interaction: discord.Interaction[Any], question: str,
-                        mode: str | None, votes: int | None = None) -> None:
+                        mode: str | None, votes: int | None = None, *,
+                        target: discord.Message | None = None) -> None:
         received = time.monotonic()
         user = interaction.user
         channel = interaction.channel
@@ -160,13 +183,16 @@ class DiscordBot:
             raise
         opening = Opening(text.opening(request.question.text, user.mention,
                                        language=admission.language),
-                          interaction=interaction, received=received)
+                          interaction=interaction, received=received, target=target)
         self.tasks.spawn(self._start(interaction, request, admission, opening),
                          name=f"discord-reason-{request.question.id}")
 
     async def _start(self, interaction: discord.Interaction[Any], request: ChainRequest,
                      admission: Admission, opening: Opening) -> None:
         try:
+            if through_interaction(self._client(), interaction):
+                await self._through_interaction(interaction, request, admission, opening)
+                return
             try:
                 where = await self._place(interaction, request, admission, opening)
             except Exception as exc:
@@ -185,6 +211,37 @@ class DiscordBot:
             # However it ended before the chain started (a dropped connection included), the
             # asker's slot and the thread are given back; once started, this is a no-op.
             self.ponder.release(admission)
+
+    async def _through_interaction(self, interaction: discord.Interaction[Any],
+                                   request: ChainRequest, admission: Admission,
+                                   opening: Opening) -> None:
+        """Where Ponder cannot write in the channel, the chain is written through the
+        interaction's webhook (`interaction.py`) and ends while the token still works."""
+        times = self.token_times
+        try:
+            await open_through_interaction(interaction, request.question, opening,
+                                           admission.language, times)
+        except Exception as exc:
+            log.exception("could not start a chain through its interaction")
+            await self._quietly(opening.show(say("could_not_start", admission.language,
+                                                 why=describe(exc, admission.language))))
+            return
+        surface = InteractionSurface(interaction, self.webhooks,
+                                     times.usable_until(opening.received))
+        # No thread: no earlier questions are its history. Nothing of it can be resumed after
+        # a restart either (the token is not kept), which its anchor tells recovery.
+        request = replace(request, thread="", anchor={"via": VIA})
+        try:
+            handle = self.ponder.submit(request, surface, admission)
+        except Refused as exc:
+            await self._quietly(opening.show(f"⚠️ {exc.message}"))
+            return
+        deadline = self.tasks.spawn(surface.stop_in_time(handle, times.stop_at(opening.received)),
+                                    name=f"discord-token-{handle.chain_id}")
+        try:
+            await self._watch(handle, opening, None)
+        finally:
+            deadline.cancel()
 
     async def _place(self, interaction: discord.Interaction[Any], request: ChainRequest,
                      admission: Admission, opening: Opening) -> Place:
@@ -268,6 +325,8 @@ class DiscordBot:
             log.info("resumed %d chain(s) left running by the previous process", len(handles))
 
     async def _surface_for(self, record: ChainRecord) -> DiscordSurface | None:
+        if record.anchor.get("via") == VIA:
+            return None  # written through an interaction whose token is gone with its process
         channel_id = int(record.thread or record.channel or 0)
         if not channel_id:
             return None
@@ -284,8 +343,8 @@ class DiscordBot:
     # --- Stop -----------------------------------------------------------------------------
 
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None:
-        result = self.ponder.stop(key, str(interaction.user.id),
-                                  may_manage=interaction.permissions.manage_messages)
+        result = await self.ponder.stop_anywhere(
+            key, str(interaction.user.id), may_manage=interaction.permissions.manage_messages)
         language = await self.ponder.language_of(key)
         if result == "finished":
             await rest(interaction.response.send_message(

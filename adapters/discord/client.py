@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 
 from adapters.discord.calls import rest
-from bot.config import MAX_VOTES
+from bot.config import MAX_VOTES, Settings
 from bot.wording import say
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ class Handlers(Protocol):
 
     async def on_reason(self, interaction: discord.Interaction[Any], question: str,
                         mode: str | None, votes: int | None = None) -> None: ...
+
+    async def on_reason_about(self, interaction: discord.Interaction[Any],
+                              message: discord.Message) -> None: ...
 
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None: ...
 
@@ -69,9 +72,34 @@ class PonderClient(discord.Client):
             log.warning("could not tell the user the command failed: %s", exc)
 
 
+class ShardedPonderClient(PonderClient, discord.AutoShardedClient):
+    """Ponder over several gateway shards: `DISCORD_SHARD_COUNT` in all, this process's
+    `DISCORD_SHARD_IDS` (several processes with one shared store split them)."""
+
+
+def make_client(settings: Settings, handlers: Handlers, intents: discord.Intents,
+                dynamic_items: tuple[type[discord.ui.DynamicItem[Any]], ...] = (),
+                **options: Any) -> PonderClient:
+    """The client the settings ask for: one connection, or the shards they name."""
+    if settings.discord_shard_count is None:
+        return PonderClient(handlers, intents, dynamic_items, **options)
+    shard_ids = [int(i) for i in settings.discord_shard_ids] or None
+    return ShardedPonderClient(handlers, intents, dynamic_items,
+                               shard_count=settings.discord_shard_count, shard_ids=shard_ids,
+                               **options)
+
+
+REASON_ABOUT = "Reason about this"
+
+
 def _add_commands(tree: app_commands.CommandTree[Any], handlers: Handlers) -> None:
+    # Both installs (a server's, and a person's own account: usable in any server, in DMs and
+    # group DMs) and every context. Discord honours both only for global commands; where
+    # Ponder cannot write in the channel, the chain is written through the interaction.
     @tree.command(name="reason", description="Think a question through step by step, "
                                              "one message per step, in a thread")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     @app_commands.describe(
         question="What should Ponder think about?",
         mode="chain: one JSON step at a time (default) · native: the model's own reasoning",
@@ -82,3 +110,10 @@ def _add_commands(tree: app_commands.CommandTree[Any], handlers: Handlers) -> No
                      mode: ModeChoice | None = None,
                      votes: app_commands.Range[int, 1, MAX_VOTES] | None = None) -> None:
         await handlers.on_reason(interaction, question, mode, votes)
+
+    @tree.context_menu(name=REASON_ABOUT)
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def reason_about(interaction: discord.Interaction[Any],
+                           message: discord.Message) -> None:
+        await handlers.on_reason_about(interaction, message)

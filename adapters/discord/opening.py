@@ -32,10 +32,15 @@ class Opening:
     # The thread (or forum post) opened for the chain, once there is one: opening it again
     # after a failure half-way (Discord unreachable) must not open a second.
     thread: discord.Thread | None = None
+    # How long the token is used. A chain written through its interaction (no channel to
+    # fall back on) uses it to the end, within `TokenTimes.margin`.
+    lifetime: float = TOKEN_LIFETIME
+    # "Reason about this": the message the chain is about, whose thread it runs in.
+    target: discord.Message | None = None
 
     def token_valid(self) -> bool:
         return (self.interaction is not None
-                and time.monotonic() - self.received < TOKEN_LIFETIME)
+                and time.monotonic() - self.received < self.lifetime)
 
     def anchor(self, where: str | None) -> dict[str, Any]:
         """What the store keeps of it, so a chain resumed after a restart can update it."""

@@ -58,7 +58,9 @@ async def place(client: discord.Client, interaction: discord.Interaction[Any], q
         opening.limiter = limiters.get(channel.id)
         try:
             await limiters.threads(channel.id).acquire()
-            thread = opening.thread = await rest(message.create_thread(
+            # "Reason about this" hangs its thread from the message it is about.
+            start = opening.target or message
+            thread = opening.thread = await rest(start.create_thread(
                 name=text.thread_name(q.text), auto_archive_duration=1440))
         except (discord.HTTPException, discord.RateLimited) as exc:
             # Thread creation has tight, sometimes minutes-long limits of its own.

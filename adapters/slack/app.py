@@ -6,6 +6,8 @@ Triggers:
 - a DM to the bot (`message`, `channel_type: im`) -> answered in a thread under that DM.
 - a later message by the asker in a Ponder thread, no mention needed -> a follow-up with the
   thread's earlier questions and answers as history.
+- the "Reason about this" message shortcut (`shortcut.py`) -> a chain over that message's
+  text, answered in its thread.
 A reply also sent to the channel (`thread_broadcast`) and a message with a file attached
 (`file_share`) are answered by their text like any other message; the bot's own messages,
 edits (`message_changed` and the other subtypes) and other bots are ignored. Events Slack
@@ -36,6 +38,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.inbound import SeenEvents, StoreSeenEvents, question_text, thread_key
 from adapters.slack.refusals import Refusals
+from adapters.slack.shortcut import CALLBACK_ID, read_shortcut
 from adapters.slack.status import QuestionStatus
 from adapters.slack.surface import SlackSurface
 from adapters.slack.web import (
@@ -102,6 +105,7 @@ class SlackBot:
         self.app.middleware(self._deduplicate)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
+        self.app.message_shortcut(CALLBACK_ID)(self._on_shortcut)
         self.team_id = ""
         self.bot_user_id = ""
         self.workspaces: dict[str, Workspace] = {}
@@ -138,13 +142,17 @@ class SlackBot:
     async def recover(self) -> list[ChainHandle]:
         """Resume the Slack chains a dead process left running (the service asks for each
         thread's surface; a thread that cannot be named any more is closed in the store)."""
-        handles = await self.ponder.recover(PLATFORM, self._surface_for)
+        handles = await self.ponder.recover(PLATFORM, self._surface_for, adopt=self._adopt)
         for handle in handles:
-            self._track(handle)
-            self.spawn(self._resumed(handle), name=f"slack-resumed-{handle.chain_id}")
+            self._adopt(handle)
         if handles:
             log.info("Slack: resumed %d interrupted chain(s)", len(handles))
         return handles
+
+    def _adopt(self, handle: ChainHandle) -> None:
+        """A resumed chain (at start, or later: one of another process that died)."""
+        self._track(handle)
+        self.spawn(self._resumed(handle), name=f"slack-resumed-{handle.chain_id}")
 
     async def _surface_for(self, record: ChainRecord) -> SlackSurface | None:
         channel, _, thread_ts = record.thread.partition(":")
@@ -272,6 +280,19 @@ class SlackBot:
             channel=channel, user=str(event["user"]), message_ts=ts, thread_ts=thread_ts,
             text=str(event.get("text") or ""),
         ), name=f"slack-mention-{ts}")
+
+    async def _on_shortcut(self, ack: Callable[[], Awaitable[None]],
+                           body: dict[str, Any]) -> None:
+        """"Reason about this" on a message: asked as a mention on that message would be."""
+        await ack()
+        ask = read_shortcut(body, self.team_id)
+        if ask is None:
+            log.warning("a message shortcut without a message or an asker: ignored")
+            return
+        self.spawn(self._ask(team=ask.team, asker_team=ask.asker_team, channel=ask.channel,
+                             user=ask.user, message_ts=ask.message_ts,
+                             thread_ts=ask.thread_ts, text=ask.text),
+                   name=f"slack-shortcut-{ask.message_ts}")
 
     def _receiving_team(self, event: dict[str, Any], body: dict[str, Any]) -> str:
         return str(body.get("team_id") or event.get("team") or self.team_id)

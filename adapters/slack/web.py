@@ -61,7 +61,9 @@ class SlackLimits:
     update_reserve: float = 0.3
     post_calls: int = 3  # chat.postMessage: about 1 a second per channel, short bursts
     post_window: float = 3.0
-    window_margin: float = 0.05  # seconds added to every window: Slack counts on arrival
+    # Seconds added to every window. Calls count from when their answer came (later than
+    # Slack counted them), so none is needed; a test may add one against clock jitter.
+    window_margin: float = 0.0
     channels_kept: int = 256  # idle channels' post budgets kept past this many are dropped
     # chat.postEphemeral (refusals): Tier 4, 100+/min per workspace. Never waited on: a refusal
     # that finds it spent is dropped, so a flood of refusals cannot queue up.

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from bot.errors import PonderError
 from bot.events import Language, Turn
@@ -113,11 +113,22 @@ class Store(ABC):
 
     # Several processes share it: leases, cross-process limits and stops are live.
     shared: bool = False
+    # Every back end, as it is defined (`bot/store/__init__.py` imports them all).
+    backends: ClassVar[list[type[Store]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Store.backends.append(cls)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Store:
         if cls is Store:
             return super().__new__(backend_for(args[0] if args else kwargs["where"]))
         return super().__new__(cls)
+
+    @classmethod
+    def opens(cls, where: str | Path) -> bool:
+        """Whether this back end is the one `where` (PONDER_DB) names."""
+        return False
 
     @abstractmethod
     async def open(self) -> None:
@@ -268,11 +279,10 @@ def is_postgres(where: str | Path) -> bool:
 
 
 def backend_for(where: str | Path) -> type[Store]:
-    if is_postgres(where):
-        from bot.store.postgres import PostgresStore
-        return PostgresStore
-    from bot.store.sqlite import SqliteStore
-    return SqliteStore
+    for backend in Store.backends:
+        if backend.opens(where):
+            return backend
+    raise ValueError(f"no store back end opens {str(where).partition('://')[0]}")
 
 
 def record_of(row: tuple[Any, ...] | Any) -> ChainRecord:

@@ -33,7 +33,17 @@ What it does like Discord (and what tests can therefore assert on):
   back itself, for want of room in a window it knew was spent.
 - Validation that can fail a test: content over 2000 chars, empty messages, unknown channels or
   messages, editing someone else's message, answering an interaction twice or after 3 s,
-  an expired interaction token (15 min, or `expire_token`).
+  an expired interaction token (15 min, `token_ttl`, or `expire_token`).
+- Interactions from anywhere the app can be used (`where=`, `PLACES`): the guild, the bot's
+  DM, and with the app installed to a user's account (`install="user"`) a guild the bot is not
+  in, a DM between two people, a group DM. Each carries `context` and
+  `authorizing_integration_owners` as Discord sends them; the command must have been
+  registered for that context and install type (`contexts`, `integration_types`, global
+  commands only), or the call fails the test. Channels the bot is not in answer every channel
+  call with 403; the interaction's webhook works everywhere: follow-up messages
+  (`POST /webhooks/{app}/{token}`, the first one after a defer taking the place of the
+  "thinking" message, as Discord does), fetched and edited like `@original`.
+- Message commands (`message_command`, type 3 with `target_id` and the message resolved).
 - A gateway websocket (text frames): HELLO → IDENTIFY → READY (with `application`) →
   GUILD_CREATE (a guild with a text channel, a forum channel, roles, members); heartbeats are
   ACKed; RESUME is answered. `slash`, `user_message` and `click` push INTERACTION_CREATE and
@@ -55,7 +65,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -90,8 +100,22 @@ MOD_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_MESSAGES | MANAGE_THREADS
 # Channel types.
 GUILD_TEXT = 0
 DM = 1
+GROUP_DM = 3
 PUBLIC_THREAD = 11
 GUILD_FORUM = 15
+
+# Where an interaction happens (`context`) and who installed the app for it (the keys of
+# `authorizing_integration_owners`, `integration_types` of a command).
+CONTEXT_GUILD, CONTEXT_BOT_DM, CONTEXT_PRIVATE = 0, 1, 2
+GUILD_INSTALL, USER_INSTALL = 0, 1
+# Places a user can act from (`slash(..., where=...)`): the guild the bot is in, the bot's own
+# DM, and, with the app installed to the user's account, a guild the bot is not in, a DM
+# between two people and a group DM (the last three are channels the bot cannot see: any
+# channel call there is answered 403).
+PLACES = ("guild", "bot_dm", "foreign_guild", "dm", "group_dm")
+
+# Application command types.
+CHAT_INPUT, MESSAGE_COMMAND = 1, 3
 
 # Interaction callback types.
 CHANNEL_MESSAGE = 4
@@ -109,6 +133,7 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
     "POST /channels/{channel_id}/messages/{id}/threads": (5, 5.0),
     "POST /channels/{channel_id}/threads": (5, 5.0),
     "PATCH /webhooks/{webhook}/messages/{id}": (5, 5.0),
+    "POST /webhooks/{webhook}": (5, 5.0),
 }
 # Routes that answer with another route's `X-RateLimit-Bucket` yet are counted apart: Discord
 # does this with a channel's message posts and edits (discord/discord-api-docs#1442, #8073:
@@ -185,6 +210,7 @@ class Interaction:
     response_type: int | None = None
     original_id: int | None = None
     expired: bool = False
+    followups: list[int] = field(default_factory=list)  # follow-up messages, in order
 
 
 @dataclass
@@ -283,6 +309,12 @@ class FakeDiscord(Outages):
         self.bot_role_id = self.snowflake()
         self.text_channel_id = self.snowflake()
         self.forum_channel_id = self.snowflake()
+        # A guild with the app installed by its users only (the bot is not a member), a DM
+        # between alice and bob, and a group DM: user-install places the bot cannot see.
+        self.foreign_guild_id = self.snowflake()
+        self.foreign_channel_id = self.snowflake()
+        self.private_dm_id = self.snowflake()
+        self.group_dm_id = self.snowflake()
         self.users: dict[int, dict[str, Any]] = {
             int(u["id"]): u for u in (self.bot, self.alice, self.bob, self.mod)
         }
@@ -313,6 +345,7 @@ class FakeDiscord(Outages):
         self.port = 0
         self._add_text_channel(self.text_channel_id, "general")
         self._add_forum_channel(self.forum_channel_id, "questions")
+        self._add_unseen_channels()
         self._routes = self._route_table()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -395,6 +428,45 @@ class FakeDiscord(Outages):
         })
         return channel
 
+    def _add_unseen_channels(self) -> None:
+        foreign = self._add_text_channel(self.foreign_channel_id, "elsewhere")
+        foreign.update(guild_id=str(self.foreign_guild_id), _bot_absent=True)
+        self.channels[self.private_dm_id] = {
+            "id": str(self.private_dm_id), "type": DM, "recipients": [self.bob],
+            "last_message_id": None, "_bot_absent": True}
+        self.channels[self.group_dm_id] = {
+            "id": str(self.group_dm_id), "type": GROUP_DM, "name": "study group",
+            "icon": None, "owner_id": self.alice["id"], "recipients": [self.bob, self.mod],
+            "last_message_id": None, "_bot_absent": True}
+
+    def place_channel(self, where: str, user: dict[str, Any] | None = None) -> int:
+        """The channel a user acts from in one of `PLACES` (a new DM for "bot_dm")."""
+        match where:
+            case "guild":
+                return self.text_channel_id
+            case "foreign_guild":
+                return self.foreign_channel_id
+            case "dm":
+                return self.private_dm_id
+            case "group_dm":
+                return self.group_dm_id
+            case "bot_dm":
+                dm_id = self.snowflake()
+                self.channels[dm_id] = {"id": str(dm_id), "type": DM,
+                                        "recipients": [user or self.alice],
+                                        "last_message_id": None}
+                return dm_id
+        raise ValueError(f"where must be one of {PLACES}")
+
+    def _where_of(self, channel_id: int) -> str:
+        if channel_id == self.foreign_channel_id:
+            return "foreign_guild"
+        if channel_id == self.private_dm_id:
+            return "dm"
+        if channel_id == self.group_dm_id:
+            return "group_dm"
+        return "bot_dm" if self.channels[channel_id]["type"] == DM else "guild"
+
     def add_user(self, name: str) -> dict[str, Any]:
         """Another member of the guild (for `slash(..., user=...)`)."""
         user = self._user(self.snowflake(), name)
@@ -422,7 +494,8 @@ class FakeDiscord(Outages):
         return MEMBER_PERMISSIONS
 
     def guild_payload(self) -> dict[str, Any]:
-        top = [c for c in self.channels.values() if c["type"] in (GUILD_TEXT, GUILD_FORUM)]
+        top = [c for c in self.channels.values() if c["type"] in (GUILD_TEXT, GUILD_FORUM)
+               and c.get("guild_id") == str(self.guild_id)]
         threads = [c for c in self.channels.values() if c["type"] == PUBLIC_THREAD]
         return {
             "id": str(self.guild_id), "name": "Ponder test guild", "icon": None,
@@ -534,26 +607,65 @@ class FakeDiscord(Outages):
                 await ws.send_str(frame)
 
     async def slash(self, name: str = "reason", *, user: dict[str, Any] | None = None,
-                    channel_id: int | None = None, dm: bool = False,
-                    **options: str | int) -> Interaction:
-        """A user runs `/name option:value…` (INTERACTION_CREATE, type 2)."""
-        user = user or self.alice
-        guild_commands = self.guild_commands.get(self.guild_id, [])
-        command = next((c for c in guild_commands if c["name"] == name), None)
-        scope_guild = command is not None
-        command = command or next((c for c in self.global_commands if c["name"] == name), None)
-        if command is None:
-            raise AssertionError(f"/{name} was never synced (global or guild)")
+                    channel_id: int | None = None, dm: bool = False, where: str = "guild",
+                    install: str | None = None, **options: str | int) -> Interaction:
+        """A user runs `/name option:value…` (INTERACTION_CREATE, type 2) in one of `PLACES`
+        (`dm=True` is the bot's DM), through the app's guild or user install (`install`:
+        "guild", "user" or "both"; by default what the place allows)."""
         data: dict[str, Any] = {
-            "id": command["id"], "name": name, "type": 1,
+            "name": name, "type": CHAT_INPUT,
             "options": [
                 {"name": k, "type": 4 if isinstance(v, int) else 3, "value": v}
                 for k, v in options.items()
             ],
         }
-        if scope_guild:
+        where = "bot_dm" if dm else where
+        return await self._command(data, user or self.alice, channel_id, where, install)
+
+    async def message_command(self, name: str, message: dict[str, Any], *,
+                              user: dict[str, Any] | None = None,
+                              install: str | None = None) -> Interaction:
+        """A user runs the message command `name` on `message` (its "Apps" menu): type 2
+        with command type 3, `target_id` and the message resolved, as Discord sends it."""
+        data: dict[str, Any] = {
+            "name": name, "type": MESSAGE_COMMAND, "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: self._strip(message)}},
+        }
+        channel_id = int(message["channel_id"])
+        return await self._command(data, user or self.alice, channel_id,
+                                   self._where_of(channel_id), install)
+
+    async def _command(self, data: dict[str, Any], user: dict[str, Any],
+                       channel_id: int | None, where: str,
+                       install: str | None) -> Interaction:
+        if where not in PLACES:
+            raise ValueError(f"where must be one of {PLACES}")
+        install = install or ("guild" if where in ("guild", "bot_dm") else "user")
+        name, kind = data["name"], data["type"]
+        # Guild commands exist only in their guild, for its guild install; everywhere else
+        # Discord offers the global ones, where their contexts and install types allow.
+        guild_commands = self.guild_commands.get(self.guild_id, [])
+        command = next((c for c in guild_commands if c["name"] == name
+                        and c.get("type", CHAT_INPUT) == kind), None)
+        if command is not None and where == "guild" and install == "guild":
             data["guild_id"] = str(self.guild_id)
-        return await self._interact(2, data, user, channel_id, dm=dm)
+        else:
+            command = next((c for c in self.global_commands if c["name"] == name
+                            and c.get("type", CHAT_INPUT) == kind), None)
+            if command is None:
+                raise AssertionError(f"{name!r} (type {kind}) was never synced here")
+            context = {"guild": CONTEXT_GUILD, "foreign_guild": CONTEXT_GUILD,
+                       "bot_dm": CONTEXT_BOT_DM}.get(where, CONTEXT_PRIVATE)
+            installs = {"guild": [GUILD_INSTALL], "user": [USER_INSTALL],
+                        "both": [GUILD_INSTALL, USER_INSTALL]}[install]
+            # Discord's defaults: every context; the guild install only.
+            if context not in (command.get("contexts") or [0, 1, 2]):
+                raise AssertionError(f"{name!r} is not registered for context {context}")
+            registered = command.get("integration_types") or [GUILD_INSTALL]
+            if not any(i in registered for i in installs):
+                raise AssertionError(f"{name!r} is not registered for install {install}")
+        data["id"] = command["id"]
+        return await self._interact(2, data, user, channel_id, where=where, install=install)
 
     async def click(self, message_id: int, custom_id: str, *,
                     user: dict[str, Any] | None = None) -> Interaction:
@@ -564,41 +676,57 @@ class FakeDiscord(Outages):
                                     message=message)
 
     async def _interact(self, kind: int, data: dict[str, Any], user: dict[str, Any],
-                        channel_id: int | None, *, dm: bool = False,
+                        channel_id: int | None, *, where: str | None = None,
+                        install: str | None = None,
                         message: dict[str, Any] | None = None) -> Interaction:
         interaction_id = self.snowflake()
         token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
+        if where is None:  # a button: where its message is
+            where = "guild" if channel_id is None else self._where_of(channel_id)
+        install = install or ("guild" if where in ("guild", "bot_dm") else "user")
+        user_id = int(user["id"])
+        owners: dict[str, str] = {}
+        if install in ("guild", "both"):
+            # A guild install names its guild; used from the bot's DM, "0".
+            owners[str(GUILD_INSTALL)] = str(self.guild_id) if where == "guild" else "0"
+        if install in ("user", "both"):
+            owners[str(USER_INSTALL)] = str(user_id)
         payload: dict[str, Any] = {
             "id": str(interaction_id), "application_id": str(self.application_id),
             "type": kind, "data": data, "token": token, "version": 1, "locale": "en-US",
             "entitlements": [], "attachment_size_limit": 10 * 1024 * 1024,
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "authorizing_integration_owners": owners,
         }
-        user_id = int(user["id"])
-        if dm:
-            dm_id = self.snowflake()
-            self.channels[dm_id] = {"id": str(dm_id), "type": DM, "recipients": [user],
-                                    "last_message_id": None}
-            channel_id = dm_id
-            payload.update(user=user, context=1, channel_id=str(dm_id),
-                           channel={"id": str(dm_id), "type": DM, "recipients": [user]},
-                           app_permissions=str(SEND_MESSAGES | VIEW_CHANNEL))
-            guild_id = None
-        else:
-            channel_id = channel_id or self.text_channel_id
+        guild_id: int | None = None
+        if where in ("bot_dm", "dm", "group_dm"):
+            if channel_id is None:
+                channel_id = self.place_channel(where, user)
             channel = self.channels[channel_id]
+            payload.update(user=user, context=CONTEXT_BOT_DM if where == "bot_dm"
+                           else CONTEXT_PRIVATE, channel_id=str(channel_id),
+                           channel=self._strip(channel),
+                           app_permissions=str(SEND_MESSAGES | VIEW_CHANNEL | EMBED_LINKS))
+        else:
+            home = where == "guild"
+            channel_id = channel_id or self.place_channel(where)
+            channel = self.channels[channel_id]
+            guild_id = self.guild_id if home else self.foreign_guild_id
             member = self._member(user, [self.mod_role_id] if user is self.mod else [])
             member["permissions"] = str(self._permissions_of(user_id))
-            app_permissions = BOT_PERMISSIONS
-            if channel_id in self.deny_threads:
-                app_permissions &= ~CREATE_PUBLIC_THREADS
+            if home:
+                app_permissions = BOT_PERMISSIONS
+                if channel_id in self.deny_threads:
+                    app_permissions &= ~CREATE_PUBLIC_THREADS
+            else:
+                # What a user-installed app is said to have there; it can still not act in
+                # a channel of a guild it is not in (every channel call is a 403).
+                app_permissions = MEMBER_PERMISSIONS
             payload.update(
-                guild_id=str(self.guild_id), member=member, context=0,
+                guild_id=str(guild_id), member=member, context=CONTEXT_GUILD,
                 channel_id=str(channel_id), channel=self._strip(channel),
-                guild={"id": str(self.guild_id), "locale": "en-US", "features": []},
+                guild={"id": str(guild_id), "locale": "en-US", "features": []},
                 guild_locale="en-US", app_permissions=str(app_permissions),
             )
-            guild_id = self.guild_id
         if message is not None:
             payload["message"] = self._strip(message)
         interaction = Interaction(interaction_id, token, kind, channel_id, guild_id, user_id,
@@ -609,9 +737,11 @@ class FakeDiscord(Outages):
 
     async def user_message(self, channel_id: int, content: str, *,
                            user: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A user writes in a channel or thread (MESSAGE_CREATE)."""
+        """A user writes in a channel or thread (MESSAGE_CREATE, where the bot can see it)."""
         user = user or self.alice
         message = self._new_message(channel_id, content, author=user)
+        if self.channels[channel_id].get("_bot_absent"):
+            return message
         payload = self._strip(message)
         if self.channels[channel_id].get("guild_id"):
             payload["member"] = {k: v for k, v in self._member(user).items() if k != "user"}
@@ -650,18 +780,23 @@ class FakeDiscord(Outages):
                 await ws.close(code=4014, message=b"Disallowed intent(s).")
                 return
             self._seq += 1
+            # A sharded client names its shard [id, count]: the guild is on the shard Discord
+            # puts it on, (guild_id >> 22) % count, and only that shard hears of it.
+            shard = frame["d"].get("shard") or [0, 1]
+            ours = (self.guild_id >> 22) % int(shard[1]) == int(shard[0])
             ready = {
                 "v": 10, "user": {**self.bot, "verified": True, "mfa_enabled": False,
                                   "flags": 0, "email": None},
-                "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "guilds": [{"id": str(self.guild_id), "unavailable": True}] if ours else [],
                 "session_id": self._session_id, "resume_gateway_url": self.gateway_url,
-                "shard": [0, 1], "application": {"id": str(self.application_id), "flags": 0},
+                "shard": shard, "application": {"id": str(self.application_id), "flags": 0},
                 "private_channels": [], "relationships": [], "presences": [],
             }
             await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": self._seq, "d": ready}))
-            self._seq += 1
-            await ws.send_str(json.dumps(
-                {"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": self.guild_payload()}))
+            if ours:
+                self._seq += 1
+                await ws.send_str(json.dumps(
+                    {"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": self.guild_payload()}))
             self._identified.set()
         elif op == 6:  # resume
             self._seq += 1
@@ -682,6 +817,7 @@ class FakeDiscord(Outages):
             ("GET", "/applications/{app}/guilds/{guild_id}/commands", self._get_commands),
             ("PUT", "/applications/{app}/guilds/{guild_id}/commands", self._put_commands),
             ("POST", "/interactions/{interaction}/{token}/callback", self._callback),
+            ("POST", "/webhooks/{webhook}", self._webhook_send),
             ("GET", "/webhooks/{webhook}/messages/{id}", self._webhook_get),
             ("PATCH", "/webhooks/{webhook}/messages/{id}", self._webhook_edit),
             ("GET", "/channels/{channel_id}", self._get_channel),
@@ -834,12 +970,19 @@ class FakeDiscord(Outages):
             return _error(400, 50035, "Invalid Form Body")
         stored = []
         for command in record.body:
-            if not re.fullmatch(r"[-_\w]{1,32}", command.get("name", "")):
+            # Slash command names are one lowercase word; a message or user command's name
+            # is what its menu shows (spaces and capitals allowed), up to 32 characters.
+            name = command.get("name", "")
+            valid = (re.fullmatch(r"[-_\w]{1,32}", name) and name == name.lower()
+                     if command.get("type", CHAT_INPUT) == CHAT_INPUT
+                     else 1 <= len(name) <= 32 and name.strip() == name)
+            if not valid:
                 return _error(400, 50035, "Invalid Form Body")
             old = next((c for c in current if c["name"] == command["name"]), None)
             stored.append({
+                # Discord answers every command with a description ("" for menu commands).
                 "type": 1, "options": [], "default_member_permissions": None, "nsfw": False,
-                **command,
+                "description": "", **command,
                 "id": old["id"] if old else str(self.snowflake()),
                 "application_id": str(self.application_id),
                 "version": str(self.snowflake()),
@@ -908,9 +1051,36 @@ class FakeDiscord(Outages):
             if interaction.original_id is None:
                 raise _Reply(_error(404, 10008, "Unknown Message"))
             return self.messages[interaction.original_id]
-        if int(message_id) != interaction.original_id:
+        if int(message_id) != interaction.original_id and \
+                int(message_id) not in interaction.followups:
             raise _Reply(_error(404, 10008, "Unknown Message"))
         return self.messages[int(message_id)]
+
+    async def _webhook_send(self, record: RecordedRequest,
+                            params: dict[str, str]) -> web.Response:
+        """A follow-up message. The first after a deferred response takes the place of the
+        "thinking…" message (it edits it), as Discord does; later ones are new messages."""
+        interaction = self._interaction_by_token(params["webhook"])
+        if interaction.response_type is None:
+            return _error(404, 10015, "Unknown Webhook")  # not acknowledged yet
+        body = record.json
+        problem = _check_message(body)
+        if problem:
+            return problem
+        original = (self.messages.get(interaction.original_id)
+                    if interaction.original_id is not None else None)
+        if original is not None and original["flags"] & MESSAGE_FLAG_LOADING:
+            self._apply_edit(original, body)
+            message = original
+        else:
+            flags = int(body.get("flags", 0)) & MESSAGE_FLAG_EPHEMERAL
+            message = self._new_message(interaction.channel_id, body.get("content", ""),
+                                        author=self.bot, components=body.get("components"),
+                                        flags=flags, interaction=interaction)
+            interaction.followups.append(int(message["id"]))
+        if record.query.get("wait") not in ("1", "true", "True"):
+            return web.Response(status=204)
+        return _json(self._strip(message))
 
     async def _webhook_get(self, record: RecordedRequest, params: dict[str, str]) -> web.Response:
         interaction = self._interaction_by_token(params["webhook"])
@@ -932,6 +1102,8 @@ class FakeDiscord(Outages):
         channel = self.channels.get(int(params["channel_id"]))
         if channel is None:
             raise _Reply(_error(404, 10003, "Unknown Channel"))
+        if channel.get("_bot_absent"):  # a guild the bot is not in, a DM it is not part of
+            raise _Reply(_error(403, 50001, "Missing Access"))
         return channel
 
     def _message(self, channel: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -1061,6 +1233,12 @@ class FakeDiscord(Outages):
         }
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
+        if author is not self.bot:
+            # Who a person's message mentions, as Discord resolves it (the bot's own
+            # messages mention nobody: every send has `allowed_mentions` none).
+            message["mentions"] = [self.users[int(i)] for i in re.findall(r"<@!?(\d+)>", content)
+                                   if int(i) in self.users]
+            message["mention_everyone"] = bool(re.search(r"@(everyone|here)\b", content))
         if reference:
             message["message_reference"] = reference
         if interaction is not None:
@@ -1070,7 +1248,8 @@ class FakeDiscord(Outages):
             message["interaction_metadata"] = {
                 "id": str(interaction.id), "type": interaction.type,
                 "user": self.users[interaction.user_id],
-                "authorizing_integration_owners": {"0": str(self.guild_id)},
+                "authorizing_integration_owners":
+                    interaction.payload["authorizing_integration_owners"],
             }
         self.messages[message_id] = message
         channel["last_message_id"] = str(message_id)

@@ -42,7 +42,12 @@ What it can do to a client (all injectable while it runs):
 
 Socket Mode: `apps.connections.open` (with the app token, `xapp-…`) hands out a WebSocket URL on
 this server; it sends `hello`, then whatever `push_event(payload)` gives it as an `events_api`
-envelope, and records the acks (`await slack.acked(envelope_id)`).
+envelope (`push_interactive(payload)`: an `interactive` one), and records the acks
+(`await slack.acked(envelope_id)`).
+
+Message shortcuts: `message_action(message, user=...)` is the payload Slack sends when a person
+runs one on a message (`type: message_action`, `callback_id`, `message`, `channel`, `user` with
+its `team_id`, `trigger_id`, `response_url`).
 
 Rules it enforces like Slack: `chat.update` / `chat.postMessage` text over 4,000 characters is
 `msg_too_long`; `markdown_text` over 12,000 characters per call is `msg_too_long`; a stream
@@ -350,6 +355,42 @@ class FakeSlack(Outages):
             "retry_attempt": retry_attempt,
             "retry_reason": retry_reason,
             "payload": payload,
+        })
+        return envelope_id
+
+    def message_action(self, message: Message, *, user: str = "UASKER",
+                       callback_id: str = "reason_about_this",
+                       user_team: str | None = None) -> dict[str, Any]:
+        """The `message_action` payload Slack sends when `user` runs the message shortcut
+        `callback_id` on `message` (sent signed as `payload=<json>` over HTTP, or with
+        `push_interactive` over Socket Mode)."""
+        team = user_team or self.team_id
+        text = {"type": "message", "text": message.text, "user": message.user,
+                "ts": message.ts, "team": team}
+        if message.thread_ts is not None and message.thread_ts != message.ts:
+            text["thread_ts"] = message.thread_ts
+        return {
+            "type": "message_action", "token": "legacy-verification-token",
+            "action_ts": self.next_ts(), "callback_id": callback_id,
+            "trigger_id": f"{next(self._clock)}.{uuid.uuid4().hex[:12]}",
+            "team": {"id": self.team_id, "domain": "ponder-test"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(),
+                     "team_id": team},
+            "channel": {"id": message.channel, "name": message.channel.lower()},
+            "is_enterprise_install": False, "enterprise": None,
+            "message_ts": message.ts, "message": text,
+            "response_url": f"{self.base_url}response/{uuid.uuid4().hex}",
+        }
+
+    async def push_interactive(self, payload: dict[str, Any]) -> str:
+        """Deliver an interactivity payload (a shortcut) over the open Socket Mode
+        connection."""
+        if not self._sockets:
+            raise RuntimeError("no Socket Mode connection is open")
+        envelope_id = uuid.uuid4().hex
+        await self._sockets[-1].send_json({
+            "envelope_id": envelope_id, "type": "interactive",
+            "accepts_response_payload": True, "payload": payload,
         })
         return envelope_id
 

@@ -1,12 +1,11 @@
-"""Every chain, step and answer, written as it happens (SQLite, WAL).
+"""The SQLite back end (the default: one process), WAL mode.
 
 sqlite3 blocks, so all of it runs on one worker thread of its own; callers only await.
 
 A write that fails (a full disk, a read-only file, an I/O error) raises `StoreFailed`; the
-cause is logged once until writes work again. What is kept is bounded by
-`PONDER_RETENTION_DAYS` (`prune`, `keep_pruned`), and `forget` removes an asker's chains.
-A kv key that ends in `:<chain id>` belongs to that chain and goes with it; one that ends in
-`:<platform>:<thread>` belongs to that thread and goes with its last chain.
+cause is logged once until writes work again. A kv key that ends in `:<chain id>` belongs to
+that chain and goes with it; one that ends in `:<platform>:<thread>` belongs to that thread and
+goes with its last chain.
 """
 
 from __future__ import annotations
@@ -14,149 +13,48 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.errors import PonderError, SettingsError
-from bot.events import Language, Turn
+from bot.errors import SettingsError
+from bot.events import Turn
 from bot.prompts import detect_language
+from bot.store.base import (
+    CHAIN_COLUMNS,
+    PRUNE_BATCH,
+    ChainRecord,
+    Claim,
+    Removed,
+    StepRecord,
+    Store,
+    StoreFailed,
+    history_json,
+    is_postgres,
+    log,
+    record_of,
+    unquoted,
+)
+from bot.store.migrations import SQLITE
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
-
 # Room for the ids of chains whose failure could not be written to the database: see
-# `Store.abandon`. A uuid hex and a newline each: about 120 chains.
+# `SqliteStore.abandon`. A uuid hex and a newline each: about 120 chains.
 UNSAVED_ROOM = 4096
-# Chains removed per transaction when pruning: the store's one thread serves running chains
-# in between.
-PRUNE_BATCH = 500
-
-# Each entry upgrades the schema by one version; never edit an entry that has shipped.
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE chains (
-        id TEXT PRIMARY KEY,
-        platform TEXT NOT NULL,
-        workspace TEXT NOT NULL DEFAULT '',
-        channel TEXT NOT NULL DEFAULT '',
-        thread TEXT NOT NULL DEFAULT '',
-        asker TEXT NOT NULL DEFAULT '',
-        question TEXT NOT NULL,
-        mode TEXT NOT NULL,
-        status TEXT NOT NULL,
-        reason TEXT,
-        answer TEXT,
-        started_at REAL NOT NULL,
-        finished_at REAL,
-        total_seconds REAL,
-        handles TEXT NOT NULL DEFAULT '[]',
-        history TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE INDEX chains_thread ON chains (platform, thread, started_at);
-    CREATE INDEX chains_status ON chains (status);
-    CREATE TABLE steps (
-        chain_id TEXT NOT NULL REFERENCES chains (id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        title TEXT NOT NULL,
-        content TEXT NOT NULL,
-        seconds REAL NOT NULL,
-        PRIMARY KEY (chain_id, idx)
-    );
-    CREATE TABLE seen_events (
-        event_id TEXT PRIMARY KEY,
-        seen_at REAL NOT NULL
-    );
-    CREATE TABLE kv (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    """,
-    # The chain's language (decided once, at admission) and its anchor: where the platform
-    # shows the chain's opening message, as the front door describes it, so a restart finds
-    # it again without per-platform keys. `handles` becomes a JSON object keyed by slot.
-    """
-    ALTER TABLE chains ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
-    ALTER TABLE chains ADD COLUMN anchor TEXT NOT NULL DEFAULT '{}';
-    UPDATE chains SET anchor = (SELECT value FROM kv WHERE key = 'discord:opening:' || chains.id)
-        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'discord:opening:' || chains.id);
-    UPDATE chains SET anchor = json_object('message_ts',
-            (SELECT value FROM kv WHERE key = 'slack:question:' || chains.id))
-        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'slack:question:' || chains.id);
-    DELETE FROM kv WHERE key LIKE 'discord:opening:%' OR key LIKE 'slack:question:%';
-    """,
-    # Delivery, apart from thinking: final texts the platform has not taken yet ('owed'),
-    # kept until it does ('done') or until PONDER_DELIVERY_HOURS have passed ('expired').
-    """
-    ALTER TABLE chains ADD COLUMN delivery TEXT NOT NULL DEFAULT 'done';
-    ALTER TABLE chains ADD COLUMN owed TEXT NOT NULL DEFAULT '[]';
-    CREATE INDEX chains_delivery ON chains (delivery);
-    """,
-)
 
 
-@dataclass(slots=True)
-class ChainRecord:
-    id: str
-    platform: str
-    question: str
-    mode: str
-    workspace: str = ""
-    channel: str = ""
-    thread: str = ""
-    asker: str = ""
-    status: str = "running"
-    reason: str | None = None
-    answer: str | None = None
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-    total_seconds: float | None = None
-    # Message handles keyed by slot (`step:2`, `answer`, ...); a chain stored before slots
-    # existed has its flat list under "" (what each showed is then read back, not known).
-    handles: dict[str, list[Any]] = field(default_factory=dict)
-    history: list[Turn] = field(default_factory=list)
-    language: Language = "en"
-    anchor: dict[str, Any] = field(default_factory=dict)
-    delivery: str = "done"  # 'owed' while final texts wait for the platform; 'expired'
-    owed: list[dict[str, Any]] = field(default_factory=list)  # Owed.as_json() each
+class SqliteStore(Store):
+    """One process's store: an SQLite file in WAL mode, on one worker thread of its own."""
 
+    @classmethod
+    def opens(cls, where: str | Path) -> bool:
+        return not is_postgres(where)
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    index: int
-    title: str
-    content: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Removed:
-    """What `prune` or `forget` took out of the store."""
-
-    chains: int = 0
-    steps: int = 0
-    events: int = 0  # event ids (prune)
-    running: int = 0  # running chains of the user, which `forget` keeps unless forced
-    rewritten: int = 0  # other askers' chains whose history quoted a removed turn (forget)
-
-
-class StoreFailed(PonderError):
-    """A write the database did not take (its disk is full, it became read-only, an I/O
-    error); `cause` is SQLite's own words."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(f"the store could not be written ({cause})")
-        self.cause = cause
-
-
-class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ponder-store")
@@ -222,7 +120,7 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for number, script in enumerate(SQLITE[version:], start=version + 1):
                 db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
             if version < 2:
                 # Chains from before the language was stored: a Chinese one that is resumed
@@ -233,7 +131,7 @@ class Store:
                                (detect_language(question), chain_id))
             # A real write (the header page): a read-only file or a full disk shows here, at
             # start-up, rather than in the middle of someone's chain.
-            db.execute(f"PRAGMA user_version={max(version, len(_MIGRATIONS))}")
+            db.execute(f"PRAGMA user_version={max(version, len(SQLITE))}")
             if not memory:
                 self._open_unsaved()
         except BaseException:
@@ -260,8 +158,9 @@ class Store:
 
     # --- chains ----------------------------------------------------------------------------
 
-    async def start_chain(self, record: ChainRecord) -> None:
-        history = json.dumps([[t.question, t.answer] for t in record.history], ensure_ascii=False)
+    async def start_chain(self, record: ChainRecord, claim: Claim | None = None) -> None:
+        # One process: its Gate has counted the asker and the thread already.
+        history = history_json(record.history)
         await self._write(
             self._conn.execute,
             "INSERT INTO chains (id, platform, workspace, channel, thread, asker, question, mode,"
@@ -342,21 +241,31 @@ class Store:
         return await self._call(read)
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[ChainRecord]:
-        rows = self._conn.execute(
-            "SELECT id, platform, question, mode, workspace, channel, thread, asker, status,"
-            " reason, answer, started_at, finished_at, total_seconds, handles, history,"
-            f" language, anchor, delivery, owed FROM chains {where}", args).fetchall()
-        out = []
-        for row in rows:
-            record = ChainRecord(*row[:14])
-            handles = json.loads(row[14])
-            record.handles = handles if isinstance(handles, dict) else {"": handles}
-            record.history = [Turn(q, a) for q, a in json.loads(row[15])]
-            record.language = "zh" if row[16] == "zh" else "en"
-            record.anchor = json.loads(row[17])
-            record.delivery, record.owed = row[18], json.loads(row[19])
-            out.append(record)
-        return out
+        rows = self._conn.execute(f"SELECT {CHAIN_COLUMNS} FROM chains {where}", args)
+        return [record_of(row) for row in rows.fetchall()]
+
+    # --- several processes: this store has one -------------------------------------------
+
+    async def claim_interrupted(self, platform: str, owner: str, seconds: float,
+                                skip: frozenset[str] = frozenset()) -> list[ChainRecord]:
+        # The only process: every running chain it is not running was left by a dead one.
+        return [r for r in await self.chains_with_status("running")
+                if r.platform == platform and r.id not in skip]
+
+    async def renew(self, owner: str, seconds: float) -> list[str]:
+        return []  # no other process can ask for a stop
+
+    async def release(self, owner: str) -> None:
+        return None  # the next start resumes whatever is left running
+
+    async def running_elsewhere(self, platform: str, thread: str, owner: str) -> str | None:
+        return None
+
+    async def request_stop(self, chain_id: str) -> bool:
+        return False  # a chain is stopped in the process that runs it, the only one
+
+    async def listen_stops(self, stop: Callable[[str], None]) -> None:
+        return None
 
     # --- de-duplication and small state ----------------------------------------------------
 
@@ -556,27 +465,8 @@ class Store:
             rows = db.execute("SELECT id, history FROM chains WHERE platform=? AND thread=?",
                               (platform, thread)).fetchall()
             for chain_id, history in rows:
-                quoted = json.loads(history)
-                kept = [turn for turn in quoted if (turn[0], turn[1]) not in turns]
-                if len(kept) != len(quoted):
-                    db.execute("UPDATE chains SET history=? WHERE id=?",
-                               (json.dumps(kept, ensure_ascii=False), chain_id))
+                kept = unquoted(history, turns)
+                if kept is not None:
+                    db.execute("UPDATE chains SET history=? WHERE id=?", (kept, chain_id))
                     rewritten += 1
         return rewritten
-
-
-async def keep_pruned(store: Store, days: float, every: float) -> None:
-    """`PONDER_RETENTION_DAYS` at work: prune now, then every `every` seconds, until cancelled
-    (an owned task of the running service)."""
-    while True:
-        try:
-            removed = await store.prune(days)
-        except StoreFailed:
-            pass  # the store has said why; the next round tries again
-        except Exception:
-            log.exception("retention: pruning failed; trying again in %.0f s", every)
-        else:
-            if removed.chains or removed.events:
-                log.info("retention: removed %d chains (%d steps) finished over %g days ago "
-                         "and %d event ids", removed.chains, removed.steps, days, removed.events)
-        await asyncio.sleep(every)

@@ -1,0 +1,128 @@
+"""The schema of each back end, as numbered upgrades: never edit an entry that has shipped.
+
+SQLite keeps its version in `PRAGMA user_version`; PostgreSQL in `ponder_schema`, upgraded
+under an advisory lock so processes starting together upgrade it once.
+"""
+
+from __future__ import annotations
+
+# SQLite: each entry upgrades the schema by one version.
+SQLITE: tuple[str, ...] = (
+    """
+    CREATE TABLE chains (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        workspace TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL DEFAULT '',
+        thread TEXT NOT NULL DEFAULT '',
+        asker TEXT NOT NULL DEFAULT '',
+        question TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        answer TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        total_seconds REAL,
+        handles TEXT NOT NULL DEFAULT '[]',
+        history TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX chains_thread ON chains (platform, thread, started_at);
+    CREATE INDEX chains_status ON chains (status);
+    CREATE TABLE steps (
+        chain_id TEXT NOT NULL REFERENCES chains (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        content TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE TABLE seen_events (
+        event_id TEXT PRIMARY KEY,
+        seen_at REAL NOT NULL
+    );
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+    # The chain's language (decided once, at admission) and its anchor: where the platform
+    # shows the chain's opening message, as the front door describes it, so a restart finds
+    # it again without per-platform keys. `handles` becomes a JSON object keyed by slot.
+    """
+    ALTER TABLE chains ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE chains ADD COLUMN anchor TEXT NOT NULL DEFAULT '{}';
+    UPDATE chains SET anchor = (SELECT value FROM kv WHERE key = 'discord:opening:' || chains.id)
+        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'discord:opening:' || chains.id);
+    UPDATE chains SET anchor = json_object('message_ts',
+            (SELECT value FROM kv WHERE key = 'slack:question:' || chains.id))
+        WHERE EXISTS (SELECT 1 FROM kv WHERE key = 'slack:question:' || chains.id);
+    DELETE FROM kv WHERE key LIKE 'discord:opening:%' OR key LIKE 'slack:question:%';
+    """,
+    # Delivery, apart from thinking: final texts the platform has not taken yet ('owed'),
+    # kept until it does ('done') or until PONDER_DELIVERY_HOURS have passed ('expired').
+    """
+    ALTER TABLE chains ADD COLUMN delivery TEXT NOT NULL DEFAULT 'done';
+    ALTER TABLE chains ADD COLUMN owed TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX chains_delivery ON chains (delivery);
+    """,
+)
+
+
+# PostgreSQL: the SQLite schema as it stands at v3, plus what several processes need. JSON is
+# kept as text, as on SQLite, so both back ends read a row the same way. Times are epoch
+# seconds; leases are compared with the server's clock (one clock for every process).
+POSTGRES: tuple[str, ...] = (
+    """
+    CREATE TABLE chains (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        workspace TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL DEFAULT '',
+        thread TEXT NOT NULL DEFAULT '',
+        asker TEXT NOT NULL DEFAULT '',
+        question TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        answer TEXT,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        total_seconds DOUBLE PRECISION,
+        handles TEXT NOT NULL DEFAULT '{}',
+        history TEXT NOT NULL DEFAULT '[]',
+        language TEXT NOT NULL DEFAULT 'en',
+        anchor TEXT NOT NULL DEFAULT '{}',
+        delivery TEXT NOT NULL DEFAULT 'done',
+        owed TEXT NOT NULL DEFAULT '[]',
+        -- The process running the chain and until when (renewed while it runs); a chain
+        -- whose lease has run out was left by a process that is gone.
+        lease_owner TEXT NOT NULL DEFAULT '',
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+        stop_requested BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX chains_thread ON chains (platform, thread, started_at);
+    CREATE INDEX chains_running ON chains (platform, asker) WHERE status = 'running';
+    CREATE INDEX chains_owner ON chains (lease_owner) WHERE status = 'running';
+    CREATE INDEX chains_finished ON chains (finished_at) WHERE status <> 'running';
+    CREATE INDEX chains_delivery ON chains (delivery) WHERE delivery = 'owed';
+    CREATE INDEX chains_asker ON chains (asker);
+    CREATE TABLE steps (
+        chain_id TEXT NOT NULL REFERENCES chains (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        content TEXT NOT NULL,
+        seconds DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE TABLE seen_events (
+        event_id TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX seen_events_at ON seen_events (seen_at);
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)
