@@ -46,3 +46,4 @@ clean:
 
 -include mk/vllm.mk
 -include mk/router.mk
+-include mk/postgres.mk

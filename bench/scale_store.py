@@ -33,7 +33,7 @@ from bot.config import load_settings
 from bot.events import Question
 from bot.llm import LLMClient
 from bot.service import ChainRequest, Ponder
-from bot.store import ChainRecord, Claim, StepRecord, Store
+from bot.store import ChainRecord, Claim, StepRecord, Store, backend_for
 from tests import pg
 from tests.surfaces import RecordingSurface
 
@@ -172,7 +172,7 @@ async def alone(db: str, chains: int, steps: int) -> list[float]:
     """The store's own cost of a chain: its writes (start with its claim, each step with the
     handles saved after it, the answer's handles, the finish) one chain after another, with
     nothing else running: milliseconds per chain."""
-    store = Store(db)
+    store = backend_for(db)(db)
     await store.open()
     spent = []
     try:

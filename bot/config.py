@@ -112,6 +112,20 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
     slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+    # Installs in many workspaces (HTTP mode): Slack's OAuth flow at /slack/install; each
+    # workspace's token is kept in Ponder's database. The state secret signs the install
+    # links' `state`, so a forged one is refused before the database is asked.
+    slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
+    slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
+    slack_state_secret: SecretStr | None = Field(None, validation_alias="SLACK_STATE_SECRET")
+    # The assistant panel's suggested prompts, in place of the built-in three: a JSON list
+    # (of strings, or of {"title", "message"}) or texts separated by `|`.
+    slack_suggested_prompts: str | None = Field(None, validation_alias="SLACK_SUGGESTED_PROMPTS")
+
+    @property
+    def slack_oauth(self) -> bool:
+        """Whether Slack runs as an app installed by OAuth in many workspaces."""
+        return self.slack_client_id is not None and self.slack_client_secret is not None
 
     @field_validator("allowed_users", "allowed_channels", "allowed_teams", "discord_guild_ids",
                      "discord_shard_ids", mode="before")

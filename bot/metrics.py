@@ -38,6 +38,10 @@ UNDELIVERED = Counter("ponder_undelivered_total",
                       ["platform"], registry=REGISTRY)
 OWED = Gauge("ponder_deliveries_owed", "Chains whose final texts the platform has not taken yet",
              registry=REGISTRY)
+FEEDBACK = Counter("ponder_feedback_total",
+                   "Votes on answers as they were cast: a first vote counts for its side, a "
+                   "changed one for its new side, the same vote again not at all",
+                   ["platform", "vote"], registry=REGISTRY)
 MODEL_UP = Gauge("ponder_model_server_up", "1 when the model server answers", registry=REGISTRY)
 
 

@@ -27,7 +27,7 @@ from bot.events import (
     StepStarted,
     Votes,
 )
-from bot.surface import Handle, Outcome, Owed, Surface
+from bot.surface import Control, Controls, Handle, Outcome, Owed, Surface
 from bot.wording import every, say
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class _Slot:
     last_write: float = 0.0
     retried: bool = False  # a final text the platform refused once is tried once more
     claimed: bool = False  # holds a claim on the edit budget until its final text is written
+    drawn: frozenset[Control] = frozenset()  # the buttons the platform shows on it
     writer: asyncio.Task[None] | None = None
     # Set when its writes should go at a higher priority than it waits at (its text became
     # final, or its chain's last word came): whoever waits for a turn asks again.
@@ -244,11 +245,17 @@ class ThreadPresenter:
     - Fewer replies. While others wait for the post budget, a new step joins the reply of the
       step before (one reply, edited in place, carries the steps that follow; each still shows
       its title and text); the answer keeps its own reply.
+
+    Buttons (`Controls`, where the surface offers them): Stop on the chain's first reply while
+    it runs (taken off with the chain's last word), 👍/👎 on the last message of its final
+    answer. `chain_id` names the chain they act on (default: the surface's).
     """
 
     def __init__(self, surface: Surface, language: Language = "en",
-                 rank: float | None = None) -> None:
+                 rank: float | None = None, chain_id: str | None = None) -> None:
         self.surface = surface
+        self.chain_id = surface.chain_id if chain_id is None else chain_id
+        self._first: _Slot | None = None  # the chain's first reply: where Stop is
         self.language: Language = language
         self.outcome = Outcome()
         self.rank = time.monotonic() if rank is None else rank
@@ -341,8 +348,47 @@ class ThreadPresenter:
 
     def _ending_now(self) -> None:
         """The chain's last word came: the replies not posted yet stand before it in the
-        thread, so they are as urgent as it is."""
+        thread, so they are as urgent as it is. Nothing is left to stop."""
         self._ending = True
+        first = self._first
+        if first is not None and first.drawn:
+            self._want(first, first.wanted, first.final)
+
+    def _controls(self, slot: _Slot) -> frozenset[Control]:
+        """The buttons `slot` should carry now (only those the surface offers)."""
+        offers = self.surface.offers
+        if not offers or not self.chain_id:
+            return frozenset()
+        kinds: set[Control] = set()
+        if slot is self._first and not self._ending:
+            kinds.add("stop")
+        if slot.final and slot.key == "answer" and self._blocks.get("answer", [])[-1:] == [slot]:
+            kinds.add("feedback")
+        return frozenset(kinds) & offers
+
+    def _stale(self, slot: _Slot) -> bool:
+        """The platform shows something else than `slot` should: its text or its buttons."""
+        return slot.wanted != slot.written or self._controls(slot) != slot.drawn
+
+    async def _send(self, slot: _Slot, text: str) -> Handle:
+        """Post or edit `slot` with `text` and the buttons it should carry."""
+        kinds = self._controls(slot)
+        if slot.handle is None:
+            if kinds:
+                handle = await self.surface.post_with(text, self._with(kinds))
+            else:
+                handle = await self.surface.post(text)
+        else:
+            handle = slot.handle
+            if kinds or slot.drawn:
+                await self.surface.edit_with(handle, text, self._with(kinds))
+            else:
+                await self.surface.edit(handle, text)
+        slot.drawn = kinds
+        return handle
+
+    def _with(self, kinds: frozenset[Control]) -> Controls:
+        return Controls(self.chain_id, kinds, self.language)
         for slot in self._unposted:
             slot.moved.set()
 
@@ -448,6 +494,8 @@ class ThreadPresenter:
             # it lands, or the thread would read out of order (an answer above its steps).
             self._unposted.popleft()
             if posted is None:
+                if slot is self._first:
+                    self._first = None  # the next reply is the first one there is
                 self._release(slot)
                 self._drop(slot)
                 if slot.final:  # nothing comes after a final text: it is owed, in order
@@ -472,8 +520,10 @@ class ThreadPresenter:
         while True:
             await self._post_turn(slot)
             text = slot.wanted
+            if self._first is None:
+                self._first = slot
             try:
-                return await self.surface.post(text), text
+                return await self._send(slot, text), text
             except SurfaceError as exc:
                 if not slot.final:
                     log.warning("could not post a message (%s); the chain goes on", exc)
@@ -543,9 +593,9 @@ class ThreadPresenter:
             return  # its post takes whatever it should show by then
         if not slot.final:
             self._claim(slot)  # shown unfinished: its final text will come
-        elif slot.wanted == slot.written:
+        elif not self._stale(slot):
             self._release(slot)
-        if slot.wanted != slot.written and (slot.writer is None or slot.writer.done()):
+        if self._stale(slot) and (slot.writer is None or slot.writer.done()):
             slot.writer = asyncio.create_task(self._write(slot))
             self._writers.add(slot.writer)
             slot.writer.add_done_callback(self._writers.discard)
@@ -553,14 +603,14 @@ class ThreadPresenter:
     async def _write(self, slot: _Slot) -> None:
         assert slot.handle is not None
         interval = self.surface.limits.edit_interval
-        while slot.wanted != slot.written:
+        while self._stale(slot):
             wait = slot.last_write + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._edit_turn(slot)
             text = slot.wanted  # the latest text wins; the ones in between are never sent
             try:
-                await self.surface.edit(slot.handle, text)
+                await self._send(slot, text)
             except SurfaceError as exc:
                 log.warning("could not edit a message: %s", exc)
                 if not slot.final:
@@ -575,7 +625,7 @@ class ThreadPresenter:
                 continue
             slot.written = text
             slot.last_write = time.monotonic()
-            if slot.final and slot.written == slot.wanted:
+            if slot.final and not self._stale(slot):
                 self._release(slot)
 
     def _claim(self, slot: _Slot) -> None:

@@ -22,6 +22,18 @@ Handle = str | int | dict[str, Any]
 
 Status = Literal["answered", "failed", "stopped", "resuming"]
 
+# Buttons a message of a chain may carry: Stop on its first reply while it runs, 👍/👎 under
+# its final answer. The presenter decides which message carries which; a platform draws the
+# ones it `offers` and routes presses back to the service (`Ponder.stop`, `bot/feedback.py`).
+Control = Literal["stop", "feedback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    chain_id: str
+    kinds: frozenset[Control] = frozenset()
+    language: Language = "en"
+
 
 @dataclass(frozen=True, slots=True)
 class SurfaceLimits:
@@ -98,6 +110,8 @@ class Surface(Protocol):
 
     limits: SurfaceLimits
     budget: RateLimiter  # edits: shared by every chain writing to the same channel/workspace
+    offers: frozenset[Control]
+    chain_id: str
 
     @property
     def post_budget(self) -> RateLimiter: ...
@@ -107,6 +121,10 @@ class Surface(Protocol):
     async def post(self, text: str) -> Handle: ...
 
     async def edit(self, handle: Handle, text: str) -> None: ...
+
+    async def post_with(self, text: str, controls: Controls) -> Handle: ...
+
+    async def edit_with(self, handle: Handle, text: str, controls: Controls) -> None: ...
 
     def presenter(self, language: Language) -> Presenter | None: ...
 
@@ -123,6 +141,11 @@ class BaseSurface(ABC):
 
     limits: SurfaceLimits
     budget: RateLimiter
+    # The buttons this platform draws on a chain's messages (`Controls`); none by default.
+    offers: frozenset[Control] = frozenset()
+    # The chain a surface made for one chain shows (what its buttons act on), where the front
+    # door knows it; the service names it to the presenter it makes either way.
+    chain_id: str = ""
 
     @property
     def post_budget(self) -> RateLimiter:
@@ -141,6 +164,14 @@ class BaseSurface(ABC):
     @abstractmethod
     async def edit(self, handle: Handle, text: str) -> None:
         """Replace a message's text."""
+
+    async def post_with(self, text: str, controls: Controls) -> Handle:
+        """`post`, the message carrying `controls` (only kinds this surface `offers`)."""
+        return await self.post(text)
+
+    async def edit_with(self, handle: Handle, text: str, controls: Controls) -> None:
+        """`edit`, the message carrying exactly `controls` afterwards (none: removed)."""
+        await self.edit(handle, text)
 
     def presenter(self, language: Language) -> Presenter | None:
         """A presenter of the platform's own (Slack's streaming), or None for the shared one."""

@@ -117,6 +117,19 @@ _EN: dict[str, str] = {
     "discord_timeout": "Discord did not answer in time",
     # --- Slack ---
     "thinking_status": "is thinking…",
+    # --- Slack's assistant panel ---
+    "assistant_greeting": "Hi! Ask me anything that takes some thinking — I work through it "
+                          "step by step, and you can watch each step as it happens.",
+    "assistant_prompts_title": "Try one of these:",
+    "assistant_prompt_1_title": "A bat and a ball",
+    "assistant_prompt_1": "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than "
+                          "the ball. How much does the ball cost?",
+    "assistant_prompt_2_title": "Should I switch doors?",
+    "assistant_prompt_2": "In the Monty Hall problem, should you switch doors after the host "
+                          "opens one? Explain why.",
+    "assistant_prompt_3_title": "Machines and widgets",
+    "assistant_prompt_3": "If 5 machines take 5 minutes to make 5 widgets, how long do 100 "
+                          "machines take to make 100 widgets?",
     "internal_slack": "⚠️ Something went wrong on Ponder's side while answering this. "
                       "Please try again in a moment.",
 }
@@ -197,14 +210,22 @@ _ZH: dict[str, str] = {
     "no_threads": "这里不能开启子区，所以就在这里回答。",
     "via_interaction": "我无法在这个频道发消息，所以通过这条命令回答：每一步一条消息。"
                        "在这里无法追问；请再次使用命令。",
-    "token_ran_out": "Discord 只允许一条命令在 15 分钟内回答，而这条推理需要更久：目前的步骤在上面。"
-                     "要继续，请在 Ponder 能开启子区的服务器频道里再问一次（那里没有时间限制），"
-                     "或者把问题问得更具体一些。",
+    "token_ran_out": "Discord 只允许一条命令在 15 分钟内回答，而这条推理需要更久："
+                     "目前的步骤在上面。要继续，请在 Ponder 能开启子区的服务器频道里再问一次"
+                     "（那里没有时间限制），或者把问题问得更具体一些。",
     "discord_wait": "Discord 要求等待 {s} 秒",
     "missing_permission": "缺少权限",
     "discord_said": "Discord 返回 {status}：{why}",
     "discord_timeout": "Discord 没有及时响应",
     "thinking_status": "正在思考…",
+    "assistant_greeting": "你好！有需要动脑的问题尽管问我——我会一步一步推理，每一步都实时显示给你看。",
+    "assistant_prompts_title": "试试这些：",
+    "assistant_prompt_1_title": "球拍和球",
+    "assistant_prompt_1": "球拍和球一共 1.10 美元，球拍比球贵 1.00 美元。球多少钱？",
+    "assistant_prompt_2_title": "要不要换门？",
+    "assistant_prompt_2": "在三门问题（蒙提霍尔问题）中，主持人打开一扇门后，你应该换门吗？为什么？",
+    "assistant_prompt_3_title": "机器和零件",
+    "assistant_prompt_3": "5 台机器 5 分钟做 5 个零件，100 台机器做 100 个零件要多久？",
     "internal_slack": "⚠️ Ponder 回答这个问题时出了问题。请稍后再试。",
 }
 

@@ -328,3 +328,13 @@ async def shortcut(h: Any, payload: dict[str, Any]) -> int:
         await resp.read()
         return resp.status
 
+
+
+def test_the_slack_manifest_declares_the_message_shortcut() -> None:
+    from adapters.slack.shortcut import CALLBACK_ID
+
+    manifest = (Path(__file__).resolve().parents[1] / "slack-manifest.yml").read_text()
+    assert re.search(rf"- name: {REASON_ABOUT}\n\s+type: message\n\s+callback_id: {CALLBACK_ID}\n",
+                     manifest)
+    assert re.search(r"\n\s+- commands\b", manifest)
+    assert re.search(r"interactivity:\n(\s+#.*\n)*\s+is_enabled: true", manifest)

@@ -94,6 +94,7 @@ def through_interaction(client: discord.Client,
 # opening's edits (`@original`) count in the same window, which `SPARE` leaves them room in.
 _WEBHOOK = re.compile(r"/webhooks/\d+/([^/]+)(?:/messages/(\d+))?$")
 SPARE = 1
+# What interim edits leave of each window to final texts, as in channels (`surface.py`).
 URGENT_SHARE = 0.2
 
 

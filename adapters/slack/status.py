@@ -52,9 +52,20 @@ class QuestionStatus:
             if status != "resuming":
                 await self._react("reactions.add", DONE if status == "answered" else FAILED)
 
-    async def _set_status(self, text: str) -> None:
+    async def step(self, title: str) -> None:
+        """The step being thought now, as the assistant status's loading message (the
+        assistant panel); nothing where the status is not the assistant's."""
+        if self.mode != "assistant":
+            return
+        try:
+            await self._set_status(say("thinking_status", self.language), [title])
+        except SlackCallError as exc:
+            log.info("could not show the step in the assistant status: %s", exc.error)
+
+    async def _set_status(self, text: str, loading: list[str] | None = None) -> None:
         await call("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
-            channel_id=self.channel, thread_ts=self.thread_ts, status=text))
+            channel_id=self.channel, thread_ts=self.thread_ts, status=text,
+            loading_messages=loading))
 
     async def _react(self, method: str, name: str) -> str | None:
         """None when done, else Slack's error code."""

@@ -66,6 +66,26 @@ class StepRecord:
     seconds: float
 
 
+# An answer's feedback: 👍 or 👎.
+Vote = Literal["up", "down"]
+# What a vote did: the voter's first on that answer, a change of their earlier one, the same
+# again (nothing changes), or no such chain (pruned, forgotten, never stored).
+Voted = Literal["new", "changed", "same", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTally:
+    """One chain as `ponder stats` counts it."""
+
+    started_at: float
+    platform: str
+    status: str
+    steps: int
+    total_seconds: float | None
+    up: int
+    down: int
+
+
 @dataclass(frozen=True, slots=True)
 class Removed:
     """What `prune` or `forget` took out of the store."""
@@ -194,6 +214,25 @@ class Store(ABC):
         """The asker of the thread's first chain, when Ponder runs chains in that thread."""
         ...
 
+    # --- feedback and stats ----------------------------------------------------------------
+
+    @abstractmethod
+    async def vote(self, chain_id: str, platform: str, voter: str, vote: Vote) -> Voted:
+        """Record `voter`'s vote on a chain's answer, atomically: one vote per person per
+        answer, a second one replaces the first (`bot/feedback.py` is the rule's home)."""
+        ...
+
+    @abstractmethod
+    async def votes(self, chain_id: str) -> dict[Vote, int]:
+        """How many 👍 and 👎 a chain's answer has now."""
+        ...
+
+    @abstractmethod
+    async def tallies(self, since: float) -> list[ChainTally]:
+        """Every chain started at or after `since` (epoch seconds), oldest first, with its
+        step count and votes."""
+        ...
+
     # --- several processes -----------------------------------------------------------------
 
     @abstractmethod
@@ -249,6 +288,35 @@ class Store(ABC):
     async def delete(self, key: str) -> None:
         ...
 
+    # --- installs by OAuth (an app in many workspaces) -------------------------------------
+
+    @abstractmethod
+    async def save_installation(self, platform: str, workspace: str, data: str) -> None:
+        """Keep (or replace) a workspace's installation: `data` is the platform library's own
+        description of it, as JSON (tokens included)."""
+        ...
+
+    @abstractmethod
+    async def installation(self, platform: str, workspace: str) -> str | None:
+        ...
+
+    @abstractmethod
+    async def delete_installation(self, platform: str, workspace: str) -> bool:
+        """Forget a workspace's installation (uninstalled, tokens revoked); False when there
+        was none."""
+        ...
+
+    @abstractmethod
+    async def issue_state(self, state: str, expires_at: float) -> None:
+        """Remember an install link's state until `expires_at` (epoch seconds)."""
+        ...
+
+    @abstractmethod
+    async def consume_state(self, state: str) -> bool:
+        """True once for a state issued and not yet expired, in whichever process asks
+        first; False after, and for one never issued."""
+        ...
+
     # --- chains that could not be saved, retention, forgetting -----------------------------
 
     @abstractmethod
@@ -295,6 +363,19 @@ def record_of(row: tuple[Any, ...] | Any) -> ChainRecord:
     record.anchor = json.loads(row[17])
     record.delivery, record.owed = row[18], json.loads(row[19])
     return record
+
+
+TALLY_QUERY = (
+    "SELECT c.started_at, c.platform, c.status,"
+    " (SELECT count(*) FROM steps s WHERE s.chain_id = c.id), c.total_seconds,"
+    " (SELECT count(*) FROM feedback f WHERE f.chain_id = c.id AND f.vote = 'up'),"
+    " (SELECT count(*) FROM feedback f WHERE f.chain_id = c.id AND f.vote = 'down')"
+    " FROM chains c WHERE c.started_at >= {since} ORDER BY c.started_at")
+
+
+def tally_of(row: tuple[Any, ...] | Any) -> ChainTally:
+    return ChainTally(float(row[0]), str(row[1]), str(row[2]), int(row[3]),
+                      None if row[4] is None else float(row[4]), int(row[5]), int(row[6]))
 
 
 CHAIN_COLUMNS = ("id, platform, question, mode, workspace, channel, thread, asker, status,"

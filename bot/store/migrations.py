@@ -66,6 +66,36 @@ SQLITE: tuple[str, ...] = (
     ALTER TABLE chains ADD COLUMN owed TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX chains_delivery ON chains (delivery);
     """,
+    # Feedback on answers: one vote per person per answer (a second press replaces it), kept
+    # with the chain and removed with it; `ponder stats` reads the days back by start time.
+    """
+    CREATE TABLE feedback (
+        chain_id TEXT NOT NULL REFERENCES chains (id) ON DELETE CASCADE,
+        voter TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        vote TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (chain_id, voter)
+    );
+    CREATE INDEX feedback_voter ON feedback (voter);
+    CREATE INDEX chains_started ON chains (started_at);
+    """,
+    # Installs by OAuth (Slack: one app in many workspaces): each workspace's installation as
+    # the platform's library describes it (JSON: its tokens, bot user, scopes), and the
+    # install links' one-time states until they are used or expire.
+    """
+    CREATE TABLE installations (
+        platform TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        data TEXT NOT NULL,
+        installed_at REAL NOT NULL,
+        PRIMARY KEY (platform, workspace)
+    );
+    CREATE TABLE oauth_states (
+        state TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 
 
@@ -123,6 +153,67 @@ POSTGRES: tuple[str, ...] = (
     CREATE TABLE kv (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
+    );
+    -- A chain started within its limits, counted over every process, in one round trip: under
+    -- the asker's and the thread's advisory locks (held to the end of the transaction); the
+    -- count is a statement of its own, so its snapshot is taken once both locks are held and
+    -- sees every chain committed before.
+    CREATE FUNCTION ponder_start_chain(
+        p_id TEXT, p_platform TEXT, p_workspace TEXT, p_channel TEXT, p_thread TEXT,
+        p_asker TEXT, p_question TEXT, p_mode TEXT, p_status TEXT,
+        p_started_at DOUBLE PRECISION, p_handles TEXT, p_history TEXT, p_language TEXT,
+        p_anchor TEXT, p_owner TEXT, p_seconds DOUBLE PRECISION, p_limit BIGINT,
+        OUT asker_running BIGINT, OUT thread_running BIGINT, OUT added BOOLEAN)
+    LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        now_s DOUBLE PRECISION;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(7202, hashtext(p_platform || ':' || p_asker)),
+                pg_advisory_xact_lock(7203, hashtext(p_platform || ':' || p_thread));
+        now_s := extract(epoch from clock_timestamp());
+        SELECT count(*) FILTER (WHERE c.asker = p_asker),
+               count(*) FILTER (WHERE c.thread = p_thread AND p_thread <> '')
+          INTO asker_running, thread_running
+          FROM chains c
+         WHERE c.status = 'running' AND c.platform = p_platform AND c.lease_until > now_s
+           AND (c.asker = p_asker OR c.thread = p_thread);
+        added := thread_running = 0 AND asker_running < p_limit;
+        IF added THEN
+            INSERT INTO chains (id, platform, workspace, channel, thread, asker, question, mode,
+                                status, started_at, handles, history, language, anchor,
+                                lease_owner, lease_until)
+            VALUES (p_id, p_platform, p_workspace, p_channel, p_thread, p_asker, p_question,
+                    p_mode, p_status, p_started_at, p_handles, p_history, p_language, p_anchor,
+                    p_owner, now_s + p_seconds);
+        END IF;
+    END
+    $$;
+    """,
+    # Feedback on answers, as SQLite's v4.
+    """
+    CREATE TABLE feedback (
+        chain_id TEXT NOT NULL REFERENCES chains (id) ON DELETE CASCADE,
+        voter TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        vote TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (chain_id, voter)
+    );
+    CREATE INDEX feedback_voter ON feedback (voter);
+    CREATE INDEX chains_started ON chains (started_at);
+    """,
+    # Installs by OAuth, as SQLite's v5.
+    """
+    CREATE TABLE installations (
+        platform TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        data TEXT NOT NULL,
+        installed_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (platform, workspace)
+    );
+    CREATE TABLE oauth_states (
+        state TEXT PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL
     );
     """,
 )

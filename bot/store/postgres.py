@@ -31,17 +31,22 @@ from bot.events import Turn
 from bot.store.base import (
     CHAIN_COLUMNS,
     PRUNE_BATCH,
+    TALLY_QUERY,
     ChainRecord,
+    ChainTally,
     Claim,
     Removed,
     StepRecord,
     Store,
     StoreFailed,
     Taken,
+    Vote,
+    Voted,
     history_json,
     is_postgres,
     log,
     record_of,
+    tally_of,
     unquoted,
 )
 from bot.store.migrations import POSTGRES
@@ -52,9 +57,15 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 COMMAND_TIMEOUT = 15.0  # seconds any one query may take
 POOL_SIZE = 10  # connections per process: chains write a row at a time
 STOP_CHANNEL = "ponder_stop"
-# pg_advisory_xact_lock(key1, key2) namespaces: schema upgrades, an asker, a thread.
-LOCK_SCHEMA, LOCK_ASKER, LOCK_THREAD = 7201, 7202, 7203
+# pg_advisory_xact_lock(key1, key2) namespace of schema upgrades (7202 and 7203, an asker's
+# and a thread's, are taken in `ponder_start_chain`, bot/store/migrations.py).
+LOCK_SCHEMA = 7201
 NOW = "extract(epoch from clock_timestamp())::double precision"
+_COLUMNS = ("id, platform, workspace, channel, thread, asker, question, mode, status, started_at,"
+            " handles, history, language, anchor, lease_owner, lease_until")
+# A chain without an owner (no claim) has no lease: it is free for recovery at once.
+_VALUES = ("$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+           f" CASE WHEN $15 = '' THEN 0 ELSE {NOW} + $16 END")
 
 # What a database that does not take a query raises: the server's refusal, a connection
 # gone or closed, a query past its timeout.
@@ -64,6 +75,12 @@ FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError
 def shown_url(url: str) -> str:
     """The URL as it may be logged: without its password."""
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool needs no reset query (a round trip a write): nothing
+    here sets session state, and advisory locks are taken per transaction. (asyncpg still
+    rolls back a transaction left open, before this.)"""
 
 
 def _count(status: str) -> int:
@@ -93,7 +110,7 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT)
+                command_timeout=COMMAND_TIMEOUT, reset=_keep_session)
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
                 await self._migrate(conn)
         except (*FAILURES, ValueError) as exc:
@@ -171,41 +188,23 @@ class PostgresStore(Store):
     # --- chains ----------------------------------------------------------------------------
 
     async def start_chain(self, record: ChainRecord, claim: Claim | None = None) -> None:
-        async def insert(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                if claim is not None:
-                    await self._within_limits(conn, record, claim)
-                await conn.execute(
-                    "INSERT INTO chains (id, platform, workspace, channel, thread, asker,"
-                    " question, mode, status, started_at, handles, history, language, anchor,"
-                    f" lease_owner, lease_until) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,"
-                    f"$13,$14,$15, CASE WHEN $15 = '' THEN 0 ELSE {NOW} + $16 END)",
-                    record.id, record.platform, record.workspace, record.channel, record.thread,
-                    record.asker, record.question, record.mode, record.status,
-                    record.started_at, json.dumps(record.handles), history_json(record.history),
-                    record.language, json.dumps(record.anchor),
-                    claim.owner if claim else "", claim.seconds if claim else 0.0)
-        await self._write(insert)
+        values = (record.id, record.platform, record.workspace, record.channel, record.thread,
+                  record.asker, record.question, record.mode, record.status, record.started_at,
+                  json.dumps(record.handles), history_json(record.history), record.language,
+                  json.dumps(record.anchor), claim.owner if claim else "",
+                  claim.seconds if claim else 0.0)
+        if claim is None:
+            await self._write(lambda conn: conn.execute(f"INSERT INTO chains ({_COLUMNS})"
+                                                        f" VALUES ({_VALUES})", *values))
+            return
 
-    async def _within_limits(self, conn: asyncpg.Connection, record: ChainRecord,
-                             claim: Claim) -> None:
-        """Raise `Taken` when the asker or the thread is busy in any process. The locks
-        (held to the end of the transaction) make count-then-insert one step for everyone."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_ASKER,
-                           f"{record.platform}:{record.asker}")
-        if record.thread:
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_THREAD,
-                               f"{record.platform}:{record.thread}")
-        row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE asker = $2),"
-            " count(*) FILTER (WHERE thread = $3 AND $3 <> '')"
-            f" FROM chains WHERE status = 'running' AND platform = $1 AND lease_until > {NOW}"
-            " AND (asker = $2 OR thread = $3)",
-            record.platform, record.asker, record.thread)
-        if row[1]:
-            raise Taken("thread")
-        if row[0] >= claim.user_limit:
-            raise Taken("user", int(row[0]))
+        row = await self._write(lambda conn: conn.fetchrow(
+            "SELECT asker_running, thread_running, added FROM ponder_start_chain("
+            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            *values, claim.user_limit))
+        running, thread, added = row
+        if not added:  # busy in some process: nothing was recorded
+            raise Taken("thread") if thread else Taken("user", int(running))
 
     async def add_step(self, chain_id: str, step: StepRecord) -> None:
         await self._write(lambda conn: conn.execute(
@@ -266,6 +265,35 @@ class PostgresStore(Store):
         rows = await self._read(lambda conn: conn.fetch(
             f"SELECT {CHAIN_COLUMNS} FROM chains {where}", *args))
         return [record_of(row) for row in rows]
+
+    # --- feedback and stats ----------------------------------------------------------------
+
+    async def vote(self, chain_id: str, platform: str, voter: str, vote: Vote) -> Voted:
+        async def cast(conn: asyncpg.Connection) -> Voted:
+            # One statement: two presses at once (in two processes) count once. `xmax = 0`
+            # tells a fresh row from an updated one; no row back: the same vote, or no chain.
+            row = await conn.fetchrow(
+                "INSERT INTO feedback (chain_id, voter, platform, vote, at)"
+                " SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM chains WHERE id = $1)"
+                " ON CONFLICT (chain_id, voter) DO UPDATE SET vote = EXCLUDED.vote,"
+                " platform = EXCLUDED.platform, at = EXCLUDED.at"
+                " WHERE feedback.vote <> EXCLUDED.vote RETURNING (xmax = 0) AS fresh",
+                chain_id, voter, platform, vote, time.time())
+            if row is not None:
+                return "new" if row["fresh"] else "changed"
+            known = await conn.fetchval("SELECT 1 FROM chains WHERE id = $1", chain_id)
+            return "same" if known else "unknown"
+        return await self._write(cast)
+
+    async def votes(self, chain_id: str) -> dict[Vote, int]:
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT vote, count(*) FROM feedback WHERE chain_id = $1 GROUP BY vote", chain_id))
+        counts = {str(row[0]): int(row[1]) for row in rows}
+        return {"up": counts.get("up", 0), "down": counts.get("down", 0)}
+
+    async def tallies(self, since: float) -> list[ChainTally]:
+        rows = await self._read(lambda conn: conn.fetch(TALLY_QUERY.format(since="$1"), since))
+        return [tally_of(row) for row in rows]
 
     # --- several processes -----------------------------------------------------------------
 
@@ -354,6 +382,44 @@ class PostgresStore(Store):
     async def delete(self, key: str) -> None:
         await self._write(lambda conn: conn.execute("DELETE FROM kv WHERE key=$1", key))
 
+    # --- installs by OAuth -----------------------------------------------------------------
+
+    async def save_installation(self, platform: str, workspace: str, data: str) -> None:
+        await self._write(lambda conn: conn.execute(
+            "INSERT INTO installations (platform, workspace, data, installed_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (platform, workspace)"
+            " DO UPDATE SET data = EXCLUDED.data, installed_at = EXCLUDED.installed_at",
+            platform, workspace, data, time.time()))
+
+    async def installation(self, platform: str, workspace: str) -> str | None:
+        return await self._read(lambda conn: conn.fetchval(
+            "SELECT data FROM installations WHERE platform=$1 AND workspace=$2",
+            platform, workspace))
+
+    async def delete_installation(self, platform: str, workspace: str) -> bool:
+        status = await self._write(lambda conn: conn.execute(
+            "DELETE FROM installations WHERE platform=$1 AND workspace=$2",
+            platform, workspace))
+        return _count(status) > 0
+
+    async def issue_state(self, state: str, expires_at: float) -> None:
+        async def issue(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                # Expired states go as new ones come: the table holds only usable links.
+                await conn.execute("DELETE FROM oauth_states WHERE expires_at < $1",
+                                   time.time())
+                await conn.execute(
+                    "INSERT INTO oauth_states (state, expires_at) VALUES ($1, $2)",
+                    state, expires_at)
+        await self._write(issue)
+
+    async def consume_state(self, state: str) -> bool:
+        # One DELETE: of processes racing with the same state, exactly one removes the row.
+        status = await self._write(lambda conn: conn.execute(
+            "DELETE FROM oauth_states WHERE state=$1 AND expires_at >= $2",
+            state, time.time()))
+        return _count(status) == 1
+
     # --- chains that could not be saved --------------------------------------------------
 
     async def abandon(self, chain_id: str, cause: str) -> None:
@@ -420,6 +486,9 @@ class PostgresStore(Store):
             if running and not force:
                 return Removed(running=running)
             chains, steps = await self._remove(conn, [row[0] for row in rows])
+            # Their votes on other people's answers go too (votes on theirs went with them).
+            await conn.execute("DELETE FROM feedback WHERE voter = $1"
+                               " AND ($2::text IS NULL OR platform = $2)", asker, platform or None)
             rewritten = await self._unquote(
                 conn, {(row[1], row[2]) for row in rows if row[2]},
                 {(row[4], row[5]) for row in rows if row[5] is not None})

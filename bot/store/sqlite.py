@@ -27,16 +27,21 @@ from bot.prompts import detect_language
 from bot.store.base import (
     CHAIN_COLUMNS,
     PRUNE_BATCH,
+    TALLY_QUERY,
     ChainRecord,
+    ChainTally,
     Claim,
     Removed,
     StepRecord,
     Store,
     StoreFailed,
+    Vote,
+    Voted,
     history_json,
     is_postgres,
     log,
     record_of,
+    tally_of,
     unquoted,
 )
 from bot.store.migrations import SQLITE
@@ -244,6 +249,49 @@ class SqliteStore(Store):
         rows = self._conn.execute(f"SELECT {CHAIN_COLUMNS} FROM chains {where}", args)
         return [record_of(row) for row in rows.fetchall()]
 
+    # --- feedback and stats ----------------------------------------------------------------
+
+    async def vote(self, chain_id: str, platform: str, voter: str, vote: Vote) -> Voted:
+        def cast() -> Voted:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("SELECT 1 FROM chains WHERE id=?", (chain_id,)).fetchone() is None:
+                    db.execute("ROLLBACK")
+                    return "unknown"
+                row = db.execute("SELECT vote FROM feedback WHERE chain_id=? AND voter=?",
+                                 (chain_id, voter)).fetchone()
+                if row is not None and row[0] == vote:
+                    db.execute("ROLLBACK")
+                    return "same"
+                db.execute(
+                    "INSERT INTO feedback (chain_id, voter, platform, vote, at)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT (chain_id, voter) DO UPDATE SET"
+                    " vote=excluded.vote, platform=excluded.platform, at=excluded.at",
+                    (chain_id, voter, platform, vote, time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return "new" if row is None else "changed"
+        return await self._write(cast)
+
+    async def votes(self, chain_id: str) -> dict[Vote, int]:
+        def read() -> dict[Vote, int]:
+            rows = self._conn.execute(
+                "SELECT vote, count(*) FROM feedback WHERE chain_id=? GROUP BY vote",
+                (chain_id,)).fetchall()
+            counts = dict(rows)
+            return {"up": int(counts.get("up", 0)), "down": int(counts.get("down", 0))}
+        return await self._call(read)
+
+    async def tallies(self, since: float) -> list[ChainTally]:
+        def read() -> list[ChainTally]:
+            rows = self._conn.execute(TALLY_QUERY.format(since="?"), (since,)).fetchall()
+            return [tally_of(row) for row in rows]
+        return await self._call(read)
+
     # --- several processes: this store has one -------------------------------------------
 
     async def claim_interrupted(self, platform: str, owner: str, seconds: float,
@@ -292,6 +340,46 @@ class SqliteStore(Store):
 
     async def delete(self, key: str) -> None:
         await self._write(self._conn.execute, "DELETE FROM kv WHERE key=?", (key,))
+
+    # --- installs by OAuth -----------------------------------------------------------------
+
+    async def save_installation(self, platform: str, workspace: str, data: str) -> None:
+        await self._write(
+            self._conn.execute,
+            "INSERT OR REPLACE INTO installations (platform, workspace, data, installed_at)"
+            " VALUES (?,?,?,?)", (platform, workspace, data, time.time()))
+
+    async def installation(self, platform: str, workspace: str) -> str | None:
+        def read() -> str | None:
+            row = self._conn.execute(
+                "SELECT data FROM installations WHERE platform=? AND workspace=?",
+                (platform, workspace)).fetchone()
+            return row[0] if row else None
+        return await self._call(read)
+
+    async def delete_installation(self, platform: str, workspace: str) -> bool:
+        def remove() -> bool:
+            cur = self._conn.execute(
+                "DELETE FROM installations WHERE platform=? AND workspace=?",
+                (platform, workspace))
+            return cur.rowcount > 0
+        return await self._write(remove)
+
+    async def issue_state(self, state: str, expires_at: float) -> None:
+        def issue() -> None:
+            # Expired states go as new ones come: the table holds only links still usable.
+            self._conn.execute("DELETE FROM oauth_states WHERE expires_at < ?", (time.time(),))
+            self._conn.execute("INSERT INTO oauth_states (state, expires_at) VALUES (?, ?)",
+                               (state, expires_at))
+        await self._write(issue)
+
+    async def consume_state(self, state: str) -> bool:
+        def consume() -> bool:
+            cur = self._conn.execute(
+                "DELETE FROM oauth_states WHERE state=? AND expires_at >= ?",
+                (state, time.time()))
+            return cur.rowcount == 1
+        return await self._write(consume)
 
     # --- chains that could not be saved --------------------------------------------------
 
@@ -424,6 +512,9 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
                 return Removed(running=running)
             chains, steps = self._remove([row[0] for row in rows])
+            # Their votes on other people's answers go too (votes on theirs went with them).
+            db.execute(f"DELETE FROM feedback WHERE voter=?"
+                       f"{' AND platform=?' if platform else ''}", args)
             rewritten = self._unquote(
                 {(row[1], row[2]) for row in rows if row[2]},
                 {(row[4], row[5]) for row in rows if row[5] is not None})

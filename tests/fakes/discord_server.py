@@ -642,12 +642,13 @@ class FakeDiscord(Outages):
             raise ValueError(f"where must be one of {PLACES}")
         install = install or ("guild" if where in ("guild", "bot_dm") else "user")
         name, kind = data["name"], data["type"]
-        # Guild commands exist only in their guild, for its guild install; everywhere else
-        # Discord offers the global ones, where their contexts and install types allow.
+        # Guild commands exist only for the guild install (in its guild; here in the bot DM
+        # too, which tests that sync per guild rely on); everywhere else Discord offers the
+        # global ones, where their contexts and install types allow.
         guild_commands = self.guild_commands.get(self.guild_id, [])
         command = next((c for c in guild_commands if c["name"] == name
                         and c.get("type", CHAT_INPUT) == kind), None)
-        if command is not None and where == "guild" and install == "guild":
+        if command is not None and where in ("guild", "bot_dm") and install == "guild":
             data["guild_id"] = str(self.guild_id)
         else:
             command = next((c for c in self.global_commands if c["name"] == name

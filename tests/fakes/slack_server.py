@@ -58,6 +58,7 @@ outside a DM needs `recipient_user_id` and `recipient_team_id`; unknown channels
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import math
@@ -99,6 +100,12 @@ class Call:
     @property
     def error(self) -> str | None:
         return self.response.get("error")
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token the call was made with (which workspace's)."""
+        auth = self.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
 
 
 @dataclass
@@ -222,6 +229,22 @@ class FakeSlack(Outages):
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemerals: list[Ephemeral] = []
         self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        # The assistant panel: each status's loading messages, the suggested prompts
+        # (channel, thread_ts, title, [{title, message}]), each thread's title.
+        self.loading: list[tuple[str, str, list[str]]] = []
+        self.suggested: list[tuple[str, str, str | None, list[dict[str, str]]]] = []
+        self.titles: dict[tuple[str, str], str] = {}
+        self.locales: dict[str, str] = {}  # user -> locale (`users.info`), default en-US
+        # Many workspaces: every token Slack knows -> its team, each team's names, the OAuth
+        # app's credentials and the codes an install hands to `oauth.v2.access` (once each).
+        self.tokens: dict[str, str] = {token: team_id}
+        self.revoked: set[str] = set()
+        self.teams: dict[str, dict[str, str]] = {
+            team_id: {"team": team, "bot_user_id": bot_user_id, "bot_id": bot_id}}
+        self.client_id = "1111.2222"
+        self.client_secret = "fake-client-secret"
+        self._codes: dict[str, str] = {}
+        self._caller_team = team_id
         self._faults: dict[str, deque[_Fault]] = {}
         self._limits: dict[str, list[_Limit]] = {}
         self.time_scale = 1.0  # Slack seconds per second here (`published_limits`)
@@ -358,6 +381,44 @@ class FakeSlack(Outages):
         })
         return envelope_id
 
+    # --- the assistant panel and installs (OAuth) ------------------------------------------
+
+    def start_assistant_thread(self, *, user: str = "UASKER", channel: str = "D0ASSIST",
+                               team: str | None = None) -> dict[str, Any]:
+        """A person opens Ponder's assistant panel: Slack starts a thread in their DM with the
+        app (its parent an `assistant_app_thread` message) and sends this
+        `assistant_thread_started` event."""
+        ts = self.next_ts()
+        team = team or self.team_id
+        bot = self.teams.get(team, {})
+        self.messages[(channel, ts)] = Message(channel, ts, ts, "New chat", bot_id=bot.get(
+            "bot_id", self.bot_id), texts=["New chat"])
+        return {"type": "assistant_thread_started", "event_ts": self.next_ts(),
+                "assistant_thread": {"user_id": user, "channel_id": channel, "thread_ts": ts,
+                                     "context": {"channel_id": "C0GENERAL", "team_id": team,
+                                                 "enterprise_id": None}}}
+
+    def approve_install(self, team_id: str, team: str = "", *, bot_user_id: str = "",
+                        bot_id: str = "") -> str:
+        """Someone in workspace `team_id` approved the install on Slack's authorize page: the
+        code Slack redirects back with, for `oauth.v2.access` (good once)."""
+        self.teams.setdefault(team_id, {"team": team or f"Team {team_id}",
+                                        "bot_user_id": bot_user_id or f"UBOT{team_id}",
+                                        "bot_id": bot_id or f"B{team_id}"})
+        code = uuid.uuid4().hex
+        self._codes[code] = team_id
+        return code
+
+    def revoke(self, team_id: str) -> None:
+        """The app is uninstalled from `team_id`: its tokens stop working."""
+        for token, team in list(self.tokens.items()):
+            if team == team_id:
+                del self.tokens[token]
+                self.revoked.add(token)
+
+    def team_token(self, team_id: str) -> str | None:
+        return next((t for t, team in self.tokens.items() if team == team_id), None)
+
     def message_action(self, message: Message, *, user: str = "UASKER",
                        callback_id: str = "reason_about_this",
                        user_team: str | None = None) -> dict[str, Any]:
@@ -480,6 +541,8 @@ class FakeSlack(Outages):
     def _answer(
         self, method: str, body: dict[str, Any], request: web.Request
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if method == "oauth.v2.access":
+            return self._oauth_access(body, request)
         token = _token(request, body)
         if token is None:
             return 200, {"ok": False, "error": "not_authed"}, {}
@@ -489,8 +552,11 @@ class FakeSlack(Outages):
             ticket = uuid.uuid4().hex
             url = f"ws://{self.host}:{self._port}/link/?ticket={ticket}"
             return 200, {"ok": True, "url": url}, {}
-        if token != self.token:
+        if token in self.revoked:
+            return 200, {"ok": False, "error": "token_revoked"}, {}
+        if token not in self.tokens:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
+        self._caller_team = self.tokens[token]  # read by the handler, called below at once
 
         faults = self._faults.get(method)
         fault = next((f for f in faults if f.channel in (None, _channel(body))), None) \
@@ -541,15 +607,44 @@ class FakeSlack(Outages):
     # --- methods ---------------------------------------------------------------------------
 
     def _m_auth_test(self, body: dict[str, Any]) -> dict[str, Any]:
+        team = self.teams[self._caller_team]
         return {
             "url": "https://ponder-test.slack.com/",
-            "team": self.team,
+            "team": team["team"],
             "user": "ponder",
-            "team_id": self.team_id,
-            "user_id": self.bot_user_id,
-            "bot_id": self.bot_id,
+            "team_id": self._caller_team,
+            "user_id": team["bot_user_id"],
+            "bot_id": team["bot_id"],
             "is_enterprise_install": False,
         }
+
+    def _oauth_access(self, body: dict[str, Any], request: web.Request
+                      ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """`oauth.v2.access`: the app's credentials (HTTP basic auth, or in the body) and a
+        code from an approved install -> that workspace's bot token."""
+        client_id, client_secret = body.get("client_id"), body.get("client_secret")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            client_id, _, client_secret = base64.b64decode(
+                auth.removeprefix("Basic ")).decode().partition(":")
+        if client_id != self.client_id:
+            return 200, {"ok": False, "error": "invalid_client_id"}, {}
+        if client_secret != self.client_secret:
+            return 200, {"ok": False, "error": "bad_client_secret"}, {}
+        team_id = self._codes.pop(str(body.get("code") or ""), None)
+        if team_id is None:
+            return 200, {"ok": False, "error": "invalid_code"}, {}
+        team = self.teams[team_id]
+        token = f"xoxb-{team_id}-{uuid.uuid4().hex[:12]}"
+        self.tokens[token] = team_id
+        return 200, {
+            "ok": True, "app_id": "APONDER", "access_token": token, "token_type": "bot",
+            "scope": "app_mentions:read,chat:write,assistant:write",
+            "bot_user_id": team["bot_user_id"],
+            "team": {"id": team_id, "name": team["team"]}, "enterprise": None,
+            "is_enterprise_install": False,
+            "authed_user": {"id": "UINSTALLER"},
+        }, {}
 
     def _m_chat_postMessage(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = _need(body, "channel")
@@ -711,7 +806,39 @@ class FakeSlack(Outages):
         if (channel, thread_ts) not in self.messages:
             raise _SlackError("invalid_thread_ts")
         self.statuses.append((channel, thread_ts, str(body["status"])))
+        loading = body.get("loading_messages")
+        if loading is not None:
+            if not isinstance(loading, list) or len(loading) > 10:
+                raise _SlackError("invalid_arguments")
+            self.loading.append((channel, thread_ts, [str(m) for m in loading]))
         return {}
+
+    def _m_assistant_threads_setSuggestedPrompts(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = _need(body, "channel_id")
+        prompts = body.get("prompts")
+        if not isinstance(prompts, list) or not 1 <= len(prompts) <= 4 or not all(
+                isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts):
+            raise _SlackError("invalid_arguments")
+        thread_ts = str(body.get("thread_ts") or "")
+        if thread_ts and (channel, thread_ts) not in self.messages:
+            raise _SlackError("invalid_thread_ts")
+        self.suggested.append((channel, thread_ts, body.get("title"), prompts))
+        return {}
+
+    def _m_assistant_threads_setTitle(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts = _need(body, "channel_id"), _need(body, "thread_ts")
+        title = _need(body, "title")
+        if (channel, thread_ts) not in self.messages:
+            raise _SlackError("invalid_thread_ts")
+        self.titles[(channel, thread_ts)] = title
+        return {}
+
+    def _m_users_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        user = _need(body, "user")
+        out: dict[str, Any] = {"id": user, "team_id": self._caller_team, "name": user.lower()}
+        if str(body.get("include_locale", "")).lower() in ("1", "true"):
+            out["locale"] = self.locales.get(user, "en-US")
+        return {"user": out}
 
     def _m_conversations_replies(self, body: dict[str, Any]) -> dict[str, Any]:
         channel, ts = _need(body, "channel"), _need(body, "ts")
