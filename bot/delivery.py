@@ -71,12 +71,12 @@ class Deliveries:
                     if exc.gone and item.handle is not None:
                         owed[0] = Owed(item.slot, None, item.text)  # post it anew instead
                         continue
-                    if time.time() >= deadline:
+                    if exc.never or time.time() >= deadline:
                         UNDELIVERED.labels(platform).inc()
                         await self._note(chain_id, owed, "expired")
-                        log.error("chain %s: %s did not take %d final text(s) within %g h; "
-                                  "given up (they stay in the store)", chain_id, platform,
-                                  len(owed), self.hours)
+                        log.error("chain %s: %s did not take %d final text(s) %s; given up "
+                                  "(they stay in the store)", chain_id, platform, len(owed),
+                                  f"({exc})" if exc.never else f"within {self.hours:g} h")
                         return
                     log.info("chain %s: %s still refuses (%s); again in %.0f s", chain_id,
                              platform, exc, wait)

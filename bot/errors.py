@@ -35,11 +35,14 @@ class PlatformError(PonderError):
 
 class SurfaceError(PonderError):
     """A post or edit the platform would not take, after the surface's own retries. `gone`:
-    the message edited no longer exists (deleted), so waiting will not help; post anew."""
+    the message edited no longer exists (deleted), so waiting will not help; post anew.
+    `never`: the whole surface will take nothing again (an interaction whose token expired),
+    so what is owed to it is given up at once rather than retried for hours."""
 
-    def __init__(self, message: str, *, gone: bool = False) -> None:
+    def __init__(self, message: str, *, gone: bool = False, never: bool = False) -> None:
         super().__init__(message)
         self.gone = gone
+        self.never = never
 
 
 class Refused(PonderError):

@@ -99,6 +99,14 @@ _EN: dict[str, str] = {
     "already_finished": "This chain has already finished.",
     "only_asker_stops": "Only the person who asked, or someone who may manage messages, can "
                         "stop this.",
+    "only_asker_or_admin_stops": "Only the person who asked, or a workspace admin, can stop "
+                                 "this.",
+    # --- feedback on an answer (shown to the voter alone) ---
+    "feedback_new": "Thanks for the feedback ({vote}).",
+    "feedback_changed": "Changed your vote to {vote}.",
+    "feedback_same": "You already gave this answer {vote}.",
+    "feedback_unknown": "This answer is no longer on record, so it cannot take feedback.",
+    "feedback_failed": "Your feedback could not be saved just now; please try again later.",
     "no_thread_here": "I could not start a thread here ({why}), so I answer here.",
     "in_thread_already": "We are in a thread already, so I answer right here.",
     "no_thread_permission": "I may not start threads in this channel (Create Public Threads "
@@ -203,6 +211,12 @@ _ZH: dict[str, str] = {
     "stop": "停止",
     "already_finished": "这条推理已经结束。",
     "only_asker_stops": "只有提问的人，或有管理消息权限的人，才能停止它。",
+    "only_asker_or_admin_stops": "只有提问的人或工作区管理员才能停止它。",
+    "feedback_new": "感谢反馈（{vote}）。",
+    "feedback_changed": "已将你的评价改为 {vote}。",
+    "feedback_same": "你已经给这个回答评过 {vote} 了。",
+    "feedback_unknown": "这个回答已不在记录中，无法再评价。",
+    "feedback_failed": "你的反馈暂时无法保存，请稍后再试。",
     "no_thread_here": "我无法在这里开启子区（{why}），所以就在这里回答。",
     "in_thread_already": "我们已经在子区里了，所以就在这里回答。",
     "no_thread_permission": "我在这个频道没有开启子区的权限（创建公开子区、在子区中发送消息），"

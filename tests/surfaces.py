@@ -22,6 +22,7 @@ class RecordingSurface(BaseSurface):
         self.fail_posts = fail_posts
         self.post_delay = post_delay  # a slow platform
         self.down = False  # unreachable: every post and edit fails
+        self.for_good = False  # ... and never again (an interaction whose token expired)
 
     def render(self, markdown: str) -> str:
         return markdown.replace("@everyone", "@\u200beveryone").replace("&", "&amp;")
@@ -30,7 +31,7 @@ class RecordingSurface(BaseSurface):
         if self.post_delay:
             await asyncio.sleep(self.post_delay)
         if self.down:
-            raise SurfaceError("platform unreachable")
+            raise SurfaceError("platform unreachable", never=self.for_good)
         if self.fail_posts:
             self.fail_posts -= 1
             raise SurfaceError("platform said no")
@@ -42,7 +43,7 @@ class RecordingSurface(BaseSurface):
     async def edit(self, handle: Handle, text: str) -> None:
         assert isinstance(handle, int)
         if self.down:
-            raise SurfaceError("platform unreachable")
+            raise SurfaceError("platform unreachable", never=self.for_good)
         if self.fail_edits:
             self.fail_edits -= 1
             raise SurfaceError("platform said no")

@@ -129,6 +129,27 @@ async def test_an_answer_owed_past_the_bound_is_logged_and_counted_not_dropped(
         await ponder.close()
 
 
+async def test_a_surface_gone_for_good_is_given_up_at_once_not_for_hours(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeOpenAI() as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2, delivery_hours=24))
+        await ponder.start()
+        surface = RecordingSurface()
+        surface.for_good = True
+        goes_down_before_the_answer(surface)
+        before = undelivered("test")
+        with caplog.at_level(logging.ERROR, logger="bot.delivery"):
+            handle = ponder.submit(request(), surface)
+            await handle.wait()
+            await until(lambda: not ponder.deliveries.owing(handle.chain_id))
+        assert undelivered("test") == before + 1
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.delivery == "expired"
+        assert any("The answer is **4**." in o["text"] for o in record.owed)  # still kept
+        await ponder.close()
+
+
 async def test_owed_messages_land_in_order_an_answer_never_above_its_steps(
         tmp_path: Path) -> None:
     async with FakeOpenAI(chunk_delay=0.01) as llm:

@@ -225,7 +225,7 @@ class InteractionSurface(BaseSurface):
     async def _call(self, request: Callable[[], Awaitable[Any]]) -> Any:
         left = self.usable_until - time.monotonic()
         if left <= 0:
-            raise SurfaceError("the interaction's token has expired")
+            raise SurfaceError("the interaction's token has expired", never=True)
         try:
             async with asyncio.timeout(min(REST_TIMEOUT, left)):
                 return await request()

@@ -18,8 +18,14 @@ to the asker alone (`adapters/slack/refusals.py`). The allow-lists see the asker
 in a Slack Connect channel that is not the workspace that received the event, whose budgets
 the chain uses.
 
+- a message in an assistant thread (the assistant panel, `assistant.py`) -> a chain like a DM's,
+  with the thread's title and the step being thought on its status line.
+
 `run_slack` serves it over Socket Mode (`SLACK_APP_TOKEN`) or HTTP (`/slack/events`, signatures
-verified by bolt: a bad or stale signature gets 401).
+verified by bolt: a bad or stale signature gets 401). With `SLACK_CLIENT_ID` and
+`SLACK_CLIENT_SECRET` it is an app installed by OAuth in many workspaces (HTTP only,
+`oauth.py`): each workspace's token from Ponder's database, every call made with the token of
+the workspace the event came from; without them, one workspace's `SLACK_BOT_TOKEN`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.assistant import AssistantPanel, PanelSurface, set_title
 from adapters.slack.inbound import SeenEvents, StoreSeenEvents, question_text, thread_key
+from adapters.slack.oauth import (
+    INSTALL_PATH,
+    StoreInstallations,
+    TeamClients,
+    oauth_settings,
+)
 from adapters.slack.refusals import Refusals
 from adapters.slack.shortcut import CALLBACK_ID, read_shortcut
 from adapters.slack.status import QuestionStatus
@@ -71,7 +84,8 @@ ANSWERED_SUBTYPES = frozenset({"thread_broadcast", "file_share"})
 
 
 class SlackBot:
-    """One Slack app (one bot token, one workspace) in front of a `Ponder` service."""
+    """One Slack app in front of a `Ponder` service: one workspace's bot token, or installs
+    in many workspaces (OAuth)."""
 
     def __init__(
         self,
@@ -82,32 +96,55 @@ class SlackBot:
         streaming: bool = True,
         seen: SeenEvents | None = None,
     ) -> None:
-        if settings.slack_bot_token is None:
-            raise SettingsError("setting SLACK_BOT_TOKEN: needed for Slack (xoxb-…)")
+        if settings.slack_bot_token is None and not settings.slack_oauth:
+            raise SettingsError("setting SLACK_BOT_TOKEN: needed for Slack (xoxb-…), or "
+                                "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET for installs in many "
+                                "workspaces")
         self.ponder = ponder
         self.settings = settings
         self.limits = limits or SlackLimits()
         self.streaming = streaming
         self.seen: SeenEvents = seen or StoreSeenEvents(ponder)
+        # Installs by OAuth: no token of its own; each workspace's client is made with the
+        # token its installation keeps (`client_for`).
+        self.oauth = settings.slack_oauth
+        bot_token = settings.slack_bot_token
         self.client: AsyncWebClient = make_client(
-            settings.slack_bot_token.get_secret_value(), settings.slack_api_url, self.limits,
-            self._rate_limited,
+            None if self.oauth or bot_token is None else bot_token.get_secret_value(),
+            settings.slack_api_url, self.limits, self._rate_limited,
         )
         self.refusals = Refusals(self.client, self.limits)
+        self.installations: StoreInstallations | None = None
+        self.teams: TeamClients | None = None
         secret = settings.slack_signing_secret
+        flow = oauth_settings(settings, ponder.store) if self.oauth else None
+        if flow is not None:
+            if secret is None:
+                raise SettingsError("setting SLACK_SIGNING_SECRET: installs in many workspaces "
+                                    "are served over HTTP, whose requests it signs")
+            self.installations = StoreInstallations(ponder.store)
+            flow.installation_store = self.installations
+            self.teams = TeamClients(self.installations, self._team_client)
         self.app = AsyncApp(
             name="ponder",
-            client=self.client,  # carries the bot token
+            client=self.client,  # carries the bot token (none with OAuth: per workspace)
             signing_secret=secret.get_secret_value() if secret is not None else "",
             request_verification_enabled=secret is not None,
             process_before_response=False,
+            oauth_settings=flow,
         )
         self.app.middleware(self._deduplicate)
+        self.bot_user_id = ""
+        self._bot_users: dict[str, str] = {}  # team -> Ponder's bot user there (OAuth)
+        self.panel = AssistantPanel(self, settings)
+        self.app.assistant(self.panel.middleware)
+        if self.oauth:
+            self.app.event("app_uninstalled")(self._on_uninstalled)
+            self.app.event("tokens_revoked")(self._on_tokens_revoked)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.message_shortcut(CALLBACK_ID)(self._on_shortcut)
         self.team_id = ""
-        self.bot_user_id = ""
         self.workspaces: dict[str, Workspace] = {}
         self.chains: dict[str, ChainHandle] = {}
         self._tasks = Tasks("Slack")
@@ -122,6 +159,11 @@ class SlackBot:
         """Open the connection pool and learn who the bot is (fails fast on a bad token)."""
         self._session = new_session(self.limits)
         self.client.session = self._session
+        if self.oauth:
+            # No workspace of its own: each one's token is checked as its events come.
+            log.info("Slack: installs in many workspaces (OAuth); install at %s",
+                     INSTALL_PATH)
+            return
         try:
             auth = await call("auth.test", self.client.auth_test())
         except SlackCallError as exc:
@@ -158,8 +200,12 @@ class SlackBot:
         channel, _, thread_ts = record.thread.partition(":")
         if not channel or not thread_ts:
             return None
-        return SlackSurface(self.client, self._home(record.anchor, record.workspace),
-                            channel, thread_ts, asker=record.asker, asker_team=record.workspace)
+        ws = self._home(record.anchor, record.workspace)
+        client = await self.client_for(ws.team_id)
+        if client is None:  # uninstalled from that workspace since
+            return None
+        return SlackSurface(client, ws, channel, thread_ts, asker=record.asker,
+                            asker_team=record.workspace)
 
     async def _resumed(self, handle: ChainHandle) -> None:
         """A resumed chain shows "thinking" on its question again, and clears it at the end
@@ -167,8 +213,12 @@ class SlackBot:
         request = handle.request
         channel, _, thread_ts = request.thread.partition(":")
         message_ts = str(request.anchor.get("message_ts") or thread_ts)
-        status = QuestionStatus(self.client, self._home(request.anchor, request.workspace),
-                                channel, thread_ts, message_ts, handle.language)
+        ws = self._home(request.anchor, request.workspace)
+        client = await self.client_for(ws.team_id)
+        if client is None:
+            await handle.wait()
+            return
+        status = QuestionStatus(client, ws, channel, thread_ts, message_ts, handle.language)
         await status.begin()
         await self._until_done(handle, status)
 
@@ -252,10 +302,51 @@ class SlackBot:
     def _rate_limited(self, method: str, seconds: float, channel: str | None) -> None:
         self.workspace(self.team_id).rate_limited(method, seconds, channel)
 
+    async def client_for(self, team: str) -> AsyncWebClient | None:
+        """The client for calls in `team`'s workspace: with OAuth, made with that workspace's
+        token (None where Ponder is not installed); else the one bot token's."""
+        if self.teams is None:
+            return self.client
+        return await self.teams.get(team)
+
+    def _team_client(self, team: str, token: str) -> AsyncWebClient:
+        """A workspace's client: its token, its budgets told about its 429s, the shared pool."""
+        def limited(method: str, seconds: float, channel: str | None) -> None:
+            self.workspace(team).rate_limited(method, seconds, channel)
+
+        client = make_client(token, self.settings.slack_api_url, self.limits, limited)
+        client.session = self._session
+        return client
+
+    def _bot_user(self, team: str) -> str:
+        """Ponder's own user in `team`'s workspace (each install has its own)."""
+        return self._bot_users.get(team) or self.bot_user_id
+
+    async def _on_uninstalled(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        await self._uninstalled(context.enterprise_id, str(context.team_id or
+                                                            body.get("team_id") or ""))
+
+    async def _on_tokens_revoked(self, event: dict[str, Any], body: dict[str, Any],
+                                 context: AsyncBoltContext) -> None:
+        if (event.get("tokens") or {}).get("bot"):
+            await self._uninstalled(context.enterprise_id, str(context.team_id or
+                                                                body.get("team_id") or ""))
+
+    async def _uninstalled(self, enterprise_id: str | None, team: str) -> None:
+        """The workspace's installation and its client go: its token no longer works."""
+        if self.installations is None or self.teams is None or not team:
+            return
+        await self.installations.async_delete_all(enterprise_id=enterprise_id, team_id=team)
+        self.teams.forget(team)
+        log.info("Slack: uninstalled from %s", team)
+
     # --- bolt listeners --------------------------------------------------------------------
 
     async def _deduplicate(self, body: dict[str, Any], resp: BoltResponse,
+                           context: AsyncBoltContext,
                            next: Callable[[], Awaitable[None]]) -> BoltResponse:
+        if self.oauth and context.team_id and context.bot_user_id:
+            self._bot_users[str(context.team_id)] = str(context.bot_user_id)
         event_id = body.get("event_id")
         if body.get("type") == "event_callback" and isinstance(event_id, str):
             try:
@@ -270,11 +361,11 @@ class SlackBot:
         return resp
 
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        if _from_a_bot(event) or event.get("user") in (None, self.bot_user_id):
+        team = self._receiving_team(event, body)
+        if _from_a_bot(event) or event.get("user") in (None, self._bot_user(team)):
             return
         channel, ts = str(event["channel"]), str(event["ts"])
         thread_ts = str(event.get("thread_ts") or ts)
-        team = self._receiving_team(event, body)
         self.spawn(self._ask(
             team=team, asker_team=_asker_team(event, team),
             channel=channel, user=str(event["user"]), message_ts=ts, thread_ts=thread_ts,
@@ -302,14 +393,14 @@ class SlackBot:
         if (subtype is not None and subtype not in ANSWERED_SUBTYPES) or _from_a_bot(event):
             return  # edits, deletions, joins, bots (ourselves included)
         user = event.get("user")
-        if user is None or user == self.bot_user_id:
+        team = self._receiving_team(event, body)
+        bot_user = self._bot_user(team)
+        if user is None or user == bot_user:
             return
         text = str(event.get("text") or "")
-        if self.bot_user_id and f"<@{self.bot_user_id}" in text and \
-                event.get("channel_type") != "im":
+        if bot_user and f"<@{bot_user}" in text and event.get("channel_type") != "im":
             return  # a mention: `app_mention` answers it
         channel, ts = str(event["channel"]), str(event["ts"])
-        team = self._receiving_team(event, body)
         asker_team = _asker_team(event, team)
         if event.get("channel_type") == "im":
             thread_ts = str(event.get("thread_ts") or ts)

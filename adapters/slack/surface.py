@@ -10,14 +10,17 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.chunks import stop_leftover_stream
+from adapters.slack.controls import actions, sections
+from adapters.slack.feedback import feedback_buttons
 from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.presenter import SlackPresenter
+from adapters.slack.stop import stop_button
 from adapters.slack.web import SlackCallError, SlackThread, Workspace, call
 from bot.errors import SurfaceError
 from bot.events import Language
 from bot.ratelimit import SlidingWindowLimiter
 from bot.store import StepRecord
-from bot.surface import BaseSurface, Handle, Presenter, SurfaceLimits
+from bot.surface import BaseSurface, Control, Controls, Handle, Presenter, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,10 @@ _GONE = frozenset({"message_not_found", "cant_update_message"})
 
 
 class SlackSurface(BaseSurface):
-    """One Slack thread: replies posted under `thread_ts`, edited with `chat.update`."""
+    """One Slack thread: replies posted under `thread_ts`, edited with `chat.update`. Stop on
+    a chain's first reply and 👍/👎 under its answer are Block Kit buttons (`controls.py`)."""
+
+    offers: frozenset[Control] = frozenset({"stop", "feedback"})
 
     def __init__(
         self,
@@ -37,7 +43,9 @@ class SlackSurface(BaseSurface):
         *,
         asker: str = "",
         asker_team: str = "",
+        chain_id: str = "",
     ) -> None:
+        self.chain_id = chain_id
         self.thread = SlackThread(client, workspace, channel, thread_ts, asker, asker_team)
         self.client = client
         self.workspace = workspace
@@ -62,9 +70,31 @@ class SlackSurface(BaseSurface):
         return SlackPresenter(self.thread, self, language)
 
     async def post(self, text: str) -> Handle:
+        return await self._post(text, None)
+
+    async def post_with(self, text: str, controls: Controls) -> Handle:
+        return await self._post(text, message_blocks(text, controls) or None)
+
+    async def edit(self, handle: Handle, text: str) -> None:
+        # Blocks a message carried are kept by an update without any: an empty list takes
+        # them off, so the message shows `text` (a late delivery of a final text included).
+        await self.edit_with(handle, text, Controls(self.chain_id))
+
+    async def edit_with(self, handle: Handle, text: str, controls: Controls) -> None:
+        try:
+            await call("chat.update", self.client.chat_update(
+                channel=self.channel, ts=str(handle), text=text,
+                blocks=message_blocks(text, controls),
+            ))
+        except SlackCallError as exc:
+            raise SurfaceError(str(exc), gone=exc.error in _GONE) from exc
+        finally:
+            self.workspace.update_budget.settled()
+
+    async def _post(self, text: str, blocks: list[dict[str, Any]] | None) -> Handle:
         try:
             response = await call("chat.postMessage", self.client.chat_postMessage(
-                channel=self.channel, thread_ts=self.thread_ts, text=text,
+                channel=self.channel, thread_ts=self.thread_ts, text=text, blocks=blocks,
                 unfurl_links=False, unfurl_media=False,
             ))
         except SlackCallError as exc:
@@ -72,16 +102,6 @@ class SlackSurface(BaseSurface):
         finally:
             self.post_budget.settled()  # Slack has counted it by now
         return str(response["ts"])
-
-    async def edit(self, handle: Handle, text: str) -> None:
-        try:
-            await call("chat.update", self.client.chat_update(
-                channel=self.channel, ts=str(handle), text=text,
-            ))
-        except SlackCallError as exc:
-            raise SurfaceError(str(exc), gone=exc.error in _GONE) from exc
-        finally:
-            self.workspace.update_budget.settled()
 
     # --- recovery: reading back what a dead process left -----------------------------------
 
@@ -135,6 +155,16 @@ class SlackSurface(BaseSurface):
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
             if not cursor:
                 return messages
+
+
+def message_blocks(text: str, controls: Controls) -> list[dict[str, Any]]:
+    """A message's blocks: its text and its buttons; none when it carries no buttons."""
+    elements: list[dict[str, Any]] = []
+    if "stop" in controls.kinds:
+        elements.append(stop_button(controls.chain_id, controls.language))
+    if "feedback" in controls.kinds:
+        elements.extend(feedback_buttons(controls.chain_id))
+    return [*sections(text), actions(elements)] if elements else []
 
 
 def _ts_key(ts: str) -> tuple[int, int]:
