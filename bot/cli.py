@@ -21,7 +21,7 @@ from bot.platforms import Platform, discover
 log = logging.getLogger("ponder")
 
 # Core modules that add their own sub-commands (each has `register_commands(subparsers)`).
-_PLUGGED = ("bot.model", "bot.doctor", "bot.evaluate")
+_PLUGGED = ("bot.model", "bot.doctor", "bot.evaluate", "bot.stats")
 
 
 def build_parser(platforms: Sequence[Platform] | None = None) -> argparse.ArgumentParser:

@@ -339,8 +339,8 @@ class Ponder:
         chain_id_var.set(q.id)  # this task's context: every log line names the chain
         log.info("chain started on %s by %s (%d chars)", request.platform, request.asker,
                  len(q.text))
-        presenter: Presenter = surface.presenter(language) or ThreadPresenter(
-            surface, language, chain_id=q.id)
+        surface.chain_id = q.id  # what its buttons act on (a surface shows one chain)
+        presenter: Presenter = surface.presenter(language) or ThreadPresenter(surface, language)
         try:
             if not resumed:
                 if request.thread and not q.history:

@@ -143,8 +143,8 @@ class BaseSurface(ABC):
     budget: RateLimiter
     # The buttons this platform draws on a chain's messages (`Controls`); none by default.
     offers: frozenset[Control] = frozenset()
-    # The chain a surface made for one chain shows (what its buttons act on), where the front
-    # door knows it; the service names it to the presenter it makes either way.
+    # The chain it shows, what its buttons act on: set by the service when the chain starts
+    # on it (a front door makes a surface per chain).
     chain_id: str = ""
 
     @property

@@ -17,10 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.discord.surface import LimiterRegistry
-from bot.ratelimit import LimiterMap, WindowLimiter
+from adapters.discord.surface import GLOBAL_BURST, GLOBAL_RATE, LimiterRegistry
+from bot.ratelimit import LimiterMap, RateLimiter, WindowLimiter
 from tests.conftest import until
 from tests.fakes.discord_server import (
+    DEFAULT_GLOBAL_LIMIT,
     MESSAGE_FLAG_EPHEMERAL,
     ClientHolds,
     FakeDiscord,
@@ -32,6 +33,7 @@ from tests.test_discord import Harness, start, stop
 POST = "POST /channels/{channel_id}/messages"
 EDIT = "PATCH /channels/{channel_id}/messages/{id}"
 WINDOW = 0.4  # seconds: the fake's windows in the tests of the fake
+GLOBAL = 4 * DEFAULT_GLOBAL_LIMIT
 
 
 # --- the fake: windows and headers as Discord documents them ---------------------------------
@@ -137,7 +139,7 @@ async def test_the_fakes_global_limit_is_one_second_windows() -> None:
         rest = Rest(fake, session)
         answers = [await rest.call("GET", "/users/@me") for _ in range(4)]
         assert [s for s, _, _ in answers] == [200, 200, 200, 429]
-        status, body, headers = answers[3]
+        _, body, headers = answers[3]
         assert body["global"] is True and 0 < body["retry_after"] <= 1.0
         assert headers["X-RateLimit-Scope"] == "global"
         assert headers["X-RateLimit-Global"] == "true"
@@ -241,6 +243,10 @@ async def many_at_once(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI,
     llm.chunk_delay = 0.004  # steps stream, so there are edits as well as posts
     askers = [discord.add_user(f"asker{n}") for n in range(chains)]
     h = await start(tmp_path, discord, llm)
+    assert h.bot is not None
+    # The bot-wide limit four times Discord's, as the fake's (`GLOBAL`): the windows of each
+    # channel are what this is about, and 20 chains make 200 calls.
+    h.bot.observer.bot = RateLimiter(4 * GLOBAL_RATE, burst=4 * GLOBAL_BURST)
     try:
         with ClientHolds(slack=0.05) as holds:
             asked = await asyncio.gather(*(h.ask(f"Question {n}?", user=user)
@@ -258,14 +264,15 @@ async def many_at_once(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI,
 @pytest.mark.parametrize("model", ["window", "bucket"])
 async def test_twenty_chains_at_once_meet_no_429_and_nothing_held_back(
         tmp_path: Path, fake_llm: FakeOpenAI, model: str) -> None:
-    async with FakeDiscord(rate_limits=scaled_rate_limits(20), rate_model=model) as discord:
+    async with FakeDiscord(rate_limits=scaled_rate_limits(20), rate_model=model,
+                           global_limit=GLOBAL) as discord:
         await many_at_once(tmp_path, discord, fake_llm, 20)
 
 
 async def test_chains_at_once_where_posts_and_edits_share_one_count(
         tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     # Discord's documentation read literally: one bucket name, one count.
-    async with FakeDiscord(rate_limits=scaled_rate_limits(20),
+    async with FakeDiscord(rate_limits=scaled_rate_limits(20), global_limit=GLOBAL,
                            shared_buckets={EDIT: POST}) as discord:
         await many_at_once(tmp_path, discord, fake_llm, 4)
 
@@ -302,7 +309,7 @@ async def test_reason_in_a_thread_ponder_is_still_opening_is_refused_privately(
     assert len(h.llm.requests) == 2  # one chain: its step and its answer
 
     # Two at once in that thread, once the first is done: one chain, one private refusal.
-    h.llm.chunk_delay = 0.02
+    h.llm.chunk_delay = 0.01
     h.llm.script(Step("Six", "3+3 is 6, " * 10, "final_answer"), Text("**6**"))
     a, b = await asyncio.gather(h.ask("And 3+3?", channel_id=int(thread["id"])),
                                 h.ask("And 4+4?", channel_id=int(thread["id"]),

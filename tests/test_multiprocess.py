@@ -94,8 +94,9 @@ async def test_an_event_delivered_to_two_processes_starts_one_chain(
             question, body = mention(slack, "What is 2+2?")
             await asyncio.gather(deliver(a, body), deliver(b, body))
             answered = "SELECT count(*) FROM chains WHERE status = 'answered'"
-            await until(lambda: any("Thought for" in t for t in thread_texts(slack, question)),
-                        20)
+            await eventually(lambda: any("Thought for" in t
+                                         for t in thread_texts(slack, question)), 30,
+                             "the answer", explain=lambda: (a.log_tail(), b.log_tail()))
             assert (await rows(pg_url, answered))[0][0] == 1
             assert (await rows(pg_url, "SELECT count(*) FROM chains"))[0][0] == 1
             assert sum("Thought for" in t for t in thread_texts(slack, question)) == 1

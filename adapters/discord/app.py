@@ -21,6 +21,7 @@ import discord
 from adapters.discord import text
 from adapters.discord.calls import describe, rest
 from adapters.discord.client import PonderClient, make_client
+from adapters.discord.feedback import FeedbackButton
 from adapters.discord.interaction import (
     VIA,
     InteractionSurface,
@@ -42,12 +43,13 @@ from adapters.discord.surface import (
     RestObserver,
 )
 from adapters.discord.sync import sync_commands
+from adapters.discord.votes import press_feedback
 from bot.admission import Admission
 from bot.config import Settings
 from bot.errors import PlatformError, Refused, SettingsError
 from bot.events import Question
 from bot.service import ChainHandle, ChainRequest, Ponder
-from bot.store import ChainRecord
+from bot.store import ChainRecord, Vote
 from bot.tasks import Tasks
 from bot.wording import say
 
@@ -116,7 +118,8 @@ class DiscordBot:
         options = {"max_ratelimit_timeout": MAX_RATELIMIT_WAIT, "max_messages": None,
                    "http_trace": self.webhooks.watch(self.observer.trace_config()),
                    **self.client_options}
-        client = self.client = make_client(self.settings, self, intents, (StopButton,),
+        client = self.client = make_client(self.settings, self, intents,
+                                           (StopButton, FeedbackButton),
                                            **options)
         async with client:  # closes the client's session and gateway on the way out
             try:
@@ -355,6 +358,10 @@ class DiscordBot:
         else:
             # The chain's end edits the opening message (and removes the button).
             await rest(interaction.response.defer())
+
+    async def on_feedback(self, interaction: discord.Interaction[Any], key: str,
+                          vote: Vote) -> None:
+        await press_feedback(self.ponder, interaction, key, vote)
 
     # --- follow-ups -----------------------------------------------------------------------
 

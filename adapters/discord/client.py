@@ -10,6 +10,7 @@ from discord import app_commands
 
 from adapters.discord.calls import rest
 from bot.config import MAX_VOTES, Settings
+from bot.store import Vote
 from bot.wording import say
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ class Handlers(Protocol):
                               message: discord.Message) -> None: ...
 
     async def on_stop(self, interaction: discord.Interaction[Any], key: str) -> None: ...
+
+    async def on_feedback(self, interaction: discord.Interaction[Any], key: str,
+                          vote: Vote) -> None: ...
 
 
 class PonderClient(discord.Client):
@@ -58,6 +62,11 @@ class PonderClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.handlers.on_message(message)
+
+    async def on_ponder_feedback(self, interaction: discord.Interaction[Any], key: str,
+                                 vote: Vote) -> None:
+        """A 👍 / 👎 press (`feedback.py` dispatches it as this custom event)."""
+        await self.handlers.on_feedback(interaction, key, vote)
 
     async def _on_tree_error(self, interaction: discord.Interaction[Any],
                              error: app_commands.AppCommandError) -> None:

@@ -34,11 +34,12 @@ from typing import Any
 import aiohttp
 import discord
 
+from adapters.discord.feedback import controls_view
 from adapters.discord.text import MAX_CONTENT, render
 from bot.errors import SurfaceError
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
 from bot.ratelimit import LimiterMap, RateLimiter, WindowLimiter
-from bot.surface import BaseSurface, Handle, SurfaceLimits
+from bot.surface import BaseSurface, Control, Controls, Handle, SurfaceLimits
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class DiscordSurface(BaseSurface):
     `{"channel_id": …, "message_id": …}`: plain ids, as the store keeps them."""
 
     limits = SurfaceLimits(max_chars=MAX_CONTENT, edit_interval=EDIT_INTERVAL)
+    # 👍 / 👎 under an answer (`feedback.py`); Stop is on the opening message (`stop.py`).
+    offers: frozenset[Control] = frozenset({"feedback"})
 
     def __init__(self, channel: discord.abc.Messageable, channel_id: int,
                  budget: RateLimiter, post_budget: RateLimiter) -> None:
@@ -230,12 +233,24 @@ class DiscordSurface(BaseSurface):
         message = await self._call(self.channel.send, content=text)
         return {"channel_id": self.channel_id, "message_id": message.id}
 
+    async def post_with(self, text: str, controls: Controls) -> Handle:
+        view = controls_view(controls)
+        message = await self._call(self.channel.send, content=text,
+                                   **({"view": view} if view is not None else {}))
+        return {"channel_id": self.channel_id, "message_id": message.id}
+
     async def edit(self, handle: Handle, text: str) -> None:
+        await self._edit(handle, content=text)
+
+    async def edit_with(self, handle: Handle, text: str, controls: Controls) -> None:
+        await self._edit(handle, content=text, view=controls_view(controls))
+
+    async def _edit(self, handle: Handle, **fields: Any) -> None:
         message_id = self._mine(handle)
         if message_id is None:
             raise SurfaceError(f"not a message of this Discord channel: {handle!r}")
         partial = discord.PartialMessage(channel=self._partial_parent(), id=message_id)
-        await self._call(partial.edit, content=text)
+        await self._call(partial.edit, **fields)
 
     async def read(self, handle: Handle) -> str | None:
         message_id = self._mine(handle)

@@ -39,10 +39,13 @@ import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.assistant import AssistantPanel, PanelSurface, set_title
+from adapters.slack.controls import Press, read_press
+from adapters.slack.feedback import FEEDBACK_ACTIONS, press_feedback
 from adapters.slack.inbound import SeenEvents, StoreSeenEvents, question_text, thread_key
 from adapters.slack.oauth import (
     INSTALL_PATH,
@@ -53,6 +56,7 @@ from adapters.slack.oauth import (
 from adapters.slack.refusals import Refusals
 from adapters.slack.shortcut import CALLBACK_ID, read_shortcut
 from adapters.slack.status import QuestionStatus
+from adapters.slack.stop import STOP_ACTION, press_stop
 from adapters.slack.surface import SlackSurface
 from adapters.slack.web import (
     PLATFORM,
@@ -144,6 +148,8 @@ class SlackBot:
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.message_shortcut(CALLBACK_ID)(self._on_shortcut)
+        self.app.action(STOP_ACTION)(self._on_button)
+        self.app.action(FEEDBACK_ACTIONS)(self._on_button)
         self.team_id = ""
         self.workspaces: dict[str, Workspace] = {}
         self.chains: dict[str, ChainHandle] = {}
@@ -239,6 +245,9 @@ class SlackBot:
         addresses = self._runner.addresses  # port=0 binds a free port: this says which
         self.http_port = int(addresses[0][1]) if addresses else port
         log.info("Slack events served at http://%s:%s%s", host, self.http_port, EVENTS_PATH)
+        if self.oauth:
+            log.info("Slack installs: http://%s:%s%s (behind your public HTTPS address)", host,
+                     self.http_port, INSTALL_PATH)
 
     async def serve_socket(self) -> None:
         """Connect over Socket Mode (no public URL needed)."""
@@ -385,6 +394,27 @@ class SlackBot:
                              thread_ts=ask.thread_ts, text=ask.text),
                    name=f"slack-shortcut-{ask.message_ts}")
 
+    async def _on_button(self, ack: Callable[[], Awaitable[None]],
+                         body: dict[str, Any]) -> None:
+        """Stop, 👍 or 👎 pressed (`stop.py`, `feedback.py`; `block_actions` over Socket Mode
+        or signed over HTTP): acknowledged at once (Slack wants it within 3 s), then done."""
+        await ack()
+        press = read_press(body, self.team_id)
+        if press is None or not press.value:
+            log.warning("a button press without a button or a person: ignored")
+            return
+        self.spawn(self._pressed(press), name=f"slack-{press.action_id}-{press.value}")
+
+    async def _pressed(self, press: Press) -> None:
+        ws = self.workspace(press.team)
+        client = await self.client_for(ws.team_id)
+        if client is None:  # uninstalled from that workspace since
+            return
+        if press.action_id == STOP_ACTION:
+            await press_stop(self.ponder, client, ws, press)
+        else:
+            await press_feedback(self.ponder, client, ws, press)
+
     def _receiving_team(self, event: dict[str, Any], body: dict[str, Any]) -> str:
         return str(body.get("team_id") or event.get("team") or self.team_id)
 
@@ -429,31 +459,49 @@ class SlackBot:
             await self._run(request, admission)
 
     async def _ask(self, *, team: str, asker_team: str, channel: str, user: str,
-                   message_ts: str, thread_ts: str, text: str) -> None:
+                   message_ts: str, thread_ts: str, text: str, panel: bool = False) -> None:
         request = self._request(team, asker_team, channel, user, message_ts, thread_ts, text)
         try:
             admission = self.ponder.admit(request)
         except Refused as refusal:
             await self._refuse(request, refusal)
             return
-        await self._run(request, admission)
+        await self._run(request, admission, panel=panel)
+
+    async def ask_in_panel(self, *, team: str, asker_team: str, channel: str, user: str,
+                           message_ts: str, thread_ts: str, text: str) -> None:
+        """A message in an assistant thread: asked like a DM, shown as the panel shows it."""
+        await self._ask(team=team, asker_team=asker_team, channel=channel, user=user,
+                        message_ts=message_ts, thread_ts=thread_ts, text=text, panel=True)
 
     def _request(self, team: str, asker_team: str, channel: str, user: str, message_ts: str,
                  thread_ts: str, text: str) -> ChainRequest:
         # The request's workspace is the asker's own team (what the allow-lists check); the
         # anchor keeps the question's ts (a restart finds its status and reaction by it) and
         # the team that received it (whose budgets the chain uses).
-        return ChainRequest(PLATFORM, Question(question_text(text, self.bot_user_id)),
+        return ChainRequest(PLATFORM, Question(question_text(text, self._bot_user(team))),
                             asker=user, channel=channel, thread=thread_key(channel, thread_ts),
                             workspace=asker_team,
                             anchor={"message_ts": message_ts, "team": team})
 
-    async def _run(self, request: ChainRequest, admission: Admission) -> None:
+    async def _run(self, request: ChainRequest, admission: Admission, *,
+                   panel: bool = False) -> None:
         channel, _, thread_ts = request.thread.partition(":")
         ws = self._home(request.anchor, request.workspace)
+        client = await self.client_for(ws.team_id)
+        if client is None:  # uninstalled between the event and now
+            self.ponder.release(admission)
+            log.warning("Slack: a question from %s, where Ponder is not installed", ws.team_id)
+            return
+        first = panel and not await self.ponder.history(PLATFORM, request.thread)
+        # Its language is the chain's, known once the service has taken it (below).
+        status = QuestionStatus(client, ws, channel, thread_ts,
+                                str(request.anchor["message_ts"]))
         try:
-            surface = SlackSurface(self.client, ws, channel, thread_ts, asker=request.asker,
-                                   asker_team=request.workspace)
+            surface = PanelSurface(client, ws, channel, thread_ts, asker=request.asker,
+                                   asker_team=request.workspace, on_step=status.step) \
+                if panel else SlackSurface(client, ws, channel, thread_ts,
+                                           asker=request.asker, asker_team=request.workspace)
             handle = self.ponder.submit(request, surface, admission)
         except Refused as refusal:
             await self._refuse(request, refusal)
@@ -461,8 +509,9 @@ class SlackBot:
         finally:
             self.ponder.release(admission)  # a no-op once the chain has started
         self._track(handle)
-        status = QuestionStatus(self.client, ws, channel, thread_ts,
-                                str(request.anchor["message_ts"]), handle.language)
+        status.language = handle.language
+        if first:
+            await set_title(client, channel, thread_ts, request.question.text)
         await status.begin()
         await self._until_done(handle, status)
 
@@ -478,9 +527,13 @@ class SlackBot:
         thread exists)."""
         channel, _, thread_ts = request.thread.partition(":")
         started_here = thread_ts == str(request.anchor.get("message_ts") or "")
-        await self.refusals.show(self._home(request.anchor, request.workspace), channel,
-                                 request.asker, None if started_here else thread_ts,
-                                 f"🙅 {refusal.message}")
+        ws = self._home(request.anchor, request.workspace)
+        client = await self.client_for(ws.team_id)
+        if client is None:
+            return
+        await self.refusals.show(ws, channel, request.asker,
+                                 None if started_here else thread_ts, f"🙅 {refusal.message}",
+                                 client=client)
 
 
 def _asker_team(event: dict[str, Any], receiving: str) -> str:
@@ -516,7 +569,7 @@ async def run_slack(ponder: Ponder, settings: Settings, *, http: bool = False,
     await bot.start()
     try:
         await bot.recover()
-        if http:
+        if http or bot.oauth:  # the install pages need HTTP, whatever else is set
             await bot.serve_http(port)
         else:
             await bot.serve_socket()

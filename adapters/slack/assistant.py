@@ -263,6 +263,10 @@ class _TitledPresenter:
     def outcome(self) -> Outcome:
         return self._inner.outcome
 
+    @outcome.setter
+    def outcome(self, value: Outcome) -> None:
+        self._inner.outcome = value
+
     async def notice(self, markdown: str, key: str | None = None) -> None:
         await self._inner.notice(markdown, key)
 

@@ -32,6 +32,8 @@ class SlackPlatform:
         command.set_defaults(func=self._command)
 
     def configured(self, settings: Settings) -> bool:
+        if settings.slack_oauth:  # installs in many workspaces: HTTP, signed requests
+            return settings.slack_signing_secret is not None
         return settings.slack_bot_token is not None and (
             settings.slack_app_token is not None or settings.slack_signing_secret is not None
         )
@@ -41,7 +43,8 @@ class SlackPlatform:
 
         settings = services.settings
         await run_slack(await services.ponder(), settings,
-                        http=self.http or settings.slack_app_token is None, port=self.port)
+                        http=self.http or settings.slack_app_token is None
+                        or settings.slack_oauth, port=self.port)
 
     async def checks(self, settings: Settings, limits: Limits) -> Sequence[Check]:
         return [await doctor.check(settings, limits)]

@@ -36,9 +36,10 @@ class Refusals:
         return len(self._shown)
 
     async def show(self, ws: Workspace, channel: str, user: str, thread_ts: str | None,
-                   text: str) -> bool:
+                   text: str, *, client: AsyncWebClient | None = None) -> bool:
         """Show `text` to `user` alone in `channel` (under `thread_ts`). False when it was
-        dropped (one shown to them lately, the budget spent) or Slack would not take it."""
+        dropped (one shown to them lately, the budget spent) or Slack would not take it.
+        `client`: the workspace's own (installs in many workspaces), else the bot's."""
         now = time.monotonic()
         self._forget(now)
         if user in self._shown:
@@ -55,7 +56,7 @@ class Refusals:
         # Not urgent: the chains' own posts in this channel go first.
         await ws.post_budget(channel).acquire()
         try:
-            await call("chat.postEphemeral", self.client.chat_postEphemeral(
+            await call("chat.postEphemeral", (client or self.client).chat_postEphemeral(
                 channel=channel, user=user, text=escape(text), thread_ts=thread_ts))
         except SlackCallError as exc:
             log.warning("could not show a refusal to %s in %s: %s", user, channel, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from slack_sdk.models.messages.chunk import BlocksChunk, Chunk
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.controls import Press, actions, button, note
@@ -29,9 +30,12 @@ def stop_button(chain_id: str, language: Language) -> dict[str, Any]:
     return button(STOP_ACTION, f"⏹️ {say('stop', language)}", chain_id, style="danger")
 
 
-def stop_chunk(chain_id: str, language: Language) -> dict[str, Any]:
-    """The button as a streamed reply's chunk (`chat.startStream`)."""
-    return {"type": "blocks", "blocks": [actions([stop_button(chain_id, language)])]}
+def stop_chunks(chain_id: str, language: Language) -> list[Chunk]:
+    """The button as a streamed reply's first chunk (`chat.startStream`); none without a
+    chain to stop."""
+    if not chain_id:
+        return []
+    return [BlocksChunk(blocks=[actions([stop_button(chain_id, language)])])]
 
 
 async def is_admin(client: AsyncWebClient, user: str) -> bool:

@@ -35,7 +35,9 @@ from adapters.slack.chunks import (
     text_size,
     to_chunks,
 )
+from adapters.slack.feedback import feedback_blocks
 from adapters.slack.mrkdwn import escape
+from adapters.slack.stop import stop_chunks
 from adapters.slack.web import SlackCallError, SlackThread, call
 from bot.events import (
     AnswerDelta,
@@ -127,7 +129,9 @@ class Stream:
                 recipient_user_id=self.thread.asker or None,
                 recipient_team_id=self.thread.asker_team or self.ws.team_id or None,
                 task_display_mode="timeline",
-                chunks=to_chunks(chunks or [], self.lim.markdown_chunk) or None,
+                # Stop sits on the streamed reply while the chain runs (`stop.py`).
+                chunks=[*stop_chunks(self.surface.chain_id, self.language),
+                        *to_chunks(chunks or [], self.lim.markdown_chunk)] or None,
             ))
         except SlackCallError as exc:
             if exc.error in WORKSPACE_REFUSALS or exc.error in CHANNEL_REFUSALS:
@@ -174,26 +178,29 @@ class Stream:
         self.chars += text_size(chunks)
         self._shown(chunks)
 
-    async def _stop(self, chunks: list[dict[str, Any]]) -> None:
+    async def _stop(self, chunks: list[dict[str, Any]],
+                    blocks: list[dict[str, Any]] | None = None) -> None:
         if self._needs_rollover(chunks):
             await self._rollover()
         assert self.ts is not None
         try:
-            await self._send_stop(chunks)
+            await self._send_stop(chunks, blocks)
         except SlackCallError as exc:
             if exc.error not in EXPIRED:
                 raise
             await self._rollover(stop_old=False)
-            await self._send_stop(chunks)
+            await self._send_stop(chunks, blocks)
         self.stopped = True
 
-    async def _send_stop(self, chunks: list[dict[str, Any]]) -> None:
+    async def _send_stop(self, chunks: list[dict[str, Any]],
+                         blocks: list[dict[str, Any]] | None = None) -> None:
         assert self.ts is not None
         await self.ws.stream_stops.acquire(urgent=True, rank=self.rank)
         try:
             await call("chat.stopStream", self.client.chat_stopStream(
                 channel=self.thread.channel, ts=self.ts,
                 chunks=to_chunks(chunks, self.lim.markdown_chunk) or None,
+                blocks=blocks,  # under the finished reply: 👍 / 👎 on an answer
             ))
         finally:
             self.ws.stream_stops.settled()
@@ -394,8 +401,10 @@ class Stream:
                     i = self.open_step
                     self._set_task(i, self._title(i, self.step_titles.get(i, "")), "error")
                     self.open_step = None
+            answered = isinstance(final, FinalAnswer) and self.surface.chain_id
             try:
-                await self._stop(self.pending)
+                await self._stop(self.pending,
+                                 feedback_blocks(self.surface.chain_id) if answered else None)
                 self.pending = []
                 return
             except SlackCallError as exc:

@@ -43,9 +43,7 @@ class SlackSurface(BaseSurface):
         *,
         asker: str = "",
         asker_team: str = "",
-        chain_id: str = "",
     ) -> None:
-        self.chain_id = chain_id
         self.thread = SlackThread(client, workspace, channel, thread_ts, asker, asker_team)
         self.client = client
         self.workspace = workspace

@@ -329,7 +329,7 @@ class PonderWebClient(AsyncWebClient):
 
 
 def make_client(
-    token: str,
+    token: str | None,
     base_url: str,
     limits: SlackLimits,
     on_limited: Callable[[str, float, str | None], None],

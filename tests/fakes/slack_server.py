@@ -45,9 +45,25 @@ this server; it sends `hello`, then whatever `push_event(payload)` gives it as a
 envelope (`push_interactive(payload)`: an `interactive` one), and records the acks
 (`await slack.acked(envelope_id)`).
 
+Buttons: a message keeps its Block Kit `blocks` (`message.buttons()` by action id; an update
+without `blocks` keeps them, with `[]` takes them off, as Slack does); `block_action(message,
+action_id, user=...)` is the `block_actions` payload of a press on one of them.
+
 Message shortcuts: `message_action(message, user=...)` is the payload Slack sends when a person
 runs one on a message (`type: message_action`, `callback_id`, `message`, `channel`, `user` with
 its `team_id`, `trigger_id`, `response_url`).
+
+The assistant panel: `start_assistant_thread(user=...)` opens one (its parent message, and the
+`assistant_thread_started` event to send); `assistant.threads.setSuggestedPrompts` /
+`setTitle` / `setStatus` (with `loading_messages`) are kept in `suggested`, `titles` and
+`loading`; `users.info` answers `locales` (default `en-US`).
+
+Many workspaces: `tokens` maps every bot token to its team (the constructor's token to
+`team_id`); `approve_install(team)` is someone approving the install on Slack's page (a code
+good once), `oauth.v2.access` (the app's `client_id` / `client_secret`, HTTP basic auth or in
+the body) turns it into that team's token, `revoke(team)` uninstalls (its tokens then answer
+`token_revoked`); `auth.test` and `users.info` answer as the calling token's team, and each
+`Call.token` says which token a call used.
 
 Rules it enforces like Slack: `chat.update` / `chat.postMessage` text over 4,000 characters is
 `msg_too_long`; `markdown_text` over 12,000 characters per call is `msg_too_long`; a stream
@@ -129,6 +145,14 @@ class Message:
     stream_state: Literal["streaming", "stopped"] | None = None
     stream_started: float = 0.0
     tasks: dict[str, Task] = field(default_factory=dict)
+    # Block Kit: what the message shows instead of `text` (a streamed one: its blocks chunks,
+    # then the blocks its stop put under it).
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def buttons(self) -> dict[str, dict[str, Any]]:
+        """Its buttons by `action_id`."""
+        return {str(e.get("action_id")): e for b in self.blocks if b.get("type") == "actions"
+                for e in b.get("elements") or [] if e.get("type") == "button"}
 
     @property
     def edits(self) -> int:
@@ -235,6 +259,7 @@ class FakeSlack(Outages):
         self.suggested: list[tuple[str, str, str | None, list[dict[str, str]]]] = []
         self.titles: dict[tuple[str, str], str] = {}
         self.locales: dict[str, str] = {}  # user -> locale (`users.info`), default en-US
+        self.admins: set[str] = set()  # users `users.info` says administer the workspace
         # Many workspaces: every token Slack knows -> its team, each team's names, the OAuth
         # app's credentials and the codes an install hands to `oauth.v2.access` (once each).
         self.tokens: dict[str, str] = {token: team_id}
@@ -441,6 +466,33 @@ class FakeSlack(Outages):
             "is_enterprise_install": False, "enterprise": None,
             "message_ts": message.ts, "message": text,
             "response_url": f"{self.base_url}response/{uuid.uuid4().hex}",
+        }
+
+    def block_action(self, message: Message, action_id: str, *,
+                     user: str = "UASKER") -> dict[str, Any]:
+        """The `block_actions` payload Slack sends when `user` presses the button
+        `action_id` on `message` (sent signed as `payload=<json>` over HTTP, or with
+        `push_interactive` over Socket Mode). The button must be on the message."""
+        element = message.buttons()[action_id]
+        container: dict[str, Any] = {"type": "message", "message_ts": message.ts,
+                                     "channel_id": message.channel, "is_ephemeral": False}
+        shown = message.as_json()
+        if message.thread_ts:
+            container["thread_ts"] = message.thread_ts
+        return {
+            "type": "block_actions", "token": "legacy-verification-token",
+            "api_app_id": "APONDER", "trigger_id": f"{next(self._clock)}.{uuid.uuid4().hex[:12]}",
+            "team": {"id": self.team_id, "domain": "ponder-test"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(),
+                     "team_id": self.team_id},
+            "container": container,
+            "channel": {"id": message.channel, "name": message.channel.lower()},
+            "message": {**shown, "blocks": message.blocks},
+            "is_enterprise_install": False, "enterprise": None,
+            "response_url": f"{self.base_url}response/{uuid.uuid4().hex}",
+            "actions": [{"type": "button", "action_id": action_id,
+                         "block_id": "ponder_controls", "value": element.get("value"),
+                         "text": element.get("text"), "action_ts": self.next_ts()}],
         }
 
     async def push_interactive(self, payload: dict[str, Any]) -> str:
@@ -657,7 +709,8 @@ class FakeSlack(Outages):
         if thread_ts is not None and (channel, thread_ts) not in self.messages:
             raise _SlackError("thread_not_found")
         ts = self.next_ts()
-        msg = Message(channel, ts, thread_ts, text, bot_id=self.bot_id, texts=[text])
+        msg = Message(channel, ts, thread_ts, text, bot_id=self.bot_id, texts=[text],
+                      blocks=_blocks(body))
         self.messages[(channel, ts)] = msg
         return {"channel": channel, "ts": ts, "message": msg.as_json()}
 
@@ -686,6 +739,8 @@ class FakeSlack(Outages):
             raise _SlackError("msg_too_long")
         msg.text = text
         msg.texts.append(text)
+        if "blocks" in body:  # as Slack: left out, the blocks stay; `[]` takes them off
+            msg.blocks = _blocks(body)
         return {"channel": channel, "ts": ts, "text": text, "message": msg.as_json()}
 
     def _stream_allowed(self) -> None:
@@ -735,6 +790,7 @@ class FakeSlack(Outages):
     def _m_chat_stopStream(self, body: dict[str, Any]) -> dict[str, Any]:
         msg = self._streaming_message(body)
         self._apply_stream(msg, body)
+        msg.blocks.extend(_blocks(body))  # rendered under the finished reply
         msg.stream_state = "stopped"
         return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_json()}
 
@@ -768,6 +824,9 @@ class FakeSlack(Outages):
                 if task is None:
                     task = msg.tasks[chunk["id"]] = Task(chunk["id"], "", "pending")
                 task.title, task.status = str(chunk["title"]), str(chunk["status"])
+        for chunk in chunks:
+            if chunk["type"] == "blocks":
+                msg.blocks.extend(b for b in chunk.get("blocks") or [] if isinstance(b, dict))
         if texts:
             msg.text += "".join(texts)
             msg.texts.append(msg.text)
@@ -838,6 +897,7 @@ class FakeSlack(Outages):
         out: dict[str, Any] = {"id": user, "team_id": self._caller_team, "name": user.lower()}
         if str(body.get("include_locale", "")).lower() in ("1", "true"):
             out["locale"] = self.locales.get(user, "en-US")
+        out["is_admin"] = user in self.admins
         return {"user": out}
 
     def _m_conversations_replies(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -867,6 +927,13 @@ class _SlackError(Exception):
     def __init__(self, error: str) -> None:
         super().__init__(error)
         self.error = error
+
+
+def _blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = body.get("blocks") or []
+    if not isinstance(blocks, list):
+        raise _SlackError("invalid_blocks")
+    return [b for b in blocks if isinstance(b, dict)]
 
 
 def _need(body: dict[str, Any], name: str) -> str:
