@@ -350,6 +350,8 @@ class ThreadPresenter:
         """The chain's last word came: the replies not posted yet stand before it in the
         thread, so they are as urgent as it is. Nothing is left to stop."""
         self._ending = True
+        for slot in self._unposted:
+            slot.moved.set()
         first = self._first
         if first is not None and first.drawn:
             self._want(first, first.wanted, first.final)
@@ -389,8 +391,6 @@ class ThreadPresenter:
 
     def _with(self, kinds: frozenset[Control]) -> Controls:
         return Controls(self.chain_id, kinds, self.language)
-        for slot in self._unposted:
-            slot.moved.set()
 
     # --- steps, one reply each or several to a reply -----------------------------------------
 

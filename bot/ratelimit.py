@@ -2,10 +2,10 @@
 
 - `RateLimiter`: a token bucket, for budgets a platform does not describe as it goes (Slack's
   tiers, Discord's bot-wide limit).
-- `WindowLimiter`: for a platform that tells, with every answer, how much of a fixed window is
-  left (Discord's `X-RateLimit-Limit`, `-Remaining`, `-Reset-After`): it hands out no more than
-  the window has left. A token bucket cannot do that: with a burst saved up plus its refill it
-  puts more requests into one window than the window holds.
+- `WindowLimiter` (over a `Window`): for a platform that tells, with every answer, how much of
+  a fixed window is left (Discord's `X-RateLimit-Limit`, `-Remaining`, `-Reset-After`): it
+  hands out no more than the window has left. A token bucket cannot do that: with a burst
+  saved up plus its refill it puts more requests into one window than the window holds.
 - `SlidingWindowLimiter`: for limits a platform publishes as "so many a minute" without
   telling how much is left (Slack's tiers): no more than a window holds, all of it at once.
 - `LimiterMap`: limiters by place (a channel), bounded.
@@ -160,31 +160,27 @@ def _settle(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class WindowLimiter(RateLimiter):
-    """Paced by what the platform says of a fixed window after every request.
+class Window:
+    """What is known of one fixed window, from the answers: no asyncio, no waiting.
 
     A window holds `Limit` requests; it opens with the first request after the last one
     ended and lasts `Reset-After` seconds from then; `Remaining` counts down and comes back only
     when the window ends. So: hand out at most what the window has left, counting what is in
     flight (granted, not yet answered: the platform may not have counted it yet), and more
     only once the window is over. Until the first answer says anything, `first` at a time.
-    `spare` of each window is never handed out; writes that are not urgent also leave
+    `spare` of each window is never handed out; requests that are not urgent also leave
     `urgent_share` of it to those that are.
-
-    Every grant counts as in flight until `answered(...)` (fed each answer, with the window's
-    figures when it carried them) or `failed()` (no answer) says otherwise.
     """
 
     def __init__(self, *, first: int = 1, spare: int = 0, urgent_share: float = 0.0,
                  margin: float = 0.05, stale_after: float = 10.0) -> None:
-        super().__init__(1.0)
         self.limit: int | None = None  # the window's size, once an answer has said
         self.remaining = 0  # what may still be handed out in the current window
         self.reset_at: float | None = None  # when the current window has surely ended
         self.period = 0.0  # the longest window seen, to tell one window's answers from the next
         self._first = max(1, first)
         self._spare = spare  # what of each window is kept back (another client counts on it)
-        # Interim writes (replaced by the next anyway) leave this share of every window to
+        # Interim requests (replaced by the next anyway) leave this share of every window to
         # urgent ones: a final text never finds the window spent on what it replaces.
         self._urgent_share = urgent_share
         # Every answer is read a little late (it travelled); the client library under us may
@@ -199,28 +195,56 @@ class WindowLimiter(RateLimiter):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def answered(self, limit: int | None = None, remaining: int | None = None,
-                 reset_after: float | None = None, *, done: bool = True) -> None:
-        """An answer came. `done=False` when the client will send the same request again
-        (a 429 or a 5xx it retries): that grant is still in flight."""
-        now = time.monotonic()
+    def allows(self, now: float, urgent: bool) -> bool:
+        """Whether one more may go now (nothing is taken)."""
+        self._forget_stale(now)
+        if self.limit is None:
+            return len(self._in_flight) < self._first
+        if self.reset_at is not None and now >= self.reset_at:
+            # That window is over. The next opens with our next request; whatever is still
+            # in flight may land in it.
+            self.reset_at = None
+            self.remaining = self.limit - len(self._in_flight)
+        elif self.reset_at is None and not self._in_flight:
+            self.remaining = self.limit  # nothing in flight, nothing heard of: a new window
+        keep = self._spare + (0 if urgent else int(self.limit * self._urgent_share))
+        return self.remaining > min(keep, self.limit - 1)
+
+    def take(self, now: float) -> None:
+        if self.limit is not None:
+            self.remaining -= 1
+        self._in_flight.append(now)
+
+    def give_back(self) -> None:
+        if self._in_flight:
+            self._in_flight.pop()
+            if self.limit is not None:
+                self.remaining += 1
+
+    def answered(self, now: float, limit: int | None, remaining: int | None,
+                 reset_after: float | None, done: bool) -> None:
         if done and self._in_flight:
             self._in_flight.popleft()
         if limit is not None and remaining is not None and reset_after is not None:
             self._learn(now, limit, remaining, reset_after)
-        self._poke()
 
     def failed(self) -> None:
-        """A request ended without an answer: it no longer counts as in flight."""
         if self._in_flight:
             self._in_flight.popleft()
-        self._poke()
 
-    def pause(self, seconds: float) -> None:
-        super().pause(seconds)
+    def pause(self, until: float) -> None:
         self.remaining = 0
-        if self.reset_at is None or self.reset_at < self._paused_until:
-            self.reset_at = self._paused_until
+        if self.reset_at is None or self.reset_at < until:
+            self.reset_at = until
+
+    def wait(self, now: float) -> float:
+        """How long until this window may change by itself (its end, a stale grant)."""
+        waits = [self._stale_after]
+        if self.reset_at is not None:
+            waits.append(self.reset_at - now)
+        if self._in_flight:
+            waits.append(self._in_flight[0] + self._stale_after - now)
+        return min(waits)
 
     def _learn(self, now: float, limit: int, remaining: int, reset_after: float) -> None:
         self.limit = max(1, limit)
@@ -241,50 +265,103 @@ class WindowLimiter(RateLimiter):
         while self._in_flight and now - self._in_flight[0] > self._stale_after:
             self._in_flight.popleft()
 
+
+class WindowLimiter(RateLimiter):
+    """Paced by what the platform says of a fixed window after every request (`Window`):
+    hands out no more than the window has left, urgent requests first.
+
+    `also`: windows shared with other limiters, that every grant must fit as well (and that
+    every answer feeds): where a client library under us counts two of the platform's
+    windows as one, what it believes must have room too, or it holds the request back.
+    Every grant counts as in flight until `answered(...)` (fed each answer, with the window's
+    figures when it carried them) or `failed()` (no answer) says otherwise.
+    """
+
+    def __init__(self, *, first: int = 1, spare: int = 0, urgent_share: float = 0.0,
+                 margin: float = 0.05, stale_after: float = 10.0,
+                 also: tuple[SharedWindow, ...] = ()) -> None:
+        super().__init__(1.0)
+        self.window = Window(first=first, spare=spare, urgent_share=urgent_share,
+                             margin=margin, stale_after=stale_after)
+        self._also = also
+        for shared in also:
+            shared.members.add(self)
+
+    # The own window's figures, for those who look.
+    @property
+    def limit(self) -> int | None:
+        return self.window.limit
+
+    @property
+    def remaining(self) -> int:
+        return self.window.remaining
+
+    @property
+    def reset_at(self) -> float | None:
+        return self.window.reset_at
+
+    @property
+    def in_flight(self) -> int:
+        return self.window.in_flight
+
+    def answered(self, limit: int | None = None, remaining: int | None = None,
+                 reset_after: float | None = None, *, done: bool = True) -> None:
+        """An answer came. `done=False` when the client will send the same request again
+        (a 429 or a 5xx it retries): that grant is still in flight."""
+        now = time.monotonic()
+        self.window.answered(now, limit, remaining, reset_after, done)
+        for shared in self._also:
+            shared.window.answered(now, limit, remaining, reset_after, done)
+            shared.poke()
+        self._poke()
+
+    def failed(self) -> None:
+        """A request ended without an answer: it no longer counts as in flight."""
+        self.window.failed()
+        for shared in self._also:
+            shared.window.failed()
+            shared.poke()
+        self._poke()
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        self.window.pause(self._paused_until)
+
     def _take(self, urgent: bool) -> bool:
         now = time.monotonic()
         if now < self._paused_until:
             return False
-        self._forget_stale(now)
-        if self.limit is None:
-            if len(self._in_flight) >= self._first:
-                return False
-        else:
-            if self.reset_at is not None and now >= self.reset_at:
-                # That window is over. The next opens with our next request; whatever is
-                # still in flight may land in it.
-                self.reset_at = None
-                self.remaining = self.limit - len(self._in_flight)
-            elif self.reset_at is None and not self._in_flight:
-                self.remaining = self.limit  # nothing in flight, nothing heard of: a new window
-            keep = self._spare + (0 if urgent else self._reserve(self.limit))
-            if self.remaining <= min(keep, self.limit - 1):
-                return False
-            self.remaining -= 1
-        self._in_flight.append(now)
+        windows = (self.window, *(shared.window for shared in self._also))
+        if not all(window.allows(now, urgent) for window in windows):
+            return False
+        for window in windows:
+            window.take(now)
         return True
 
-    def _reserve(self, limit: int) -> int:
-        """What of a window only urgent writes may take."""
-        return int(limit * self._urgent_share)
-
     def _give_back(self) -> None:
-        if self._in_flight:
-            self._in_flight.pop()
-            if self.limit is not None:
-                self.remaining += 1
+        self.window.give_back()
+        for shared in self._also:
+            shared.window.give_back()
 
     def _delay(self) -> float:
         now = time.monotonic()
         if now < self._paused_until:
             return self._paused_until - now
-        # An answer pokes the waiters; without one, the window's end or a stale grant will.
-        waits = [self._stale_after]
-        if self.reset_at is not None:
-            waits.append(self.reset_at - now)
-        if self._in_flight:
-            waits.append(self._in_flight[0] + self._stale_after - now)
+        # An answer pokes the waiters; without one, a window's end or a stale grant will.
+        waits = [self.window.wait(now), *(shared.window.wait(now) for shared in self._also)]
         return max(0.001, min(waits))
+
+
+class SharedWindow:
+    """A `Window` that several `WindowLimiter`s must all fit (see `WindowLimiter.also`)."""
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self.members: weakref.WeakSet[WindowLimiter] = weakref.WeakSet()
+
+    def poke(self) -> None:
+        for member in list(self.members):
+            member._poke()
 
 
 class SlidingWindowLimiter(RateLimiter):
@@ -405,11 +482,12 @@ class LimiterMap(Generic[K, L]):
     def __len__(self) -> int:
         return len(self._held)
 
-    def get(self, key: K) -> L:
+    def get(self, key: K, make: Callable[[], L] | None = None) -> L:
+        """The limiter for `key`, made (by `make`, else the map's own) if there is none."""
         limiter = self._held.get(key)
         if limiter is None:
             # Bound to a name first: the weak dictionary alone would not keep it alive.
-            limiter = self._held[key] = self._make()
+            limiter = self._held[key] = (make or self._make)()
         self._recent[key] = limiter
         self._recent.move_to_end(key)
         while len(self._recent) > self._keep:

@@ -23,7 +23,7 @@ from bot.service import Ponder
 from bot.store import ChainRecord, Store
 from tests.conftest import make_settings, until
 from tests.fakes.discord_server import MESSAGE_FLAG_EPHEMERAL, FakeDiscord, scaled_rate_limits
-from tests.fakes.openai_server import FakeOpenAI, Step, Text
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack
 from tests.slack_harness import (
     ASKER,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -38,7 +39,7 @@ from adapters.discord.feedback import controls_view
 from adapters.discord.text import MAX_CONTENT, render
 from bot.errors import SurfaceError
 from bot.metrics import PLATFORM_429, PLATFORM_CALLS
-from bot.ratelimit import LimiterMap, RateLimiter, WindowLimiter
+from bot.ratelimit import LimiterMap, RateLimiter, SharedWindow, Window, WindowLimiter
 from bot.surface import BaseSurface, Control, Controls, Handle, SurfaceLimits
 
 log = logging.getLogger(__name__)
@@ -82,31 +83,51 @@ class LimiterRegistry:
     """One `WindowLimiter` per channel and kind of request ("post", "edit", "thread"), made on
     first use, shared by every chain, opening message and reply writing there, and bounded
     (`LimiterMap`: those held, and the most recent few). A new one knows nothing of its
-    window: it lets one request go at a time until Discord's first answer tells it."""
+    window: it lets one request go at a time until Discord's first answer tells it.
+
+    A channel's posts and edits answer with one bucket name, so discord.py counts them in one
+    window whatever Discord does: both limiters also fit that window (a `SharedWindow` fed by
+    the answers of both), or discord.py would hold back what Discord would take."""
 
     def __init__(self, *, urgent_share: float = URGENT_SHARE, margin: float = 0.05,
                  stale_after: float = 10.0, keep: int = 64) -> None:
-        def make(kind: str) -> Callable[[], WindowLimiter]:
-            # Posts and edits share a bucket name, so discord.py keeps one count for both:
-            # neither may be seen spent (see SPARE).
-            spare = SPARE if kind in ("post", "edit") else 0
-            share = urgent_share if kind == "edit" else 0.0
-            return lambda: WindowLimiter(spare=spare, urgent_share=share, margin=margin,
-                                         stale_after=stale_after)
-
-        self._limiters = {kind: LimiterMap[int, WindowLimiter](make(kind), keep)
+        self._urgent_share, self._margin, self._stale_after = urgent_share, margin, stale_after
+        self._limiters = {kind: LimiterMap[int, WindowLimiter](self._maker(kind), keep)
                           for kind in KINDS}
+        # Held by the post and edit limiters of the channel, as long as either lives.
+        self._named: weakref.WeakValueDictionary[int, SharedWindow] = (
+            weakref.WeakValueDictionary())
+
+    def _maker(self, kind: str, shared: SharedWindow | None = None
+               ) -> Callable[[], WindowLimiter]:
+        # Neither posts nor edits may be seen spent by discord.py (see SPARE).
+        spare = SPARE if kind in ("post", "edit") else 0
+        share = self._urgent_share if kind == "edit" else 0.0
+        also = (shared,) if shared is not None else ()
+        return lambda: WindowLimiter(spare=spare, urgent_share=share, margin=self._margin,
+                                     stale_after=self._stale_after, also=also)
+
+    def _message_limiter(self, kind: str, channel_id: int) -> WindowLimiter:
+        limiters = self._limiters[kind]
+        limiter = limiters.find(channel_id)
+        if limiter is None:
+            shared = self._named.get(channel_id)
+            if shared is None:
+                shared = self._named[channel_id] = SharedWindow(Window(
+                    margin=self._margin, stale_after=self._stale_after))
+            return limiters.get(channel_id, self._maker(kind, shared))
+        return limiters.get(channel_id)
 
     def __len__(self) -> int:
         return sum(len(limiters) for limiters in self._limiters.values())
 
     def get(self, channel_id: int) -> WindowLimiter:
         """The limiter for message edits in a channel."""
-        return self._limiters["edit"].get(channel_id)
+        return self._message_limiter("edit", channel_id)
 
     def posts(self, channel_id: int) -> WindowLimiter:
         """The limiter for new messages in a channel."""
-        return self._limiters["post"].get(channel_id)
+        return self._message_limiter("post", channel_id)
 
     def threads(self, channel_id: int) -> WindowLimiter:
         """The limiter for opening threads (and forum posts) in a channel."""

@@ -108,6 +108,24 @@ class Claim:
     user_limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A question admitted on a shared store, before its chain starts: it counts as one of
+    its asker's chains (and holds its thread) in every process until the chain starts under
+    the same id, `unhold` gives it up, or its lease (owner, seconds: renewed like a chain's)
+    runs out; and against `rate` questions per `window` seconds while it is inside it."""
+
+    id: str
+    platform: str
+    asker: str
+    thread: str
+    owner: str
+    seconds: float
+    user_limit: int
+    rate: int
+    window: float
+
+
 class StoreFailed(PonderError):
     """A write the database did not take (its disk is full, it became read-only, an I/O
     error, the server went away); `cause` is the database's own words."""
@@ -118,13 +136,19 @@ class StoreFailed(PonderError):
 
 
 class Taken(PonderError):
-    """A chain a shared store would not start: its asker has `running` chains already
-    (`what == "user"`), or its thread has one (`what == "thread"`), in some process."""
+    """A question a shared store would not take: its asker has `running` chains already
+    (`what == "user"`), or its thread has one (`what == "thread"`), in some process; or
+    (`what == "rate"`, at admission) its asker asked `running` questions, `limit` allowed,
+    within the window, the oldest of them `age` seconds ago."""
 
-    def __init__(self, what: Literal["user", "thread"], running: int = 1) -> None:
-        super().__init__(f"the {what} has {running} chain(s) running already")
-        self.what: Literal["user", "thread"] = what
+    def __init__(self, what: Literal["user", "thread", "rate"], running: int = 1, *,
+                 limit: int = 0, age: float = 0.0) -> None:
+        super().__init__(f"the {what} has {running} chain(s) running already"
+                         if what != "rate" else f"{running} questions within the window")
+        self.what: Literal["user", "thread", "rate"] = what
         self.running = running
+        self.limit = limit
+        self.age = age
 
 
 class Store(ABC):
@@ -243,9 +267,30 @@ class Store(ABC):
         ...
 
     @abstractmethod
+    async def hold(self, hold: Hold) -> None:
+        """Admit a question counted over every process: its asker's running chains and held
+        questions, its thread's, and its asker's questions within the rate window; held
+        (`Hold`) when admitted, else `Taken` saying which limit it met, nothing held."""
+        ...
+
+    @abstractmethod
+    async def unhold(self, chain_id: str) -> None:
+        """A held question whose chain will not start: its slot and thread are free again
+        (it still counts against the rate, as it was asked)."""
+        ...
+
+    @abstractmethod
+    async def claim_owed(self, platform: str, owner: str, seconds: float,
+                         skip: frozenset[str] = frozenset()) -> list[ChainRecord]:
+        """Chains of `platform` with final texts still owed (`delivery = 'owed'`) that no
+        live process is delivering (not in `skip`), now held by `owner` for `seconds`: each
+        is handed to exactly one caller, who delivers them."""
+        ...
+
+    @abstractmethod
     async def renew(self, owner: str, seconds: float) -> list[str]:
-        """Extend the leases of `owner`'s running chains; the ids among them someone asked,
-        from any process, to stop."""
+        """Extend the leases of `owner`'s running chains, held questions and owed deliveries;
+        the ids of its chains someone asked, from any process, to stop."""
         ...
 
     @abstractmethod

@@ -216,4 +216,106 @@ POSTGRES: tuple[str, ...] = (
         expires_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Admission counted over every process, before the front door answers (so a refusal is
+    # shown as privately as any other): each admitted question is a row (its id becomes the
+    # chain's); a held one counts as a chain of its asker (and its thread's) until its chain
+    # starts (`ponder_start_chain` lets go of it in the same transaction) or it is given up,
+    # or its process dies (its lease, renewed with the chains'); every row counts against
+    # PONDER_USER_RATE while it is inside the rate window. `ponder_busy` is the one count
+    # both functions make; thread-less questions take no thread lock.
+    """
+    CREATE TABLE admissions (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        asker TEXT NOT NULL,
+        thread TEXT NOT NULL DEFAULT '',
+        admitted_at DOUBLE PRECISION NOT NULL,
+        held BOOLEAN NOT NULL DEFAULT TRUE,
+        lease_owner TEXT NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX admissions_asker ON admissions (platform, asker, admitted_at);
+    CREATE INDEX admissions_thread ON admissions (platform, thread) WHERE held;
+    CREATE INDEX admissions_owner ON admissions (lease_owner) WHERE held;
+    CREATE FUNCTION ponder_busy(
+        p_platform TEXT, p_asker TEXT, p_thread TEXT, p_except TEXT, now_s DOUBLE PRECISION,
+        OUT asker_running BIGINT, OUT thread_running BIGINT)
+    LANGUAGE sql STABLE AS $$
+        SELECT count(*) FILTER (WHERE b.asker = p_asker),
+               count(*) FILTER (WHERE b.thread = p_thread AND p_thread <> '')
+          FROM (SELECT c.asker, c.thread FROM chains c
+                 WHERE c.status = 'running' AND c.platform = p_platform
+                   AND c.lease_until > now_s AND c.id <> p_except
+                   AND (c.asker = p_asker OR (p_thread <> '' AND c.thread = p_thread))
+                UNION ALL
+                SELECT a.asker, a.thread FROM admissions a
+                 WHERE a.held AND a.platform = p_platform
+                   AND a.lease_until > now_s AND a.id <> p_except
+                   AND (a.asker = p_asker OR (p_thread <> '' AND a.thread = p_thread))) b
+    $$;
+    CREATE FUNCTION ponder_admit(
+        p_id TEXT, p_platform TEXT, p_asker TEXT, p_thread TEXT, p_owner TEXT,
+        p_seconds DOUBLE PRECISION, p_limit BIGINT, p_rate BIGINT, p_window DOUBLE PRECISION,
+        OUT asker_running BIGINT, OUT thread_running BIGINT, OUT recent BIGINT,
+        OUT oldest_age DOUBLE PRECISION, OUT added BOOLEAN)
+    LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        now_s DOUBLE PRECISION;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(7202, hashtext(p_platform || ':' || p_asker));
+        IF p_thread <> '' THEN
+            PERFORM pg_advisory_xact_lock(7203, hashtext(p_platform || ':' || p_thread));
+        END IF;
+        now_s := extract(epoch from clock_timestamp());
+        -- The asker's questions that have left the window go as new ones come.
+        DELETE FROM admissions
+         WHERE platform = p_platform AND asker = p_asker AND admitted_at <= now_s - p_window
+           AND (NOT held OR lease_until <= now_s);
+        SELECT b.asker_running, b.thread_running INTO asker_running, thread_running
+          FROM ponder_busy(p_platform, p_asker, p_thread, p_id, now_s) b;
+        SELECT count(*), coalesce(now_s - min(a.admitted_at), 0) INTO recent, oldest_age
+          FROM admissions a
+         WHERE a.platform = p_platform AND a.asker = p_asker
+           AND a.admitted_at > now_s - p_window AND a.id <> p_id;
+        added := thread_running = 0 AND asker_running < p_limit AND recent < p_rate;
+        IF added THEN
+            INSERT INTO admissions (id, platform, asker, thread, admitted_at, held,
+                                    lease_owner, lease_until)
+            VALUES (p_id, p_platform, p_asker, p_thread, now_s, TRUE, p_owner,
+                    now_s + p_seconds)
+            ON CONFLICT (id) DO UPDATE SET held = TRUE, lease_owner = EXCLUDED.lease_owner,
+                lease_until = EXCLUDED.lease_until;
+        END IF;
+    END
+    $$;
+    CREATE OR REPLACE FUNCTION ponder_start_chain(
+        p_id TEXT, p_platform TEXT, p_workspace TEXT, p_channel TEXT, p_thread TEXT,
+        p_asker TEXT, p_question TEXT, p_mode TEXT, p_status TEXT,
+        p_started_at DOUBLE PRECISION, p_handles TEXT, p_history TEXT, p_language TEXT,
+        p_anchor TEXT, p_owner TEXT, p_seconds DOUBLE PRECISION, p_limit BIGINT,
+        OUT asker_running BIGINT, OUT thread_running BIGINT, OUT added BOOLEAN)
+    LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        now_s DOUBLE PRECISION;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(7202, hashtext(p_platform || ':' || p_asker));
+        IF p_thread <> '' THEN
+            PERFORM pg_advisory_xact_lock(7203, hashtext(p_platform || ':' || p_thread));
+        END IF;
+        now_s := extract(epoch from clock_timestamp());
+        SELECT b.asker_running, b.thread_running INTO asker_running, thread_running
+          FROM ponder_busy(p_platform, p_asker, p_thread, p_id, now_s) b;
+        added := thread_running = 0 AND asker_running < p_limit;
+        IF added THEN
+            INSERT INTO chains (id, platform, workspace, channel, thread, asker, question, mode,
+                                status, started_at, handles, history, language, anchor,
+                                lease_owner, lease_until)
+            VALUES (p_id, p_platform, p_workspace, p_channel, p_thread, p_asker, p_question,
+                    p_mode, p_status, p_started_at, p_handles, p_history, p_language, p_anchor,
+                    p_owner, now_s + p_seconds);
+            UPDATE admissions SET held = FALSE WHERE id = p_id;
+        END IF;
+    END
+    $$;
+    """,
 )
