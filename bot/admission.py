@@ -4,8 +4,9 @@
 - the allow-lists (users, channels, workspaces);
 - an asker has at most `PONDER_USER_CONCURRENCY` chains at once and `PONDER_USER_RATE` a minute;
 - one chain at a time in a thread: a second question there waits for the first to end;
-- with a store several processes share, the asker's limit and the thread's rule count every
-  process's chains (`shared_refusal`);
+- with a store several processes share, the asker's limits (running chains and questions a
+  minute) and the thread's rule count every process's chains, at admission, before the front
+  door answers (`Store.hold`; `shared_refusal` words it), and once more as the chain starts;
 - in a Ponder thread, only the person who started it follows up.
 
 An `Admission` holds the asker's slot and the thread from the moment it is granted, because a
@@ -68,6 +69,8 @@ class Admission:
         self.language: Language = language
         self.open = True
         self.stop_requested = False  # Stop pressed before the chain started
+        self.held = False  # a shared store holds it too (`Store.hold`), until the chain starts
+        self.at: float | None = None  # when the Gate counted it against the rate
         self._thread: ThreadKey | None = None
 
     def hold_thread(self, thread: str) -> None:
@@ -88,6 +91,12 @@ class Admission:
             self.open = False
             self._gate.uncount((self.request.platform, self.request.asker))
             self._gate.release_thread(self._thread, self.request.question.id)
+
+    def withdraw(self) -> None:
+        """Not admitted after all (refused over every process): released, and no longer
+        counted against the asker's rate either, as a question refused here is not."""
+        self.release()
+        self._gate.uncount_time((self.request.platform, self.request.asker), self.at)
 
 
 class Gate:
@@ -143,8 +152,7 @@ class Gate:
             del self.recent[key]
             return None
         if len(recent) >= s.user_rate_per_minute:
-            wait = int(RATE_WINDOW - (now - recent[0])) + 1
-            return say("too_fast", language, n=s.user_rate_per_minute, s=wait)
+            return too_fast(s.user_rate_per_minute, now - recent[0], language)
         return None
 
     def admit(self, request: ChainRequest, language: Language) -> Admission:
@@ -158,6 +166,7 @@ class Gate:
         if len(self.recent) > self._sweep_at:
             self._sweep(now)
         admission = Admission(self, request, language)
+        admission.at = now
         admission.hold_thread(request.thread)
         return admission
 
@@ -180,6 +189,13 @@ class Gate:
         else:
             self.per_user.pop(key, None)
 
+    def uncount_time(self, key: AskerKey, at: float | None) -> None:
+        recent = self.recent.get(key)
+        if recent is not None and at is not None and at in recent:
+            recent.remove(at)
+            if not recent:
+                del self.recent[key]
+
     def _sweep(self, now: float) -> None:
         """Drop the question times of askers with none inside the rate window. Run when the
         table has doubled since the last sweep, so its cost is spread over the admissions
@@ -194,12 +210,22 @@ class Gate:
             del self.threads[thread]
 
 
+def too_fast(rate: int, oldest_age: float, language: Language) -> str:
+    """PONDER_USER_RATE met: `rate` questions within the window, the oldest `oldest_age`
+    seconds ago (its leaving the window frees the next one)."""
+    return say("too_fast", language, n=rate, s=int(RATE_WINDOW - oldest_age) + 1)
+
+
 def shared_refusal(taken: Taken, language: Language) -> str:
-    """The same rules counted over every process of a shared store (`Store.start_chain` with a
-    `Claim`): the asker's chains running anywhere, or a chain in the thread run elsewhere.
-    The Gate counts this process's alone, at admission; this is the last word, at the start."""
+    """The same rules counted over every process of a shared store: the asker's chains
+    running (or admitted) anywhere, their questions within the rate window anywhere, or a
+    chain in the thread elsewhere. The Gate counts this process's alone; `Store.hold` counts
+    them all at admission (`Ponder.enter`, `Ponder.follow_up`), and `Store.start_chain` once
+    more as the chain starts."""
     if taken.what == "thread":
         return say("busy", language)
+    if taken.what == "rate":
+        return too_fast(taken.limit, taken.age, language)
     n = taken.running
     return say("too_many_one", language) if n == 1 else say("too_many", language, n=n)
 

@@ -7,6 +7,11 @@ still exists is edited to its final text; one that never got posted (or was dele
 anew with a note that it comes late. A process that starts finds what an earlier one still
 owed (`Ponder.recover`) and delivers it. Past the bound it is logged and counted
 (`ponder_undelivered_total`), never dropped in silence.
+
+With a store several processes share, each chain's owed texts are delivered by one process:
+the one that owes them holds their lease (taken as they become owed, renewed with its chains);
+another takes them over (`Store.claim_owed`) only once that lease has run out — its process
+gone, or told to stop writing (`stop`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bot.errors import SurfaceError
 from bot.events import Language
@@ -31,15 +36,25 @@ log = logging.getLogger(__name__)
 FIRST_WAIT, LONGEST_WAIT = 1.0, 10.0
 
 
+# Who holds a delivery on a shared store, and for how long: (owner, seconds); None on a store
+# of one process.
+Lease = Callable[[], tuple[str, float] | None]
+
+
 class Deliveries:
-    def __init__(self, store: Store, hours: float) -> None:
+    def __init__(self, store: Store, hours: float, lease: Lease = lambda: None) -> None:
         self.store = store
         self.hours = hours
+        self.lease = lease
         self._tasks = Tasks("delivery")
         self._owing: set[str] = set()  # chains this process is delivering
 
     def owing(self, chain_id: str) -> bool:
         return chain_id in self._owing
+
+    def owing_now(self) -> frozenset[str]:
+        """The chains this process is delivering."""
+        return frozenset(self._owing)
 
     async def owe(self, chain_id: str, platform: str, surface: Surface, owed: Sequence[Owed],
                   language: Language, since: float | None = None) -> None:
@@ -54,6 +69,14 @@ class Deliveries:
 
     async def close(self) -> None:
         """Stop trying (what is owed stays in the store for the next start)."""
+        await self._tasks.close(0)
+
+    async def stop(self) -> None:
+        """Stop writing at once and leave what is owed to whichever process takes its lease
+        over (this process's lease on it has lapsed); later deliveries are still taken."""
+        if self._tasks:
+            log.warning("delivery: stopped %d delivery(ies); another process takes them over",
+                        len(self._tasks))
         await self._tasks.close(0)
 
     async def _deliver(self, chain_id: str, platform: str, surface: Surface, owed: list[Owed],
@@ -95,8 +118,11 @@ class Deliveries:
                     ) -> None:
         """Keep what is still owed in the store, for a later process. A store that refuses
         (it has logged why) leaves the delivery to this process alone: it goes on."""
+        lease = self.lease()
+        owner, seconds = lease if lease is not None else ("", 0.0)
         try:
-            await self.store.set_owed(chain_id, [o.as_json() for o in owed], delivery)
+            await self.store.set_owed(chain_id, [o.as_json() for o in owed], delivery,
+                                      owner=owner, seconds=seconds)
         except StoreFailed:
             pass
 

@@ -169,11 +169,12 @@ class Window:
     flight (granted, not yet answered: the platform may not have counted it yet), and more
     only once the window is over. Until the first answer says anything, `first` at a time.
     `spare` of each window is never handed out; requests that are not urgent also leave
-    `urgent_share` of it to those that are.
+    `urgent_share` of it to those that are. `latest`: see below.
     """
 
     def __init__(self, *, first: int = 1, spare: int = 0, urgent_share: float = 0.0,
-                 margin: float = 0.05, stale_after: float = 10.0) -> None:
+                 margin: float = 0.05, stale_after: float = 10.0,
+                 latest: bool = False) -> None:
         self.limit: int | None = None  # the window's size, once an answer has said
         self.remaining = 0  # what may still be handed out in the current window
         self.reset_at: float | None = None  # when the current window has surely ended
@@ -189,6 +190,9 @@ class Window:
         # A grant whose request never got an answer (cancelled before it was sent, the
         # connection lost) stops counting as in flight after this long.
         self._stale_after = stale_after
+        # Each answer replaces what was known, as discord.py keeps a window (its one count
+        # for routes that share a bucket name: whichever answered last).
+        self._latest = latest
         self._in_flight: deque[float] = deque()  # when each unanswered grant was made
 
     @property
@@ -253,7 +257,7 @@ class Window:
         # What is still in flight may not have been counted yet: assume it was not.
         left = max(0, remaining - len(self._in_flight))
         slack = self.period / 2  # answers of one window end within a round trip of each other
-        if self.reset_at is None or end > self.reset_at + slack:
+        if self._latest or self.reset_at is None or end > self.reset_at + slack:
             self.reset_at, self.remaining = end, left  # a window newer than the one we knew
         elif end >= self.reset_at - slack:
             # The same window; answers can arrive out of order, the lowest count is the latest.

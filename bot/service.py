@@ -13,7 +13,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from bot.admission import Admission, ChainRequest, Gate, shared_refusal
+from bot.admission import RATE_WINDOW, Admission, ChainRequest, Gate, shared_refusal
 from bot.config import Settings
 from bot.delivery import Deliveries, owed_of
 from bot.engine import Engine
@@ -50,6 +50,7 @@ from bot.recovery import HandleLog, settle_leftovers, settled
 from bot.store import (
     ChainRecord,
     Claim,
+    Hold,
     StepRecord,
     Store,
     StoreFailed,
@@ -69,6 +70,8 @@ __all__ = ["Admission", "ChainHandle", "ChainRequest", "Ponder", "Refused", "Sto
 LAST_WORDS = 5.0  # seconds stopped chains get, on close, to write their last state
 RECOVERY_WAIT = 30.0  # at most this long a follow-up waits for a platform's recovery to start
 PRUNE_EVERY = 3600.0  # seconds between two prunes of what PONDER_RETENTION_DAYS lets go
+# Seconds admission waits for a shared store's count: within Discord's 3 s to answer.
+SHARED_ADMISSION_WAIT = 2.0
 
 StopResult = Literal["stopping", "finished", "not_allowed"]
 SurfaceFor = Callable[[ChainRecord], Awaitable[Surface | None]]
@@ -85,7 +88,7 @@ class Ponder:
         self.engine = Engine(self.llm, settings)
         self.store = store or open_store(settings)
         # This process, as a shared store names the holder of a chain's lease.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = _process_name()
         self._recovering: set[str] = set()  # platforms whose periodic recovery pass runs
         self.memory = Memory(self.store)
         self.running: dict[str, ChainHandle] = {}
@@ -93,7 +96,7 @@ class Ponder:
         self.pending: dict[str, Admission] = {}  # admitted, not started yet (thread opening)
         self._claimed: dict[str, asyncio.Event] = {}  # per platform: resumed chains held
         self.health = ModelHealth(self.llm, settings)
-        self.deliveries = Deliveries(self.store, settings.delivery_hours)
+        self.deliveries = Deliveries(self.store, settings.delivery_hours, self._lease)
         self.housekeeping = Tasks("housekeeping")
         self._metrics: web.AppRunner | None = None
 
@@ -175,9 +178,16 @@ class Ponder:
         """Why this question would not be taken now, or None."""
         return self.gate.refusal(request, detect_language(request.question.text))
 
+    async def enter(self, request: ChainRequest) -> Admission:
+        """`admit`, counted over every process when the store is shared: what every front
+        door awaits before it answers, so a refusal is shown the same way whichever process
+        found it."""
+        return await self._held(self.admit(request))
+
     def admit(self, request: ChainRequest) -> Admission:
         """Count the question against its asker's limits (and hold its thread) now, or raise
-        `Refused` with the reason to show, in the asker's language."""
+        `Refused` with the reason to show, in the asker's language. (This process's counts;
+        `enter` adds every process's.)"""
         language = detect_language(request.question.text)
         try:
             admission = self.gate.admit(request, language)
@@ -211,12 +221,35 @@ class Ponder:
         asker = await self.store.thread_asker(request.platform, request.thread)
         if asker is None or asker != request.asker:
             return None
-        if self.store.shared and not self.gate.busy(request.platform, request.thread) and \
-                await self.store.running_elsewhere(request.platform, request.thread, self.owner):
-            language = detect_language(request.question.text)
+        # A chain in this thread run by another process is found by the shared count.
+        return await self._held(self.admit(request))
+
+    async def _held(self, admission: Admission) -> Admission:
+        """A shared store: the admission counted over every process (`Store.hold`, one round
+        trip), or withdrawn and refused as the Gate would have. A store that does not answer
+        in time lets it through: the chain's start counts again, and a store that refuses
+        writes ends the chain saying so."""
+        if not self.store.shared:
+            return admission
+        request = admission.request
+        try:
+            async with asyncio.timeout(SHARED_ADMISSION_WAIT):
+                await self.store.hold(Hold(
+                    request.question.id, request.platform, request.asker, request.thread,
+                    self.owner, self.settings.lease_seconds, self.settings.user_concurrency,
+                    self.settings.user_rate_per_minute, RATE_WINDOW))
+        except Taken as taken:
+            admission.withdraw()
+            self.pending.pop(request.question.id, None)
             REFUSED.labels(request.platform).inc()
-            raise Refused(say("busy", language))  # its chain runs in another process
-        return self.admit(request)
+            log.info("refused a question from %s: %s", request.asker, taken)
+            raise Refused(shared_refusal(taken, admission.language)) from None
+        except (StoreFailed, TimeoutError) as exc:
+            log.warning("could not count a question over every process (%s); the chain's "
+                        "start counts it", exc or "timed out")
+        else:
+            admission.held = True
+        return admission
 
     def submit(self, request: ChainRequest, surface: Surface,
                admission: Admission | None = None) -> ChainHandle:
@@ -228,8 +261,7 @@ class Ponder:
         if admission is None or not admission.open:
             admission = self.admit(request)
         elif not self.accepting:
-            admission.release()
-            self.pending.pop(request.question.id, None)
+            self.release(admission)
             raise Refused(say("not_accepting", admission.language))
         admission.hold_thread(request.thread)
         self.pending.pop(request.question.id, None)
@@ -242,8 +274,18 @@ class Ponder:
     def release(self, admission: Admission) -> None:
         """Give an admission's slot and thread back when its chain will never start (its
         thread could not be opened); a no-op once the chain has started."""
+        if admission.open and admission.held:
+            admission.held = False
+            self.housekeeping.spawn(self._unhold(admission.request.question.id),
+                                    name=f"unhold-{admission.request.question.id}")
         admission.release()
         self.pending.pop(admission.request.question.id, None)
+
+    async def _unhold(self, chain_id: str) -> None:
+        try:
+            await self.store.unhold(chain_id)
+        except StoreFailed:
+            pass  # the store has said why; the hold ends with its lease
 
     def stop(self, chain_id: str, user: str, *, may_manage: bool = False) -> StopResult:
         """The Stop button: the asker, or someone who may manage the place, stops a chain."""
@@ -282,20 +324,54 @@ class Ponder:
             log.info("chain %s: stopped from another process", chain_id)
             handle.cancel(by="user")
 
+    def _lease(self) -> tuple[str, float] | None:
+        """What this process holds a shared store's rows by: its name and the lease."""
+        return (self.owner, self.settings.lease_seconds) if self.store.shared else None
+
     async def _keep_leases(self) -> None:
         """A shared store: keep the leases of the chains this process runs (a process that
         dies loses them, and another one resumes its chains), and catch any Stop whose
-        notice did not arrive."""
-        every = self.settings.lease_seconds / 3
+        notice did not arrive. Renewals that fail until the lease has run out mean another
+        process may resume those chains now: this one stops writing them (`_lease_lapsed`)."""
+        lease = self.settings.lease_seconds
+        renewed = time.monotonic()  # the leases run at least until `renewed + lease`
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(max(0.0, min(lease / 3, renewed + lease - time.monotonic())))
+            sent = time.monotonic()
             try:
-                for chain_id in await self.store.renew(self.owner, self.settings.lease_seconds):
-                    self._stop_heard(chain_id)
-            except StoreFailed:
-                pass  # the store has said why; the next round tries again
+                # Not past the lease: a store that stalls must not hold this beyond it.
+                async with asyncio.timeout(max(0.001, renewed + lease - sent)):
+                    stops = await self.store.renew(self.owner, lease)
+            except (StoreFailed, TimeoutError):
+                pass  # the store has said why (or not answered); the next round tries again
             except Exception:
                 log.exception("could not renew this process's chains")
+            else:
+                renewed = sent
+                for chain_id in stops:
+                    self._stop_heard(chain_id)
+                continue
+            if time.monotonic() >= renewed + lease:
+                await self._lease_lapsed()
+                renewed = time.monotonic()  # the new name's leases start now
+
+    async def _lease_lapsed(self) -> None:
+        """This process's leases ran out unrenewed: another process may claim its chains and
+        owed deliveries now, so it stops writing them at once — cut off quietly, as a crash
+        would (no "stopped": the new owner continues the chain), and left "running" in the
+        store — and takes a new name, so that none of its old rows is renewed again."""
+        chains = list(self.running.values())
+        log.error("could not renew this process's leases for %g s (PONDER_LEASE_SECONDS): "
+                  "its %d chain(s) are stopped here for another process to resume",
+                  self.settings.lease_seconds, len(chains))
+        self.owner = _process_name()
+        for handle in chains:
+            if not handle.done():
+                handle.stopped_by = "lease"  # not a Stop: nothing of it is marked over
+                handle.task.cancel()
+        await self.deliveries.stop()
+        if chains:
+            await asyncio.wait([h.task for h in chains], timeout=LAST_WORDS)
 
     async def language_of(self, chain_id: str) -> Language:
         """The language a chain speaks: running, about to run, or long over (the store)."""
@@ -475,8 +551,9 @@ class Ponder:
                         await self.store.finish_chain(chain_id, "answered", answer=text,
                                                       total_seconds=total)
                     case ChainFailed(reason="cancelled", total_seconds=total) if (
-                            handle is not None and handle.stopped_by == "shutdown"):
-                        # Left "running" in the store on purpose: the next start resumes it.
+                            handle is not None and handle.stopped_by in ("shutdown", "lease")):
+                        # Left "running" in the store on purpose: the next start (or the
+                        # process that takes its lease over) resumes it.
                         event = ChainFailed("interrupted", say("restarting", language), total)
                     case ChainFailed(reason=reason, message=message, total_seconds=total):
                         CHAINS_FINISHED.labels(platform, reason).inc()
@@ -580,7 +657,7 @@ class Ponder:
             except Exception:
                 log.exception("chain %s: could not tidy its earlier messages", record.id)
             ready.append((record, surface, steps))
-        if first:
+        if first or self.store.shared:  # a process that died later may owe some too
             await self._deliver_owed(platform, surface_for)
         handles = []
         for record, surface, steps in ready:
@@ -595,9 +672,12 @@ class Ponder:
         return handles
 
     async def _deliver_owed(self, platform: str, surface_for: SurfaceFor) -> None:
-        """Final texts an earlier process could not deliver: delivered by this one."""
-        for record in await self.store.chains_owing():
-            if record.platform != platform or self.deliveries.owing(record.id):
+        """Final texts an earlier process could not deliver: delivered by this one (each
+        chain's by one process, on a shared store: those whose lease it claims)."""
+        records = await self.store.claim_owed(platform, self.owner, self.settings.lease_seconds,
+                                              skip=frozenset(self.deliveries.owing_now()))
+        for record in records:
+            if self.deliveries.owing(record.id):
                 continue
             surface = await _reach(surface_for, record)
             if surface is None:
@@ -605,6 +685,12 @@ class Ponder:
             await self.deliveries.owe(record.id, platform, surface, owed_of(record.owed),
                                       record.language,
                                       since=record.finished_at or record.started_at)
+
+
+def _process_name() -> str:
+    """A name for this process (and, after its leases lapsed, its next one) in a shared
+    store's leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 async def _reach(surface_for: Callable[[ChainRecord], Awaitable[Surface | None]],

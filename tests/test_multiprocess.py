@@ -3,15 +3,19 @@
 Real `python -m bot slack --http` processes (as production runs them) against one fake Slack
 and one real PostgreSQL (`tests/pg.py`; these tests are marked `pg`): an event delivered to
 both starts one chain; a process killed with SIGKILL mid-chain has its chain resumed, once, by
-the other; an asker's limit counts both. Stop and follow-ups are the service's (Slack has no
-Stop button): two services on one database, as two processes would be. Leases are scaled
-down (1 s). On Discord the processes split the gateway's shards (`DISCORD_SHARD_COUNT`/`_IDS`).
+the other; an asker's limit counts both, and its refusal is shown to the asker alone. Stop,
+follow-ups, the rate limit, owed deliveries and lapsed leases are the service's: two services
+on one database, as two processes would be. Leases are scaled down (1 s). On Discord the
+processes split the gateway's shards (`DISCORD_SHARD_COUNT`/`_IDS`), and a chain taken over
+from a process that died has its opening message brought up to date.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,8 +29,11 @@ from bot.errors import Refused
 from bot.events import Question
 from bot.llm import LLMClient
 from bot.service import ChainRequest, Ponder
+from bot.store import ChainRecord, StoreFailed
+from bot.surface import Owed
+from bot.wording import say
 from tests.conftest import make_settings, until
-from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.discord_server import FakeDiscord, scaled_rate_limits
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack, Message
 from tests.slack_harness import CHANNEL, envelope, sign
@@ -34,6 +41,7 @@ from tests.surfaces import RecordingSurface
 from tests.test_faults import SlackProcess, eventually, half_written
 
 LEASE = {"PONDER_LEASE_SECONDS": "1", "PONDER_RECOVERY_INTERVAL": "0.3"}
+SUMMARY_LINE = "Thought for"
 
 
 @pytest.fixture
@@ -153,9 +161,12 @@ async def test_an_askers_limit_counts_the_chains_of_every_process(
                 await asyncio.sleep(0.05)
             second, body = mention(slack, "And 18 times 24?")
             await deliver(b, body)  # the same asker, through the other process
-            refused = await eventually(lambda: [t for t in thread_texts(slack, second)
-                                                if t.startswith("🙅")], 10, "the refusal")
-            assert "1 question being answered" in refused[0]
+            # Shown to the asker alone, as any refusal is: nothing public in the thread.
+            refused = await eventually(lambda: slack.ephemerals_to("UASKER"), 10,
+                                       "the refusal", explain=lambda: b.log_tail())
+            assert "1 question being answered" in refused[0].text
+            assert refused[0].text.startswith("🙅")
+            assert not [t for t in thread_texts(slack, second) if t.startswith("🙅")]
             assert (await rows(pg_url, "SELECT count(*) FROM chains"))[0][0] == 1
             await eventually(lambda: any("Thought for" in t
                                          for t in thread_texts(slack, first)), 20, "answer 1")
@@ -217,3 +228,148 @@ async def test_a_discord_process_connects_only_the_shards_it_is_given(
             assert "Thought for" in await h.finished(interaction)
         finally:
             await stop(h)
+
+
+@contextlib.asynccontextmanager
+async def services(llm: FakeOpenAI, url: str, n: int = 2,
+                   **overrides: Any) -> AsyncIterator[list[Ponder]]:
+    """`n` services on one database, as `n` processes would be."""
+    values: dict[str, Any] = {"lease_seconds": 1.0, "recovery_interval": 0.3,
+                              "min_steps": 4, "max_steps": 4}
+    values.update(overrides)
+    made: list[Ponder] = []
+    try:
+        for _ in range(n):
+            settings = make_settings(llm.base_url, db=url, **values)
+            ponder = Ponder(settings, llm=LLMClient(settings, retry_base_delay=0.01))
+            await ponder.start()
+            made.append(ponder)
+        yield made
+    finally:
+        for ponder in made:
+            await ponder.close()
+
+
+@pytest.mark.pg
+async def test_an_askers_rate_counts_the_questions_of_every_process(
+        fake_llm: FakeOpenAI, pg_url: str) -> None:
+    async with services(fake_llm, pg_url, user_rate_per_minute=2,
+                        user_concurrency=5) as (a, b):
+        def ask(asker: str = "UASKER") -> ChainRequest:
+            return ChainRequest("slack", Question("What is 2+2?"), asker, "C1")
+
+        a.release(await a.enter(ask()))
+        b.release(await b.enter(ask()))  # the second this minute, through the other one
+        with pytest.raises(Refused) as refused:  # this process has seen one only
+            await a.enter(ask())
+        assert "faster than 2 a minute" in refused.value.message
+        assert not a.pending and a.gate.per_user == {}
+        assert len(a.gate.recent[("slack", "UASKER")]) == 1  # the refused one is not counted
+        a.release(await a.enter(ask("UOTHER")))  # others are not held back
+
+
+@pytest.mark.pg
+async def test_owed_texts_are_delivered_once_when_two_processes_start_together(
+        fake_llm: FakeOpenAI, pg_url: str) -> None:
+    async with services(fake_llm, pg_url) as (a, b):
+        owed = [Owed("answer", None, "The answer is 4.").as_json()]
+        await a.store.start_chain(ChainRecord(id="late", platform="slack", question="2+2?",
+                                              mode="chain", thread="C1:9.9", asker="U1"))
+        await a.store.finish_chain("late", "answered", answer="The answer is 4.")
+        await a.store.set_owed("late", owed)  # by a process that is gone
+
+        surfaces = {a.owner: RecordingSurface(post_delay=0.05),
+                    b.owner: RecordingSurface(post_delay=0.05)}
+
+        def surface_for(ponder: Ponder) -> Any:
+            async def reach(record: ChainRecord) -> RecordingSurface:
+                return surfaces[ponder.owner]
+            return reach
+
+        await asyncio.gather(a.recover("slack", surface_for(a)),
+                             b.recover("slack", surface_for(b)))
+        await until(lambda: any(s.shown for s in surfaces.values()), 10)
+        record = None
+        for _ in range(200):
+            record = await a.store.chain("late")
+            if record is not None and record.delivery == "done":
+                break
+            await asyncio.sleep(0.02)
+        assert record is not None and record.delivery == "done"
+        posts = [text for s in surfaces.values() for text in s.shown.values()]
+        assert len(posts) == 1 and posts[0].startswith("The answer is 4.")
+
+
+@pytest.mark.pg
+async def test_a_process_whose_leases_lapse_stops_writing_its_chains_quietly(
+        slow_llm: FakeOpenAI, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with services(slow_llm, pg_url) as (a, b):
+        surface = RecordingSurface()
+        handle = a.submit(ChainRequest("slack", Question("What is 17 times 23?"), "UASKER",
+                                       "C1", "C1:1.1"), surface)
+        await until(lambda: "Step 1" in surface.text(), 20)
+        gone = a.owner
+
+        async def refused(owner: str, seconds: float) -> list[str]:
+            raise StoreFailed("connection lost")  # a fault: the database is out of reach
+
+        a.store.renew = refused  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="bot.service"):
+            outcome = await asyncio.wait_for(handle.wait(), 10)
+        assert outcome.status == "resuming"  # cut off, to be resumed elsewhere
+        text = surface.text()
+        assert "Thought for" not in text and "⏹️" not in text
+        assert say("restarting", "en") not in text  # nothing said: the next owner goes on
+        assert "could not renew this process's leases" in caplog.text
+        assert a.owner != gone  # none of its old rows is renewed again
+        record = await b.store.chain(handle.chain_id)
+        assert record is not None and record.status == "running"
+        # The other process takes it over once the lease has run out.
+        taken_over = RecordingSurface()
+
+        async def reach(record: ChainRecord) -> RecordingSurface:
+            return taken_over
+
+        adopted = await b.recover("slack", reach, adopt=lambda h: adopted.append(h))
+        await until(lambda: adopted, 20)
+        assert [h.chain_id for h in adopted] == [handle.chain_id]
+        assert (await asyncio.wait_for(adopted[0].wait(), 20)).status == "answered"
+        assert "Thought for" in taken_over.text()
+
+
+@pytest.mark.pg
+async def test_a_discord_chain_taken_over_from_a_dead_process_updates_its_opening(
+        tmp_path: Path, slow_llm: FakeOpenAI, pg_url: str) -> None:
+    from tests.test_discord import start, stop
+
+    async with FakeDiscord(rate_limits=scaled_rate_limits(10)) as discord:
+        shared = {"db": pg_url, "lease_seconds": 1.0, "recovery_interval": 0.3,
+                  "min_steps": 4, "max_steps": 4}
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        a = await start(tmp_path / "a", discord, slow_llm, **shared)
+        b = None
+        alive = True
+        try:
+            interaction = await a.ask("What is 17 times 23?")
+            deadline = time.monotonic() + 20
+            while (await rows(pg_url, "SELECT count(*) FROM steps"))[0][0] < 1:
+                assert time.monotonic() < deadline, "no step stored"
+                await asyncio.sleep(0.05)
+            b = await start(tmp_path / "b", discord, slow_llm, **shared)
+            # The first process goes (a deploy): its chain stops where it is, left running in
+            # the store, and its lease is let go; the other one's next pass takes it over.
+            await a.ponder.drain(0)
+            alive = False
+            await stop(a)
+            content = await b.finished(interaction, 30, marks=("✅",))
+            assert SUMMARY_LINE in content
+            history = discord.message_history(interaction.original_id or 0)
+            # The dead process's last word, then the running line of the one that took over.
+            lapsed = next(i for i, h in enumerate(history) if "↻" in h)
+            assert any(say("running", "en").rstrip(" …") in h for h in history[lapsed:])
+        finally:
+            if alive:
+                await stop(a)
+            if b is not None:
+                await stop(b)

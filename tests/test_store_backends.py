@@ -19,6 +19,7 @@ from bot.events import Turn
 from bot.store import (
     ChainRecord,
     Claim,
+    Hold,
     PostgresStore,
     SqliteStore,
     StepRecord,
@@ -249,6 +250,18 @@ async def test_recovery_finds_the_chains_left_running(store: Store) -> None:
     assert [r.id for r in claimed] == ["a"]
 
 
+async def test_owed_texts_are_found_for_the_next_process(store: Store) -> None:
+    owed = [{"slot": "answer", "handle": None, "text": "late"}]
+    for chain_id, platform in (("a", "slack"), ("b", "slack"), ("c", "discord")):
+        await store.start_chain(chain(chain_id, platform=platform))
+        await store.finish_chain(chain_id, "answered", answer="x")
+        await store.set_owed(chain_id, owed)
+    await store.start_chain(chain("done"))
+    await store.finish_chain("done", "answered", answer="x")
+    claimed = await store.claim_owed("slack", "me", 30.0, skip=frozenset({"b"}))
+    assert [(r.id, r.owed) for r in claimed] == [("a", owed)]
+
+
 # --- what only a shared store does ----------------------------------------------------------
 
 
@@ -354,3 +367,74 @@ async def test_processes_starting_together_upgrade_the_schema_once(pg_url: str) 
     finally:
         for s in stores:
             await s.close()
+
+
+def hold(question: str, owner: str, *, asker: str = "U1", thread: str = "", limit: int = 2,
+         rate: int = 3) -> Hold:
+    return Hold(question, "slack", asker, thread, owner, 30.0, limit, rate, 60.0)
+
+
+@pytest.mark.pg
+async def test_admission_counts_every_processs_chains_and_questions(
+        two: tuple[Store, Store]) -> None:
+    first, second = two
+    await first.hold(hold("q1", "A", thread="C1:t1"))
+    await second.hold(hold("q2", "B"))
+    with pytest.raises(Taken) as over:  # two held, in two processes
+        await first.hold(hold("q3", "A"))
+    assert (over.value.what, over.value.running) == ("user", 2)
+    with pytest.raises(Taken) as busy:
+        await second.hold(hold("q4", "B", asker="U2", thread="C1:t1"))
+    assert busy.value.what == "thread"
+    # A held question becomes its chain, counted once; one given up frees its slot.
+    await first.start_chain(chain("q1", thread="C1:t1"), Claim("A", 30.0, 2))
+    await second.unhold("q2")
+    await first.hold(hold("q5", "A"))
+    await first.finish_chain("q1", "answered", answer="x")
+    await first.unhold("q5")
+    # Nothing runs or is held now, but three were asked within the minute (the refused
+    # ones not counted): the rate, over both processes.
+    with pytest.raises(Taken) as fast:
+        await second.hold(hold("q6", "B"))
+    assert (fast.value.what, fast.value.running, fast.value.limit) == ("rate", 3, 3)
+    assert 0 <= fast.value.age < 60
+    await second.hold(hold("q7", "B", asker="U2"))  # others are not held back
+
+
+@pytest.mark.pg
+async def test_admissions_at_once_in_two_processes_keep_the_limit(
+        two: tuple[Store, Store]) -> None:
+    first, second = two
+    results = await asyncio.gather(
+        *(store.hold(hold(f"q{n}", "A" if store is first else "B", rate=100))
+          for n, store in enumerate((first, second) * 4)), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["NoneType"] * 2 + ["Taken"] * 6
+    # A process that leaves lets go of what it held.
+    await first.release("A")
+    await second.release("B")
+    await first.hold(hold("again", "A"))
+
+
+@pytest.mark.pg
+async def test_owed_texts_are_delivered_by_one_process_at_a_time(
+        two: tuple[Store, Store]) -> None:
+    first, second = two
+    owed = [{"slot": "answer", "handle": None, "text": "late"}]
+    for chain_id in ("mine", "free"):
+        await first.start_chain(chain(chain_id), Claim("A", 30.0, 10))
+        await first.finish_chain(chain_id, "answered", answer="x")
+    await first.set_owed("mine", owed, owner="A", seconds=30.0)  # A delivers it
+    await first.set_owed("free", owed)  # owed by a process gone: free at once
+    await first.release("A")
+    await first.set_owed("mine", owed, owner="A", seconds=30.0)  # and A takes it again
+    a, b = await asyncio.gather(first.claim_owed("slack", "A2", 30.0),
+                                second.claim_owed("slack", "B", 30.0))
+    assert sorted(r.id for r in a + b) == ["free"]
+    await first.set_owed("free", [])  # delivered by whichever took it
+    assert await first.renew("A", 30.0) == []
+    assert await second.claim_owed("slack", "B", 30.0) == []
+    await first.release("A")  # leaving: another process takes over at once
+    assert [r.id for r in await second.claim_owed("slack", "B", 30.0)] == ["mine"]
+    await second.set_owed("mine", [], owner="B", seconds=30.0)  # delivered
+    await second.release("B")
+    assert await first.claim_owed("slack", "A", 30.0) == []

@@ -173,8 +173,9 @@ class DiscordBot:
             thread=str(channel.id) if isinstance(channel, discord.Thread) else "",
             workspace=str(interaction.guild_id or ""))
         try:
-            # Counted now: a second /reason while this one's thread opens is refused privately.
-            admission = self.ponder.admit(request)
+            # Counted now (over every process, with a shared store): a second /reason while
+            # this one's thread opens is refused privately.
+            admission = await self.ponder.enter(request)
         except Refused as exc:
             await rest(interaction.response.send_message(f"⚠️ {exc.message}", ephemeral=True))
             return
@@ -302,30 +303,37 @@ class DiscordBot:
     async def recover(self) -> None:
         """Resume the chains a previous process left running (the service does the resuming;
         this finds their opening messages again, from the anchor stored with each chain)."""
-        handles = await self.ponder.recover(PLATFORM, self._surface_for)
+        handles = await self.ponder.recover(PLATFORM, self._surface_for, adopt=self._adopt)
         for handle in handles:
-            anchor = handle.request.anchor
-            opening, where = Opening(""), None
-            try:
-                if anchor:
-                    channel_id = int(anchor["channel"])
-                    opening = Opening(str(anchor["text"]), message_id=int(anchor["message"]),
-                                      channel=self._messageable(channel_id),
-                                      limiter=self.limiters.get(channel_id))
-                    where = anchor.get("where")
-            except (KeyError, TypeError, ValueError):
-                # This chain still runs and answers in its thread; only its opening message
-                # stays as it was.
-                log.exception("chain %s: its opening message cannot be found again",
-                              handle.chain_id)
-            if opening.text:
-                await self._quietly(opening.show(text.running_line(where, handle.language),
-                                                 view=stop_view(handle.chain_id,
-                                                                handle.language)))
-            self.tasks.spawn(self._watch(handle, opening, where),
-                             name=f"discord-resumed-{handle.chain_id}")
+            self._adopt(handle)
         if handles:
             log.info("resumed %d chain(s) left running by the previous process", len(handles))
+
+    def _adopt(self, handle: ChainHandle) -> None:
+        """A resumed chain (at start, or later: one of another process that died)."""
+        self.tasks.spawn(self._resumed(handle), name=f"discord-resumed-{handle.chain_id}")
+
+    async def _resumed(self, handle: ChainHandle) -> None:
+        """Its opening message says it runs again (with its Stop button), then takes its
+        summary at the end, as the dead process's would have."""
+        anchor = handle.request.anchor
+        opening, where = Opening(""), None
+        try:
+            if anchor:
+                channel_id = int(anchor["channel"])
+                opening = Opening(str(anchor["text"]), message_id=int(anchor["message"]),
+                                  channel=self._messageable(channel_id),
+                                  limiter=self.limiters.get(channel_id))
+                where = anchor.get("where")
+        except (KeyError, TypeError, ValueError):
+            # This chain still runs and answers in its thread; only its opening message
+            # stays as it was.
+            log.exception("chain %s: its opening message cannot be found again",
+                          handle.chain_id)
+        if opening.text:
+            await self._quietly(opening.show(text.running_line(where, handle.language),
+                                             view=stop_view(handle.chain_id, handle.language)))
+        await self._watch(handle, opening, where)
 
     async def _surface_for(self, record: ChainRecord) -> DiscordSurface | None:
         if record.anchor.get("via") == VIA:

@@ -114,7 +114,7 @@ class LimiterRegistry:
             shared = self._named.get(channel_id)
             if shared is None:
                 shared = self._named[channel_id] = SharedWindow(Window(
-                    margin=self._margin, stale_after=self._stale_after))
+                    margin=self._margin, stale_after=self._stale_after, latest=True))
             return limiters.get(channel_id, self._maker(kind, shared))
         return limiters.get(channel_id)
 

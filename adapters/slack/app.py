@@ -462,7 +462,7 @@ class SlackBot:
                    message_ts: str, thread_ts: str, text: str, panel: bool = False) -> None:
         request = self._request(team, asker_team, channel, user, message_ts, thread_ts, text)
         try:
-            admission = self.ponder.admit(request)
+            admission = await self.ponder.enter(request)
         except Refused as refusal:
             await self._refuse(request, refusal)
             return

@@ -207,9 +207,12 @@ class Store(ABC):
 
     @abstractmethod
     async def set_owed(self, chain_id: str, owed: list[dict[str, Any]],
-                       delivery: str | None = None) -> None:
+                       delivery: str | None = None, *, owner: str = "",
+                       seconds: float = 0.0) -> None:
         """What of a chain the platform has still to take; `delivery` 'owed' while there is
-        any, 'done' once there is none, or 'expired' when it was given up on."""
+        any, 'done' once there is none, or 'expired' when it was given up on. With an `owner`
+        (a shared store): its delivery is held by that process for `seconds`, renewed with
+        its chains (`claim_owed` hands it to another one only once that lease ran out)."""
         ...
 
     @abstractmethod
@@ -295,7 +298,8 @@ class Store(ABC):
 
     @abstractmethod
     async def release(self, owner: str) -> None:
-        """`owner` is leaving: the chains it leaves running are free to resume at once."""
+        """`owner` is leaving: the chains it leaves running, and the deliveries it still owes,
+        are free for another process at once; its held questions are let go."""
         ...
 
     @abstractmethod

@@ -6,10 +6,15 @@ with the server's clock, the one clock every process shares.
 
 What makes the processes one bot, in the database rather than in any one of them:
 - `first_sight`: an event id is a primary key, inserted once (`ON CONFLICT DO NOTHING`);
-- `start_chain` with a `Claim`: under a per-asker and a per-thread advisory lock, the asker's
-  running chains (live leases, any process) and the thread's are counted before the insert;
+- `hold` (admission, before the front door answers): under the same per-asker and per-thread
+  advisory locks, the asker's running chains and held questions (live leases, any process), the
+  thread's, and the asker's questions within the rate window are counted, and the question
+  held (`admissions`) when within every limit; `start_chain` with a `Claim` counts again under
+  the same locks (one count, `ponder_busy`) and lets go of the question's hold as it inserts;
 - `claim_interrupted`: chains whose lease ran out, taken `FOR UPDATE SKIP LOCKED` so each goes
-  to exactly one process; `renew` keeps a running chain's lease, `release` gives it up;
+  to exactly one process; `claim_owed` the same for final texts still owed (`bot/delivery.py`),
+  whose lease is taken when they become owed; `renew` keeps the leases of a process's running
+  chains, held questions and owed deliveries, `release` gives them up;
 - `request_stop`: a flag on the chain and a NOTIFY on `ponder_stop`, which the process running
   it LISTENs to (`listen_stops`); `renew` also returns flagged chains, should a notice be lost.
 """
@@ -35,6 +40,7 @@ from bot.store.base import (
     ChainRecord,
     ChainTally,
     Claim,
+    Hold,
     Removed,
     StepRecord,
     Store,
@@ -57,6 +63,8 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 COMMAND_TIMEOUT = 15.0  # seconds any one query may take
 POOL_SIZE = 10  # connections per process: chains write a row at a time
 STOP_CHANNEL = "ponder_stop"
+# Seconds an admission row is kept (pruning): well past any rate window it counts in.
+ADMISSIONS_KEPT = 3600.0
 # pg_advisory_xact_lock(key1, key2) namespace of schema upgrades (7202 and 7203, an asker's
 # and a thread's, are taken in `ponder_start_chain`, bot/store/migrations.py).
 LOCK_SCHEMA = 7201
@@ -225,11 +233,20 @@ class PostgresStore(Store):
             "UPDATE chains SET handles=$1 WHERE id=$2", json.dumps(handles), chain_id))
 
     async def set_owed(self, chain_id: str, owed: list[dict[str, Any]],
-                       delivery: str | None = None) -> None:
+                       delivery: str | None = None, *, owner: str = "",
+                       seconds: float = 0.0) -> None:
         state = delivery or ("owed" if owed else "done")
+        if not owner:
+            await self._write(lambda conn: conn.execute(
+                "UPDATE chains SET owed=$1, delivery=$2 WHERE id=$3",
+                json.dumps(owed, ensure_ascii=False), state, chain_id))
+            return
+        # Taken in the same statement that makes them owed: no moment in which another
+        # process could find them owed and unheld.
         await self._write(lambda conn: conn.execute(
-            "UPDATE chains SET owed=$1, delivery=$2 WHERE id=$3",
-            json.dumps(owed, ensure_ascii=False), state, chain_id))
+            f"UPDATE chains SET owed=$1, delivery=$2, lease_owner=$4, lease_until={NOW} + $5"
+            " WHERE id=$3", json.dumps(owed, ensure_ascii=False), state, chain_id, owner,
+            seconds))
 
     async def chains_owing(self) -> list[ChainRecord]:
         return await self._select("WHERE delivery = 'owed' ORDER BY started_at")
@@ -309,17 +326,54 @@ class PostgresStore(Store):
             f" RETURNING {CHAIN_COLUMNS}", owner, seconds, platform, skipped))
         return sorted((record_of(row) for row in rows), key=lambda r: r.started_at)
 
-    async def renew(self, owner: str, seconds: float) -> list[str]:
+    async def hold(self, hold: Hold) -> None:
+        row = await self._write(lambda conn: conn.fetchrow(
+            "SELECT asker_running, thread_running, recent, oldest_age, added FROM"
+            " ponder_admit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            hold.id, hold.platform, hold.asker, hold.thread, hold.owner, hold.seconds,
+            hold.user_limit, hold.rate, hold.window))
+        running, thread, recent, age, added = row
+        if added:
+            return
+        if thread:
+            raise Taken("thread")
+        if running >= hold.user_limit:
+            raise Taken("user", int(running))
+        raise Taken("rate", int(recent), limit=hold.rate, age=float(age))
+
+    async def unhold(self, chain_id: str) -> None:
+        await self._write(lambda conn: conn.execute(
+            "UPDATE admissions SET held = FALSE WHERE id = $1", chain_id))
+
+    async def claim_owed(self, platform: str, owner: str, seconds: float,
+                         skip: frozenset[str] = frozenset()) -> list[ChainRecord]:
         rows = await self._write(lambda conn: conn.fetch(
-            f"UPDATE chains SET lease_until = {NOW} + $2"
+            f"UPDATE chains SET lease_owner = $1, lease_until = {NOW} + $2"
+            " WHERE id IN (SELECT id FROM chains WHERE delivery = 'owed' AND platform = $3"
+            f" AND status <> 'running' AND lease_until < {NOW}"
+            " AND NOT (id = ANY($4::text[])) FOR UPDATE SKIP LOCKED)"
+            f" AND delivery = 'owed' AND lease_until < {NOW}"
+            f" RETURNING {CHAIN_COLUMNS}", owner, seconds, platform, sorted(skip)))
+        return sorted((record_of(row) for row in rows), key=lambda r: r.started_at)
+
+    async def renew(self, owner: str, seconds: float) -> list[str]:
+        # One round trip for all three: held questions, owed deliveries, running chains.
+        rows = await self._write(lambda conn: conn.fetch(
+            f"WITH held AS (UPDATE admissions SET lease_until = {NOW} + $2"
+            " WHERE lease_owner = $1 AND held),"
+            f" owed AS (UPDATE chains SET lease_until = {NOW} + $2 WHERE lease_owner = $1"
+            " AND status <> 'running' AND delivery = 'owed')"
+            f" UPDATE chains SET lease_until = {NOW} + $2"
             " WHERE lease_owner = $1 AND status = 'running' RETURNING id, stop_requested",
             owner, seconds))
         return [row[0] for row in rows if row[1]]
 
     async def release(self, owner: str) -> None:
         await self._write(lambda conn: conn.execute(
-            "UPDATE chains SET lease_until = 0 WHERE lease_owner = $1 AND status = 'running'",
-            owner))
+            "WITH held AS (UPDATE admissions SET held = FALSE"
+            " WHERE lease_owner = $1 AND held)"
+            " UPDATE chains SET lease_until = 0 WHERE lease_owner = $1"
+            " AND (status = 'running' OR delivery = 'owed')", owner))
 
     async def running_elsewhere(self, platform: str, thread: str, owner: str) -> str | None:
         if not thread:
@@ -469,6 +523,10 @@ class PostgresStore(Store):
             chains, steps = await self._remove(conn, ids)
             events = _count(await conn.execute("DELETE FROM seen_events WHERE seen_at < $1",
                                                cutoff))
+            # Admissions of askers who have not come back since their rate window passed.
+            await conn.execute(
+                f"DELETE FROM admissions WHERE admitted_at < {NOW} - $1"
+                f" AND (NOT held OR lease_until < {NOW})", ADMISSIONS_KEPT)
         return Removed(chains=chains, steps=steps, events=events)
 
     async def forget(self, asker: str, platform: str | None = None, *,

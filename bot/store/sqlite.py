@@ -31,6 +31,7 @@ from bot.store.base import (
     ChainRecord,
     ChainTally,
     Claim,
+    Hold,
     Removed,
     StepRecord,
     Store,
@@ -198,9 +199,11 @@ class SqliteStore(Store):
                          (json.dumps(handles), chain_id))
 
     async def set_owed(self, chain_id: str, owed: list[dict[str, Any]],
-                       delivery: str | None = None) -> None:
+                       delivery: str | None = None, *, owner: str = "",
+                       seconds: float = 0.0) -> None:
         """What of a chain the platform has still to take; `delivery` 'owed' while there is
-        any, 'done' once there is none, or 'expired' when it was given up on."""
+        any, 'done' once there is none, or 'expired' when it was given up on. (No lease: one
+        process delivers all.)"""
         state = delivery or ("owed" if owed else "done")
         await self._write(self._conn.execute, "UPDATE chains SET owed=?, delivery=? WHERE id=?",
                          (json.dumps(owed, ensure_ascii=False), state, chain_id))
@@ -298,6 +301,19 @@ class SqliteStore(Store):
                                 skip: frozenset[str] = frozenset()) -> list[ChainRecord]:
         # The only process: every running chain it is not running was left by a dead one.
         return [r for r in await self.chains_with_status("running")
+                if r.platform == platform and r.id not in skip]
+
+    async def hold(self, hold: Hold) -> None:
+        return None  # the one process's `Gate` has counted every chain and question already
+
+    async def unhold(self, chain_id: str) -> None:
+        return None
+
+    async def claim_owed(self, platform: str, owner: str, seconds: float,
+                         skip: frozenset[str] = frozenset()) -> list[ChainRecord]:
+        # The only process: whatever is owed and not being delivered here was left by a
+        # dead one.
+        return [r for r in await self.chains_owing()
                 if r.platform == platform and r.id not in skip]
 
     async def renew(self, owner: str, seconds: float) -> list[str]:
