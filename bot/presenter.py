@@ -591,8 +591,10 @@ class ThreadPresenter:
         slot.set_final(final if exact else slot.final or final)
         if slot.handle is None:
             return  # its post takes whatever it should show by then
-        if not slot.final:
-            self._claim(slot)  # shown unfinished: its final text will come
+        if not slot.final or "stop" in slot.drawn:
+            # Shown unfinished (its final text will come), or carrying Stop (taken off with the
+            # chain's last word): the room for that edit is held, not spent on interim edits.
+            self._claim(slot)
         elif not self._stale(slot):
             self._release(slot)
         if self._stale(slot) and (slot.writer is None or slot.writer.done()):
@@ -625,7 +627,7 @@ class ThreadPresenter:
                 continue
             slot.written = text
             slot.last_write = time.monotonic()
-            if slot.final and not self._stale(slot):
+            if slot.final and not self._stale(slot) and "stop" not in slot.drawn:
                 self._release(slot)
 
     def _claim(self, slot: _Slot) -> None:

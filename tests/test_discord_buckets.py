@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from adapters.discord.surface import GLOBAL_BURST, GLOBAL_RATE, LimiterRegistry
-from bot.ratelimit import LimiterMap, RateLimiter, WindowLimiter
+from bot.ratelimit import LimiterMap, RateLimiter, SharedWindow, Window, WindowLimiter
 from tests.conftest import until
 from tests.fakes.discord_server import (
     DEFAULT_GLOBAL_LIMIT,
@@ -198,6 +198,23 @@ async def test_urgent_writes_go_first_and_interim_ones_leave_them_room() -> None
     waiters[0].cancel()
 
 
+async def test_limiters_that_share_a_window_both_fit_it_and_both_feed_it() -> None:
+    # Posts and edits of one channel: counted apart by Discord, as one by discord.py.
+    shared = SharedWindow(Window(margin=0.0, latest=True))
+    posts = WindowLimiter(margin=0.0, also=(shared,))
+    edits = WindowLimiter(margin=0.0, also=(shared,))
+    assert await granted(posts)
+    assert not await granted(edits)  # the shared count knows nothing yet: one at a time
+    posts.answered(5, 4, 1.0)
+    assert await granted(edits)
+    edits.answered(5, 1, 1.0)  # the edits' own window nearly spent: the shared count too
+    assert await granted(posts)
+    assert not await granted(posts)  # room in the posts' window, none in the shared count
+    posts.answered(5, 3, 1.0)  # whichever answered last is what the shared count believes
+    assert await granted(posts) and await granted(edits)
+    assert not await granted(edits)  # its own window is spent
+
+
 async def test_a_grant_that_never_got_an_answer_stops_counting() -> None:
     limiter = WindowLimiter(margin=0.0, stale_after=0.2)
     assert await granted(limiter)  # its request is lost: no answer, no failure seen
@@ -238,10 +255,11 @@ def test_limiters_of_idle_channels_are_dropped_the_map_stays_bounded() -> None:
 
 async def many_at_once(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI,
                        chains: int) -> None:
-    """`chains` askers, each with a thread of their own, ask at once: every answer lands,
-    with no 429 and no write held back inside discord.py."""
+    """`chains` askers ask at once: every answer lands, with no 429 and no write held back
+    inside discord.py (where threads may be opened, each in a thread of its own)."""
     llm.chunk_delay = 0.004  # steps stream, so there are edits as well as posts
     askers = [discord.add_user(f"asker{n}") for n in range(chains)]
+    threads = discord.text_channel_id not in discord.deny_threads
     h = await start(tmp_path, discord, llm)
     assert h.bot is not None
     # The bot-wide limit four times Discord's, as the fake's (`GLOBAL`): the windows of each
@@ -253,8 +271,10 @@ async def many_at_once(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenAI,
                                            for n, user in enumerate(askers)))
             for interaction in asked:
                 assert (await h.finished(interaction, 60)).rsplit("\n", 1)[-1].startswith("✅")
-                assert h.texts(h.thread_of(interaction))[-1].startswith("**Answer**")
-        assert len(discord.threads()) == chains
+        answers = [t for t in h.texts(discord.text_channel_id) if t.startswith("**Answer**")]
+        for interaction in asked if threads else []:
+            answers += h.texts(h.thread_of(interaction))[-1:]
+        assert len(answers) == chains and len(discord.threads()) == (chains if threads else 0)
         assert [(r.method, r.route, r.scope) for r in discord.requests if r.status == 429] == []
         assert holds.count == 0
     finally:
@@ -269,12 +289,16 @@ async def test_twenty_chains_at_once_meet_no_429_and_nothing_held_back(
         await many_at_once(tmp_path, discord, fake_llm, 20)
 
 
-async def test_chains_at_once_where_posts_and_edits_share_one_count(
-        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
-    # Discord's documentation read literally: one bucket name, one count.
+@pytest.mark.parametrize("counted", ["apart", "together"])
+async def test_chains_answering_in_one_channel_meet_no_429_and_nothing_held_back(
+        tmp_path: Path, fake_llm: FakeOpenAI, counted: str) -> None:
+    # No threads here: ten chains post and edit in one channel at once. Its posts and edits
+    # counted apart, as Discord does, or together, as its documentation reads.
     async with FakeDiscord(rate_limits=scaled_rate_limits(20), global_limit=GLOBAL,
-                           shared_buckets={EDIT: POST}) as discord:
-        await many_at_once(tmp_path, discord, fake_llm, 4)
+                           shared_buckets={EDIT: POST} if counted == "together" else None,
+                           ) as discord:
+        discord.deny_threads.add(discord.text_channel_id)
+        await many_at_once(tmp_path, discord, fake_llm, 10)
 
 
 # --- one chain per thread, from the moment the thread exists -------------------------------
