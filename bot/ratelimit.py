@@ -169,7 +169,8 @@ class Window:
     flight (granted, not yet answered: the platform may not have counted it yet), and more
     only once the window is over. Until the first answer says anything, `first` at a time.
     `spare` of each window is never handed out; requests that are not urgent also leave
-    `urgent_share` of it to those that are. `latest`: see below.
+    `urgent_share` of it to those that are. With `latest`, each answer replaces what was
+    known, however it compares (how a client library may keep one count for two windows).
     """
 
     def __init__(self, *, first: int = 1, spare: int = 0, urgent_share: float = 0.0,
@@ -244,7 +245,7 @@ class Window:
     def wait(self, now: float) -> float:
         """How long until this window may change by itself (its end, a stale grant)."""
         waits = [self._stale_after]
-        if self.reset_at is not None:
+        if self.reset_at is not None and self.reset_at > now:
             waits.append(self.reset_at - now)
         if self._in_flight:
             waits.append(self._in_flight[0] + self._stale_after - now)
@@ -336,7 +337,8 @@ class WindowLimiter(RateLimiter):
         if now < self._paused_until:
             return False
         windows = (self.window, *(shared.window for shared in self._also))
-        if not all(window.allows(now, urgent) for window in windows):
+        # Each looked at (no short cut): a window whose end has passed starts the next.
+        if not all([window.allows(now, urgent) for window in windows]):
             return False
         for window in windows:
             window.take(now)

@@ -229,7 +229,7 @@ class Ponder:
         trip), or withdrawn and refused as the Gate would have. A store that does not answer
         in time lets it through: the chain's start counts again, and a store that refuses
         writes ends the chain saying so."""
-        if not self.store.shared or True:
+        if not self.store.shared:
             return admission
         request = admission.request
         try:
@@ -286,6 +286,9 @@ class Ponder:
             await self.store.unhold(chain_id)
         except StoreFailed:
             pass  # the store has said why; the hold ends with its lease
+        except Exception as exc:  # the store closing on shutdown: `release` lets go of all
+            log.info("could not let go of question %s (%s); its hold ends with its lease",
+                     chain_id, exc)
 
     def stop(self, chain_id: str, user: str, *, may_manage: bool = False) -> StopResult:
         """The Stop button: the asker, or someone who may manage the place, stops a chain."""
@@ -360,15 +363,17 @@ class Ponder:
         owed deliveries now, so it stops writing them at once — cut off quietly, as a crash
         would (no "stopped": the new owner continues the chain), and left "running" in the
         store — and takes a new name, so that none of its old rows is renewed again."""
-        chains = list(self.running.values())
-        log.error("could not renew this process's leases for %g s (PONDER_LEASE_SECONDS): "
-                  "its %d chain(s) are stopped here for another process to resume",
-                  self.settings.lease_seconds, len(chains))
+        chains = [h for h in self.running.values() if not h.done()]
         self.owner = _process_name()
+        if not chains and not self.deliveries.owing_now():
+            return  # nothing written here that another process could take over
+        log.error("could not renew this process's leases for %g s (PONDER_LEASE_SECONDS): "
+                  "its %d chain(s) and %d owed delivery(ies) are stopped here for another "
+                  "process to take over", self.settings.lease_seconds, len(chains),
+                  len(self.deliveries.owing_now()))
         for handle in chains:
-            if not handle.done():
-                handle.stopped_by = "lease"  # not a Stop: nothing of it is marked over
-                handle.task.cancel()
+            handle.stopped_by = "lease"  # not a Stop: nothing of it is marked over
+            handle.task.cancel()
         await self.deliveries.stop()
         if chains:
             await asyncio.wait([h.task for h in chains], timeout=LAST_WORDS)

@@ -301,8 +301,10 @@ async def test_owed_texts_are_delivered_once_when_two_processes_start_together(
 
 
 @pytest.mark.pg
+@pytest.mark.parametrize("fault", ["refused", "stalled"])
 async def test_a_process_whose_leases_lapse_stops_writing_its_chains_quietly(
-        slow_llm: FakeOpenAI, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+        slow_llm: FakeOpenAI, pg_url: str, caplog: pytest.LogCaptureFixture,
+        fault: str) -> None:
     async with services(slow_llm, pg_url) as (a, b):
         surface = RecordingSurface()
         handle = a.submit(ChainRequest("slack", Question("What is 17 times 23?"), "UASKER",
@@ -310,10 +312,14 @@ async def test_a_process_whose_leases_lapse_stops_writing_its_chains_quietly(
         await until(lambda: "Step 1" in surface.text(), 20)
         gone = a.owner
 
-        async def refused(owner: str, seconds: float) -> list[str]:
-            raise StoreFailed("connection lost")  # a fault: the database is out of reach
+        async def renew(owner: str, seconds: float) -> list[str]:
+            # A fault: the database out of reach, or one that stops answering.
+            if fault == "refused":
+                raise StoreFailed("connection lost")
+            await asyncio.Event().wait()
+            return []
 
-        a.store.renew = refused  # type: ignore[method-assign]
+        a.store.renew = renew  # type: ignore[method-assign]
         with caplog.at_level(logging.ERROR, logger="bot.service"):
             outcome = await asyncio.wait_for(handle.wait(), 10)
         assert outcome.status == "resuming"  # cut off, to be resumed elsewhere

@@ -375,7 +375,7 @@ def hold(question: str, owner: str, *, asker: str = "U1", thread: str = "", limi
 
 
 @pytest.mark.pg
-async def test_admission_counts_every_processs_chains_and_questions(
+async def test_admission_counts_every_process(
         two: tuple[Store, Store]) -> None:
     first, second = two
     await first.hold(hold("q1", "A", thread="C1:t1"))
