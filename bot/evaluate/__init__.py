@@ -20,7 +20,7 @@ _DEFAULT_VOTES = 5
 def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add `eval` to the `ponder` command line."""
     ev = subparsers.add_parser(
-        "eval", help="measure accuracy: direct answers, chains and votes, with 95% intervals")
+        "eval", help="measure accuracy: direct answers, chains and votes, with 95%% intervals")
     ev.add_argument("--set", default="builtin", metavar="builtin|PATH.jsonl",
                     help="the built-in generated set (default), or a JSONL file of "
                          '{"question", "answer", "kind"} lines')
