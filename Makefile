@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-exits lint bench venv clean
+.PHONY: run test test-exits test-processes lint bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,18 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
-# SIGTERM while the platform goes away, as real processes, several rounds a case (minutes:
-# kept out of `make test`; CI runs both).
+# Real processes signalled, killed and restarted: SIGTERM while the platform goes away (several
+# rounds a case), kill -9 mid-chain and the restart that resumes it, `ponder model serve` and its
+# child. Minutes of CPU, so kept out of `make test`; CI runs both.
 EXIT_ROUNDS ?= 5
 test-exits: $(STAMP)
-	PONDER_EXIT_ROUNDS=$(EXIT_ROUNDS) $(VENV)/bin/pytest -q -m exits tests/test_clean_exits.py
+	PONDER_EXIT_ROUNDS=$(EXIT_ROUNDS) $(VENV)/bin/pytest -q -m exits
+
+# The `ponder` command end to end as a real process (exit codes, what it prints, start-up
+# refusals): each one starts a Python with the whole stack, so they have their own target;
+# `make test` keeps one of them as a smoke test. CI runs both.
+test-processes: $(STAMP)
+	$(VENV)/bin/pytest -q -m process
 
 bench: $(STAMP)
 	$(PY) -m bench.engine

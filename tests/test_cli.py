@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.openai_server import FakeOpenAI, Fault, Step, Text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,7 @@ async def test_ask_json_prints_one_event_per_line(fake_llm: FakeOpenAI) -> None:
     assert events[-1]["text"] == "**3**" and events[-1]["steps"] == 2
 
 
+@pytest.mark.process
 async def test_ask_live_draws_steps_and_the_total_time(fake_llm: FakeOpenAI) -> None:
     code, out, err = await ponder("ask", "Why is the sky blue?",
                                   env={"OPENAI_BASE_URL": fake_llm.base_url, "COLUMNS": "100"})
@@ -58,6 +61,7 @@ async def test_ask_live_draws_steps_and_the_total_time(fake_llm: FakeOpenAI) -> 
     assert "Thought for" in out and "3 steps" in out
 
 
+@pytest.mark.process
 async def test_no_server_exits_1_with_one_readable_line() -> None:
     code, out, err = await ponder("ask", "--json", "q",
                                   env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
@@ -71,6 +75,7 @@ async def test_no_server_exits_1_with_one_readable_line() -> None:
     assert json.loads(out.splitlines()[-1])["event"] == "chain_failed"
 
 
+@pytest.mark.process
 async def test_a_server_error_mid_chain_is_exit_1_and_nothing_looks_busy(
         fake_llm: FakeOpenAI) -> None:
     fake_llm.script(Step("Look", "Half way there.", "continue"), Fault(500))
@@ -85,11 +90,13 @@ async def test_a_server_error_mid_chain_is_exit_1_and_nothing_looks_busy(
     assert out.endswith(" s)\n") and "kept failing (HTTP 500)" in out
 
 
+@pytest.mark.process
 async def test_empty_question_is_a_usage_error() -> None:
     code, out, err = await ponder("ask", "   ")
     assert code == 2 and "usage: ponder ask" in err and out == ""
 
 
+@pytest.mark.process
 async def test_a_bad_setting_is_one_line_naming_it() -> None:
     for name, value in (("PONDER_MAX_STEPS", "-1"), ("OPENAI_BASE_URL", "nonsense"),
                         ("PONDER_MODE", "dream")):
@@ -98,11 +105,13 @@ async def test_a_bad_setting_is_one_line_naming_it() -> None:
         assert err.strip().count("\n") == 0 and name in err and "Traceback" not in err
 
 
+@pytest.mark.process
 async def test_a_question_over_the_limit_is_refused() -> None:
     code, _, err = await ponder("ask", "x" * 50, env={"PONDER_MAX_QUESTION_CHARS": "10"})
     assert code == 2 and "limit is 10" in err
 
 
+@pytest.mark.process
 async def test_the_terminal_prompt_asks_follow_ups_with_their_history(
         fake_llm: FakeOpenAI) -> None:
     # `ponder run` with no platform credentials: one question per line.
@@ -121,6 +130,7 @@ async def test_the_terminal_prompt_asks_follow_ups_with_their_history(
     assert not (Path.cwd() / "data").exists()
 
 
+@pytest.mark.process
 async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI) -> None:
     env = {"OPENAI_BASE_URL": fake_llm.base_url, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
@@ -150,6 +160,7 @@ async def test_ctrl_c_at_the_terminal_prompt_exits_at_once(fake_llm: FakeOpenAI)
 # --- quiet terminals: library loggers stay at WARNING unless PONDER_LOG_LEVEL=DEBUG ----------
 
 
+@pytest.mark.process
 async def test_no_line_per_http_request_unless_debug(fake_llm: FakeOpenAI) -> None:
     env = {"OPENAI_BASE_URL": fake_llm.base_url}
     code, out, err = await ponder("ask", "--json", "Is 221 prime?", env=env)
@@ -164,6 +175,7 @@ async def test_no_line_per_http_request_unless_debug(fake_llm: FakeOpenAI) -> No
     assert [json.loads(line)["event"] for line in out.splitlines()][-1] == "final_answer"
 
 
+@pytest.mark.process
 async def test_doctor_shows_requests_only_when_debug_and_after_the_checklist(
         fake_llm: FakeOpenAI) -> None:
     async def doctor(**env: str) -> tuple[int, list[str]]:
@@ -190,6 +202,7 @@ async def test_doctor_shows_requests_only_when_debug_and_after_the_checklist(
     assert any("HTTP Request: POST" in line for line in lines[len(marked):]), lines
 
 
+@pytest.mark.process
 async def test_a_platform_that_cannot_start_is_one_line(fake_llm: FakeOpenAI) -> None:
     # `ponder slack` without its token: a settings error, exit 2, one line naming it.
     code, out, err = await ponder("slack", env={"OPENAI_BASE_URL": fake_llm.base_url})

@@ -226,6 +226,7 @@ async def ponder(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.process
 async def test_ponder_eval_json_through_the_cli(fake_llm: FakeOpenAI, tmp_path: Path) -> None:
     script_answers(fake_llm)
     path = tmp_path / "set.jsonl"

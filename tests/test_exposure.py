@@ -45,6 +45,7 @@ def test_no_key_beyond_this_machine_is_refused_unless_insecure_then_said_once() 
     assert len(lines) == 1
 
 
+@pytest.mark.process
 async def test_serve_refuses_to_listen_beyond_this_machine_without_a_key(
         tmp_path: Path) -> None:
     started = tmp_path / "vllm-started"

@@ -414,6 +414,7 @@ def half_written(slack: FakeSlack) -> bool:
                for m in slack.bot_messages())
 
 
+@pytest.mark.exits  # real processes killed and restarted: make test-exits
 @pytest.mark.parametrize("mode", ["reactions", "streaming"])
 async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
         tmp_path: Path, slow_llm: FakeOpenAI, mode: str) -> None:
@@ -457,6 +458,7 @@ async def test_a_process_killed_mid_chain_resumes_it_after_a_restart(
             await ponder.kill()
 
 
+@pytest.mark.exits  # real processes killed and restarted: make test-exits
 async def test_sigterm_mid_chain_exits_in_time_and_the_restart_resumes_it(
         tmp_path: Path, slow_llm: FakeOpenAI) -> None:
     async with FakeSlack(streaming=False, update_limit=None) as slack:
@@ -664,6 +666,7 @@ class StillThinking(AssertionError):
     """Messages still say Ponder is thinking about a chain that has ended."""
 
 
+@pytest.mark.exits  # real processes killed and restarted: make test-exits
 async def test_a_discord_process_killed_mid_chain_resumes_it_after_a_restart(
         tmp_path: Path, slow_llm: FakeOpenAI) -> None:
     async with FakeDiscord() as discord:

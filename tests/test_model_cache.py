@@ -102,6 +102,7 @@ async def test_a_download_in_the_old_layout_is_moved_not_fetched_again(tmp_path:
     assert any("moved" in line for line in lines)
 
 
+@pytest.mark.process
 async def test_the_download_command_refuses_a_bad_id_in_one_line(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "model", "download", "--model", "../../etc",

@@ -382,6 +382,7 @@ async def _read_until(proc: asyncio.subprocess.Process, tmp_path: Path, marker: 
     raise AssertionError(f"no {marker!r}; output:\n{path.read_text(errors='replace')}")
 
 
+@pytest.mark.exits  # real processes signalled and killed: make test-exits
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_command_forwards_signals_and_leaves_no_orphan(
     fake: Fake, tmp_path: Path, sig: signal.Signals
@@ -407,6 +408,7 @@ async def test_serve_command_forwards_signals_and_leaves_no_orphan(
     assert not pid_alive(info["pid"])
 
 
+@pytest.mark.exits  # real processes signalled and killed: make test-exits
 async def test_serve_command_killed_outright_leaves_no_orphan(
     fake: Fake, tmp_path: Path
 ) -> None:
@@ -780,6 +782,7 @@ async def test_doctor_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> N
     assert lines[0].startswith("✗ settings: setting OPENAI_BASE_URL: must be an http(s) URL")
 
 
+@pytest.mark.process
 async def test_doctor_command_exit_codes(apis: FakeApis, tmp_path: Path) -> None:
     async def doctor_cli(**env: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(

@@ -119,6 +119,7 @@ async def test_a_misleading_link_from_the_model_reaches_slack_as_its_target(h: H
         assert "|https://acme" not in text and "|acme." not in text, text
 
 
+@pytest.mark.process
 async def test_a_misleading_link_in_the_terminal_shows_its_target(fake_llm: FakeOpenAI) -> None:
     fake_llm.script(
         Step("Where", "Sign in at [https://acme.slack.com/sso](https://evil.example/a).",
@@ -139,6 +140,7 @@ async def test_a_misleading_link_in_the_terminal_shows_its_target(fake_llm: Fake
 # --- lone surrogates ---------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_undecodable_bytes_in_a_terminal_question_are_answered(
         fake_llm: FakeOpenAI) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_BASE_URL": fake_llm.base_url}

@@ -147,6 +147,7 @@ async def filled(db: Path) -> None:
     await store.close()
 
 
+@pytest.mark.process
 async def test_forget_removes_everything_of_one_user_and_says_how_much(tmp_path: Path) -> None:
     db = tmp_path / "ponder.db"
     await filled(db)
@@ -176,6 +177,7 @@ async def test_forget_removes_everything_of_one_user_and_says_how_much(tmp_path:
         ("discord:explained:C1",), ("turns-left-out:slack:T1",)]
 
 
+@pytest.mark.process
 async def test_forget_leaves_a_running_chain_alone_unless_forced(tmp_path: Path) -> None:
     db = tmp_path / "ponder.db"
     await filled(db)
@@ -196,6 +198,7 @@ async def test_forget_leaves_a_running_chain_alone_unless_forced(tmp_path: Path)
     assert stored(db, "SELECT COUNT(*) FROM chains WHERE asker='U1'") == [(0,)]
 
 
+@pytest.mark.process
 async def test_forget_without_a_database_removes_nothing_and_makes_none(tmp_path: Path) -> None:
     code, out, err = await ponder("forget", "--user", "U1",
                                   env={"PONDER_DB": str(tmp_path / "data" / "ponder.db")})

@@ -249,6 +249,7 @@ def _one_line(code: int, out: str, err: str, db: Path) -> None:
     assert lines[0].startswith(f"ponder: setting PONDER_DB: cannot use {db}: "), err
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["a folder", "not sqlite", "under a file", "read-only file",
                                   "read-only folder", "no room"])
 async def test_a_database_ponder_cannot_use_is_one_readable_line(
@@ -280,6 +281,7 @@ async def test_a_database_ponder_cannot_use_is_one_readable_line(
     _one_line(code, out, err, db)
 
 
+@pytest.mark.process
 async def test_the_service_does_not_start_on_a_database_it_cannot_use(tmp_path: Path) -> None:
     db = tmp_path / "ponder.db"
     await _filled_db(db)

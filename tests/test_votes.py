@@ -218,6 +218,7 @@ def test_ponder_votes_is_capped() -> None:
 # --- as users see it -------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_ask_votes_json_through_the_cli(fake_llm: FakeOpenAI) -> None:
     fake_llm.answer(QUESTION, "**42**", "**41**", "**42**")
     code, out, err = await ponder("ask", "--votes", "3", "--json", QUESTION,
