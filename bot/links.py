@@ -66,6 +66,21 @@ def honest_markdown(markdown: str) -> str:
     return "".join(out)
 
 
+def honest_so_far(markdown: str) -> str:
+    """What of a Markdown text still being written can be shown now, honest links included:
+    a link not finished yet (`[text` or `[text](https://ev`) is held back until its target is
+    whole, since only then can it be told whether its text misleads. For streams that only
+    ever append (Slack's streaming messages): what is shown is never taken back."""
+    shown = honest_markdown(markdown)
+    unfinished = _OPEN_LINK.search(shown)
+    return shown if unfinished is None else shown[:unfinished.start()]
+
+
+# A `[` that may still become a link: its text, and maybe `](` and part of a target, up to the
+# end of what has been written so far.
+_OPEN_LINK = re.compile(r"\[[^\[\]\n]*(?:\](?:\([^)\s]*)?)?$")
+
+
 # The link rule of the Markdown parser Discord uses (simple-markdown): nested brackets in the
 # text, balanced parentheses and `<…>` around the target, an optional title.
 _LINK = re.compile(

@@ -14,7 +14,7 @@ import pytest
 
 from adapters.discord.text import render
 from adapters.slack.mrkdwn import to_mrkdwn
-from bot.links import deceptive, honest_markdown
+from bot.links import deceptive, honest_markdown, honest_so_far
 from bot.prompts import detect_language
 from tests.fakes.openai_server import FakeOpenAI, Raw, Step, Text
 from tests.fakes.slack_server import FakeSlack
@@ -117,6 +117,40 @@ async def test_a_misleading_link_from_the_model_reaches_slack_as_its_target(h: H
         in replies[-1]
     for text in texts_sent(h.slack):
         assert "|https://acme" not in text and "|acme." not in text, text
+
+
+@pytest.mark.parametrize(("so_far", "shown"), [
+    ("See [https://acme.slack.com/sso](https://evil.ex", "See "),
+    ("See [https://acme.slack.com/sso](https://evil.example/a).", "See <https://evil.example/a>."),
+    ("See [docs](https://x.org/a) and [https://a", "See [docs](https://x.org/a) and "),
+    ("a [b] c", "a [b] c"),
+    ("x [b]", "x "),
+])
+def test_a_link_still_being_written_waits_for_its_target(so_far: str, shown: str) -> None:
+    assert honest_so_far(so_far) == shown
+
+
+async def test_a_misleading_link_streamed_to_slack_goes_out_as_its_target(
+        tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    # Streamed Markdown is rendered by Slack itself; the answer arrives a few characters at a
+    # time, so the link is cut in pieces on the way.
+    fake_llm.script(Step("Where", "Look it up.", "final_answer"),
+                    Text("Go to [https://acme.slack.com/sso](https://evil.example/b) or "
+                         "[the handbook](https://acme.example/handbook)."))
+    async with FakeSlack(streaming=True, update_limit=None) as slack:
+        h = await start_harness(tmp_path, slack, fake_llm, min_steps=1)
+        try:
+            question, body = h.ask("Where do I sign in?")
+            assert await h.post(body) == 200
+            await h.settle()
+        finally:
+            await stop_harness(h)
+    streamed = "".join(
+        str(chunk.get("text", "")) for c in slack.calls if c.method.endswith("Stream")
+        for chunk in c.body.get("chunks") or [] if chunk.get("type") == "markdown_text")
+    assert "https://evil.example/b" in streamed, streamed
+    assert "acme.slack.com" not in streamed, streamed
+    assert "[the handbook](https://acme.example/handbook)" in streamed, streamed
 
 
 @pytest.mark.process

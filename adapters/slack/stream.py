@@ -50,6 +50,7 @@ from bot.events import (
     StepFinished,
     StepStarted,
 )
+from bot.links import honest_markdown, honest_so_far
 from bot.presenter import (
     ThreadPresenter,
     failure_markdown,
@@ -330,7 +331,9 @@ class Stream:
         self.step_sent[i] = new
 
     def _answer_text(self, text: str, final: bool) -> None:
-        clean = text.lstrip()
+        # Streamed Markdown is Slack's to render, links too: they go out honest, and a link
+        # still being written waits until its target is known.
+        clean = (honest_markdown if final else honest_so_far)(text.lstrip())
         if not clean and not final:
             return  # nothing of the answer yet (the engine holds back a JSON wrapper)
         if self.answer_sent is None:
