@@ -140,7 +140,7 @@ async def test_a_misleading_link_streamed_to_slack_goes_out_as_its_target(
     async with FakeSlack(streaming=True, update_limit=None) as slack:
         h = await start_harness(tmp_path, slack, fake_llm, min_steps=1)
         try:
-            question, body = h.ask("Where do I sign in?")
+            _question, body = h.ask("Where do I sign in?")
             assert await h.post(body) == 200
             await h.settle()
         finally:
