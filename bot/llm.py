@@ -209,6 +209,15 @@ class LLMClient:
         """The model ids the server lists (/v1/models). Raises LLMError when it cannot say."""
         return [str(entry.get("id")) for entry in await self._model_list()]
 
+    async def model_root(self) -> str | None:
+        """What the server really runs under the configured name (vLLM's `root`: a path or a
+        hub id; it differs when a model is served under another name, like the CPU demo
+        under the default's), or None when it does not say. Raises LLMError."""
+        for entry in await self._model_list():
+            if entry.get("id") == self.settings.model and entry.get("root"):
+                return str(entry["root"])
+        return None
+
     async def context_window(self) -> int | None:
         """The served model's `max_model_len` (vLLM lists it in /v1/models), asked once; else
         what /tokenize or a context-length error said."""

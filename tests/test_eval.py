@@ -252,12 +252,15 @@ async def test_ponder_eval_prints_tables(fake_llm: FakeOpenAI, tmp_path: Path,
     path.write_text("".join(json.dumps({"question": i.question, "answer": i.answer,
                                         "kind": i.kind}) + "\n" for i in ITEMS),
                     encoding="utf-8")
+    # Served under the configured name, as the CPU demo is: the figures name what it runs.
+    fake_llm.root = "/cache/models/HuggingFaceTB--SmolLM2-135M-Instruct"
     settings = make_settings(fake_llm.base_url, min_steps=1)
     code = await run_eval(settings, set_name=str(path), n=None, modes=("plain", "chain"),
                           votes=5, concurrency=4, seed=0, as_json=False)
     out = capsys.readouterr().out
     assert code == 0
     assert "95% CI" in out and "by kind" in out
+    assert "(serving HuggingFaceTB--SmolLM2-135M-Instruct)" in " ".join(out.split()), out
     chain_row = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("chain"))
     assert "75.0%" in chain_row and "3/4" in chain_row
 

@@ -14,7 +14,7 @@ from bot.config import Settings
 from bot.evaluate.report import print_tables, progress, summarise
 from bot.evaluate.runner import EvalMode, Runner
 from bot.evaluate.sets import DEFAULT_N, builtin, load_jsonl
-from bot.llm import LLMClient
+from bot.llm import LLMClient, LLMError
 
 
 async def run_eval(settings: Settings, *, set_name: str, n: int | None,
@@ -32,10 +32,11 @@ async def run_eval(settings: Settings, *, set_name: str, n: int | None,
         # Progress on stderr: stdout holds only the figures (`--json` pipes cleanly).
         with progress(len(items) * len(chosen), Console(stderr=True)) as advance:
             results = await runner.run(items, chosen, advance)
+        model = await _model_name(llm, settings.model)
     finally:
         await llm.close()
     about = {"set": set_name, "seed": seed if set_name == "builtin" else None,
-             "n": len(items), "model": settings.model, "votes": votes if "vote" in chosen
+             "n": len(items), "model": model, "votes": votes if "vote" in chosen
              else None}
     summary = summarise(results, chosen, about)
     if as_json:
@@ -46,3 +47,15 @@ async def run_eval(settings: Settings, *, set_name: str, n: int | None,
         sys.stderr.write(f"ponder: every request failed; the first said: {results[0].error}\n")
         return 1
     return 0
+
+
+async def _model_name(llm: LLMClient, configured: str) -> str:
+    """The figures belong to the model the server runs, which a name alone may hide (the CPU
+    demo is served under the default's name)."""
+    try:
+        root = await llm.model_root()
+    except LLMError:
+        return configured
+    if root is None or root == configured:
+        return configured
+    return f"{configured} (serving {Path(root).name if Path(root).is_absolute() else root})"

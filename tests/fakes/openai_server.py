@@ -215,6 +215,7 @@ class FakeOpenAI:
         self.max_model_len = max_model_len
         self.tokenize = tokenize  # POST /tokenize offered (else 404, as where it is missing)
         self.list_max_model_len = list_max_model_len  # max_model_len shown in /v1/models
+        self.root: str | None = None  # what it "really" serves under `model` (vLLM's `root`)
         self.wide_tokens = wide_tokens  # tokens per CJK character
         self.basic_auth = basic_auth
         self.record = record  # off for long standalone runs
@@ -334,7 +335,7 @@ class FakeOpenAI:
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
             "id": self.model, "object": "model", "created": 0, "owned_by": "vllm",
-            "root": self.model, "parent": None,
+            "root": self.root or self.model, "parent": None,
             **({"max_model_len": self.max_model_len} if self.list_max_model_len else {})}]})
 
     async def _metrics(self, _: web.Request) -> web.Response:
