@@ -285,16 +285,28 @@ class ThreadPresenter:
             raise
         finally:
             if not self._abandoned:
-                await self.finish()
+                try:
+                    await self.finish()
+                except asyncio.CancelledError:
+                    self.abandon()  # cut off while the last texts were being written
+                    raise
         return self.outcome
 
     def abandon(self) -> None:
-        """Give up every pending write at once."""
+        """Give up every pending write at once. The final texts the platform has not shown yet
+        become owed (the next process delivers them): the store already calls the chain
+        answered, so a cut-off must not let its answer vanish."""
         self._abandoned = True
         for writer in list(self._writers):
             writer.cancel()
         if self._poster is not None:
             self._poster.cancel()
+        owed = {(o.slot, repr(o.handle)) for o in self.outcome.owed}
+        for slots in self._blocks.values():
+            for slot in slots:
+                if slot.final and slot.wanted != slot.written \
+                        and (slot.key, repr(slot.handle)) not in owed:
+                    self.outcome.owed.append(Owed(slot.key, slot.handle, slot.wanted))
         self._release_all()
 
     async def handle(self, event: Event) -> None:

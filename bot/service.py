@@ -58,7 +58,7 @@ from bot.store import (
     keep_pruned,
     open_store,
 )
-from bot.surface import Handle, Outcome, Presenter, Surface
+from bot.surface import Handle, Outcome, Owed, Presenter, Surface
 from bot.tasks import Tasks
 from bot.votes import chains
 from bot.wording import say
@@ -435,7 +435,12 @@ class Ponder:
                     channel=request.channel, thread=request.thread, asker=request.asker,
                     history=list(q.history), language=language, anchor=dict(request.anchor)),
                     claim)
-            outcome = await self._show(q, handle, presenter, language, resumed, earlier, began)
+            try:
+                outcome = await self._show(q, handle, presenter, language, resumed, earlier,
+                                           began)
+            except asyncio.CancelledError:
+                await self._keep_owed(q.id, presenter.outcome.owed)
+                raise
             if outcome.owed:
                 await self.deliveries.owe(q.id, request.platform, surface, outcome.owed,
                                           language)
@@ -468,6 +473,20 @@ class Ponder:
                 log.exception("could not say so in the thread")
             return Outcome(failure=ChainFailed("internal", say("internal", language),
                                                time.monotonic() - began))
+
+    async def _keep_owed(self, chain_id: str, owed: list[Owed]) -> None:
+        """A chain cut off (its last words took too long) keeps what the platform has not
+        taken as owed in the store, for the next process to deliver; otherwise the store,
+        which already has the answer, would call it delivered."""
+        if not owed:
+            return
+        try:
+            async with asyncio.timeout(LAST_WORDS):
+                await self.store.set_owed(chain_id, [o.as_json() for o in owed])
+            log.warning("cut off with %d final text(s) not shown: kept as owed", len(owed))
+        except (StoreFailed, TimeoutError) as exc:
+            log.error("cut off with %d final text(s) not shown, and the store refused them: %s",
+                      len(owed), exc)
 
     async def _show(self, q: Question, handle: ChainHandle, presenter: Presenter,
                     language: Language, resumed: bool, earlier: dict[str, list[Handle]] | None,

@@ -5,6 +5,7 @@ in silence. (Through the real Discord and Slack fakes: tests/test_delivery_platf
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -147,6 +148,39 @@ async def test_a_surface_gone_for_good_is_given_up_at_once_not_for_hours(
         record = await ponder.store.chain(handle.chain_id)
         assert record is not None and record.delivery == "expired"
         assert any("The answer is **4**." in o["text"] for o in record.owed)  # still kept
+        await ponder.close()
+
+
+async def test_a_chain_cut_off_while_its_answer_is_posted_keeps_the_answer_owed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown cuts a chain off after its last words' grace; if its answer (already in the
+    store) was still being posted, the next process must find it owed, not delivered."""
+    from bot import service
+    monkeypatch.setattr(service, "LAST_WORDS", 0.3)
+    async with FakeOpenAI() as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
+        await ponder.start()
+        surface = RecordingSurface()
+        real_post = surface.post
+        answering = asyncio.Event()
+
+        async def post(text: str) -> object:
+            if text.startswith("**Answer**"):
+                answering.set()
+                await asyncio.sleep(3600)  # the platform never answers this one
+            return await real_post(text)
+
+        surface.post = post  # type: ignore[method-assign,assignment]
+        handle = ponder.submit(request(), surface)
+        await asyncio.wait_for(answering.wait(), 30)
+        # The engine is done (every event recorded: the store has the answer).
+        await until(lambda: handle.producer is not None and handle.producer.done())
+        await ponder.drain(0)
+        record = await ponder.store.chain(handle.chain_id)
+        assert record is not None and record.status == "answered"
+        assert record.delivery == "owed", record.delivery
+        assert any("The answer is **4**." in o["text"] for o in record.owed)
         await ponder.close()
 
 
