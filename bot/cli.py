@@ -11,8 +11,8 @@ import asyncio
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
@@ -21,6 +21,8 @@ from bot.platforms import Platform, discover
 log = logging.getLogger("ponder")
 
 # Core modules that add their own sub-commands (each has `register_commands(subparsers)`).
+T = TypeVar("T")
+
 _PLUGGED = ("bot.model", "bot.doctor", "bot.evaluate", "bot.stats")
 
 
@@ -75,6 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def offline(work: Coroutine[Any, Any, T]) -> T:
+    """An operator command's work on the store, run to its end: a bad setting or a store that
+    refuses is one line and exit 2 or 1, never a traceback."""
+    from bot.store import StoreFailed
+
+    try:
+        return asyncio.run(work)
+    except SettingsError as exc:
+        sys.stderr.write(f"ponder: {exc}\n")
+        raise SystemExit(2) from None
+    except StoreFailed as exc:
+        sys.stderr.write(f"ponder: {exc.message}\n")
+        raise SystemExit(1) from None
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runner import serve_all
 
@@ -87,29 +104,16 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
     A chain of the user still marked running may be one a live process is answering: nothing
     is removed unless `--force`. Forced, that chain's next write finds no row to write to: it
     ends in its thread with the could-not-save message, and nothing more of it is kept."""
-    from bot.store import Removed, StoreFailed, open_store
+    from bot.store import Removed, stored
     from bot.wording import say
 
     async def forget() -> Removed:
-        db = settings.db
-        if isinstance(db, Path) and not db.exists() and all(p.is_dir() or not p.exists()
-                                                            for p in db.parents):
-            return Removed()  # nothing stored: no database is made just to say so
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with stored(settings) as store:
+            if store is None:
+                return Removed()
             return await store.forget(args.user, args.platform, force=args.force)
-        finally:
-            await store.close()
 
-    try:
-        removed = asyncio.run(forget())
-    except SettingsError as exc:
-        sys.stderr.write(f"ponder: {exc}\n")
-        return 2
-    except StoreFailed as exc:
-        sys.stderr.write(f"ponder: {exc.message}\n")
-        return 1
+    removed = offline(forget())
     if removed.running and not args.force:
         sys.stderr.write(f"ponder: {say('forget_running', user=args.user, n=removed.running)}\n")
         return 1

@@ -7,7 +7,6 @@ with the votes its answer has now; works beside a running Ponder or without one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -15,11 +14,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from bot.config import Settings, SettingsError
-from bot.store import ChainTally, StoreFailed, open_store
+from bot.config import Settings
+from bot.store import ChainTally, stored
 from bot.wording import say
 
 FAILED = frozenset({"failed", "interrupted"})
@@ -68,16 +66,11 @@ def last_days(n: int, now: float | None = None) -> list[date]:
 
 async def gather(settings: Settings, n: int, now: float | None = None) -> list[DayStats]:
     days = last_days(n, now)
-    db = settings.db
-    if isinstance(db, Path) and not db.exists():
-        return summarise([], days)  # nothing stored: no database is made just to say so
-    store = open_store(settings)
-    await store.open()
-    try:
+    async with stored(settings) as store:
+        if store is None:
+            return summarise([], days)
         since = datetime.combine(days[0], datetime.min.time()).timestamp()
         return summarise(await store.tallies(since), days)
-    finally:
-        await store.close()
 
 
 def render(rows: Sequence[DayStats], n: int) -> str:
@@ -113,14 +106,9 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         sys.stderr.write("ponder: --days must be 1 or more\n")
         return 2
-    try:
-        rows = asyncio.run(gather(settings, args.days))
-    except SettingsError as exc:
-        sys.stderr.write(f"ponder: {exc}\n")
-        return 2
-    except StoreFailed as exc:
-        sys.stderr.write(f"ponder: {exc.message}\n")
-        return 1
+    from bot.cli import offline
+
+    rows = offline(gather(settings, args.days))
     if args.json:
         print(json.dumps(as_json(rows), ensure_ascii=False))
     else:

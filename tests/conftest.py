@@ -65,3 +65,24 @@ def make_engine(settings: Settings) -> tuple[Engine, LLMClient]:
 async def collect(engine: Engine, question: Question | str) -> list[Event]:
     q = question if isinstance(question, Question) else Question(question)
     return [event async for event in engine.run(q)]
+
+
+# The Slack harness most Slack tests share: post + chat.update (streaming has tests of its own).
+# Imported when used: tests/slack_harness.py itself builds on this module.
+@pytest.fixture
+async def slack() -> AsyncIterator[Any]:
+    from tests.fakes.slack_server import FakeSlack
+
+    async with FakeSlack(streaming=False, update_limit=None) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def h(tmp_path: Path, slack: Any, fake_llm: FakeOpenAI) -> AsyncIterator[Any]:
+    from tests.slack_harness import start_harness, stop_harness
+
+    harness = await start_harness(tmp_path, slack, fake_llm)
+    try:
+        yield harness
+    finally:
+        await stop_harness(harness)

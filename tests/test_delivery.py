@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,19 @@ def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
 def script(llm: FakeOpenAI) -> None:
     llm.script(Step("Add", "2+2 is 4.", "continue"), Step("Check", "4-2 is 2.", "final_answer"),
                Text("The answer is **4**."))
+
+
+@asynccontextmanager
+async def started(tmp_path: Path, **settings: Any) -> AsyncIterator[Ponder]:
+    """A started Ponder (closed after) over a fake model scripted with `script`."""
+    async with FakeOpenAI() as llm:
+        script(llm)
+        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2, **settings))
+        await ponder.start()
+        try:
+            yield ponder
+        finally:
+            await ponder.close()
 
 
 def request() -> ChainRequest:
@@ -57,10 +73,7 @@ def undelivered(platform: str) -> float:
 
 async def test_an_answer_owed_through_an_outage_lands_when_the_platform_is_back(
         tmp_path: Path) -> None:
-    async with FakeOpenAI() as llm:
-        script(llm)
-        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
-        await ponder.start()
+    async with started(tmp_path) as ponder:
         surface = RecordingSurface()
         goes_down_before_the_answer(surface)
         handle = ponder.submit(request(), surface)
@@ -79,7 +92,6 @@ async def test_an_answer_owed_through_an_outage_lands_when_the_platform_is_back(
         await until(lambda: not ponder.deliveries.owing(handle.chain_id))
         record = await ponder.store.chain(handle.chain_id)
         assert record is not None and record.delivery == "done" and record.owed == []
-        await ponder.close()
 
 
 async def test_a_restart_during_the_outage_delivers_through_the_new_process(
@@ -132,10 +144,7 @@ async def test_an_answer_owed_past_the_bound_is_logged_and_counted_not_dropped(
 
 async def test_a_surface_gone_for_good_is_given_up_at_once_not_for_hours(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with FakeOpenAI() as llm:
-        script(llm)
-        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2, delivery_hours=24))
-        await ponder.start()
+    async with started(tmp_path, delivery_hours=24) as ponder:
         surface = RecordingSurface()
         surface.for_good = True
         goes_down_before_the_answer(surface)
@@ -148,7 +157,6 @@ async def test_a_surface_gone_for_good_is_given_up_at_once_not_for_hours(
         record = await ponder.store.chain(handle.chain_id)
         assert record is not None and record.delivery == "expired"
         assert any("The answer is **4**." in o["text"] for o in record.owed)  # still kept
-        await ponder.close()
 
 
 async def test_a_chain_cut_off_while_its_answer_is_posted_keeps_the_answer_owed(
@@ -157,10 +165,7 @@ async def test_a_chain_cut_off_while_its_answer_is_posted_keeps_the_answer_owed(
     store) was still being posted, the next process must find it owed, not delivered."""
     from bot import service
     monkeypatch.setattr(service, "LAST_WORDS", 0.3)
-    async with FakeOpenAI() as llm:
-        script(llm)
-        ponder = Ponder(make_settings(llm.base_url, tmp_path, min_steps=2))
-        await ponder.start()
+    async with started(tmp_path) as ponder:
         surface = RecordingSurface()
         real_post = surface.post
         answering = asyncio.Event()
@@ -181,7 +186,6 @@ async def test_a_chain_cut_off_while_its_answer_is_posted_keeps_the_answer_owed(
         assert record is not None and record.status == "answered"
         assert record.delivery == "owed", record.delivery
         assert any("The answer is **4**." in o["text"] for o in record.owed)
-        await ponder.close()
 
 
 async def test_owed_messages_land_in_order_an_answer_never_above_its_steps(

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,23 +35,6 @@ from tests.slack_harness import (
     texts_sent,
     three_steps,
 )
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    # Most tests are about post + chat.update; streaming has tests of its own.
-    async with FakeSlack(streaming=False, update_limit=None) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def h(tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> AsyncIterator[Harness]:
-    harness = await start_harness(tmp_path, slack, fake_llm)
-    try:
-        yield harness
-    finally:
-        await stop_harness(harness)
-
 
 # --- the basic flow ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +32,6 @@ from tests.slack_harness import (
 )
 
 HONEST, FLOOD = "C0HONEST", "C0FLOOD"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(streaming=False, update_limit=None) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def h(tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> AsyncIterator[Harness]:
-    harness = await start_harness(tmp_path, slack, fake_llm)
-    try:
-        yield harness
-    finally:
-        await stop_harness(harness)
 
 
 def in_channel(calls: list[Call], channel: str) -> list[Call]:

@@ -29,12 +29,6 @@ STATE_SECRET = "9" * 40
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.pg)]
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(streaming=False, update_limit=None) as fake:
-        yield fake
-
-
 def oauth_settings(slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path, **more: Any) -> Any:
     values: dict[str, Any] = {"min_steps": 3, "max_steps": 6, "max_attempts": 2,
                               "user_rate_per_minute": 100, "user_concurrency": 50,

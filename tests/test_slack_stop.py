@@ -48,12 +48,6 @@ async def press(h: Harness, payload: dict[str, Any]) -> int:
 
 
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(streaming=False, update_limit=None) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def h(tmp_path: Path, slack: FakeSlack, fake_llm: FakeOpenAI) -> AsyncIterator[Harness]:
     harness = await start_harness(tmp_path, slack, fake_llm, streaming=False)
     try:

@@ -12,7 +12,7 @@ import logging
 import resource
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,6 @@ def store_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     ours = [r for r in caplog.records if r.name.startswith(("bot", "adapters")) and r.exc_info]
     assert ours == [], [r.getMessage() for r in ours]
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(streaming=False, update_limit=None) as fake:
-        yield fake
 
 
 # --- mid-chain, through the Slack front door --------------------------------------------------

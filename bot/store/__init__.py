@@ -8,6 +8,10 @@ PostgreSQL (`PONDER_DB=postgresql://…`) for several processes acting as one bo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
 from bot.config import Settings
 from bot.store.base import (
     PRUNE_BATCH,
@@ -51,6 +55,7 @@ __all__ = [
     "is_postgres",
     "keep_pruned",
     "open_store",
+    "stored",
 ]
 
 
@@ -58,3 +63,20 @@ def open_store(settings: Settings) -> Store:
     """The store `PONDER_DB` names: an SQLite path, or a `postgresql://` URL (not opened yet:
     `await store.open()`)."""
     return backend_for(settings.db_url)(settings.db_url)
+
+
+@asynccontextmanager
+async def stored(settings: Settings) -> AsyncIterator[Store | None]:
+    """The store, opened for an operator command and closed after it; None where no SQLite
+    database exists yet (a command that only reads or removes makes none just to say so)."""
+    db = settings.db
+    if isinstance(db, Path) and not db.exists() \
+            and all(p.is_dir() or not p.exists() for p in db.parents):
+        yield None
+        return
+    store = open_store(settings)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
